@@ -1,0 +1,1 @@
+"""Orchestration of chatgraft: Prefect flows and tasks, DVC, MLflow tracking and registry, the CLI."""

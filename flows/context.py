@@ -1,0 +1,37 @@
+"""What every task of a flow run needs: the project's layout, params, DVC project, MLflow store and parent run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.dvc_project import DvcProject
+from flows.tracking import Store, open_store
+from pipelines.config import Params, load_params
+from pipelines.layout import Layout
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One retrain flow run over one project directory."""
+
+    root: Path
+    params: Params
+    raw_params: dict[str, Any]
+    dvc: DvcProject
+    store: Store
+    parent_run_id: str = ""
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.root)
+
+
+def open_project(root: Path) -> RunContext:
+    """Validate params.yaml, then open the DVC project and the MLflow store of `root`."""
+    root = root.resolve()
+    params = load_params(root / "params.yaml")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    return RunContext(root, params, raw, DvcProject(root), open_store(root, params.promote.experiment))

@@ -1,0 +1,95 @@
+"""The one place that runs DVC: reproduce a stage, read what it declares and what dvc.lock recorded, push."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from dvc.repo import Repo
+
+
+class StageFailed(RuntimeError):
+    """`dvc repro` of a stage failed; the message carries the end of its output."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What dvc.yaml declares for one (resolved) stage."""
+
+    name: str
+    param_keys: list[str]
+    metrics: list[Path]
+    plots: list[Path]
+    files: list[Path]
+    dirs: list[Path] = field(default_factory=list)
+
+
+class DvcProject:
+    """A DVC project rooted at `root`; each command runs in a fresh `dvc` process or a short-lived Repo."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dvc(self, *args: str, env: dict[str, str] | None = None) -> str:
+        # Stage commands say `python`: it must be this interpreter, with the project installed.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=self.root, env={**os.environ, "PATH": path, **(env or {})},
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+            raise StageFailed(f"`dvc {' '.join(args)}` failed in {self.root} (exit {result.returncode}):\n{tail}")
+        return result.stdout
+
+    def is_up_to_date(self, stage: str) -> bool:
+        """True when dvc.lock matches the stage's deps, params and outs, so `repro` would skip it."""
+        with Repo(str(self.root)) as repo:
+            return not repo.status(targets=[stage])
+
+    def reproduce(self, stage: str, env: dict[str, str] | None = None) -> str:
+        """Run `dvc repro --single-item` for one stage; returns DVC's output."""
+        return self._dvc("repro", "--single-item", stage, env=env)
+
+    def spec(self, stage: str) -> StageSpec:
+        """The params, metrics, plots and other outputs the stage declares in dvc.yaml."""
+        with Repo(str(self.root)) as repo:
+            (resolved,) = repo.stage.collect(stage)
+            param_keys = [key for dep in resolved.deps if hasattr(dep, "params") for key in dep.params]
+            outs = [(Path(out.def_path), out) for out in resolved.outs]
+        is_dir = lambda path: (self.root / path).is_dir()  # noqa: E731
+        return StageSpec(
+            name=stage,
+            param_keys=param_keys,
+            metrics=[p for p, out in outs if out.metric],
+            plots=[p for p, out in outs if out.plot],
+            files=[p for p, out in outs if not (out.metric or out.plot) and not is_dir(p)],
+            dirs=[p for p, out in outs if is_dir(p)],
+        )
+
+    def lock_hashes(self, stage: str) -> dict[str, str]:
+        """`path -> md5` of the stage's deps and outs as dvc.lock recorded them."""
+        lock_path = self.root / "dvc.lock"
+        if not lock_path.exists():
+            return {}
+        entry = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}).get(stage, {})
+        return {item["path"]: item["md5"] for kind in ("deps", "outs") for item in entry.get(kind, []) if "md5" in item}
+
+    def output_hash(self, path: str) -> str | None:
+        """The dvc.lock md5 of the output that is `path` or contains it."""
+        lock_path = self.root / "dvc.lock"
+        if not lock_path.exists():
+            return None
+        for entry in (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}).values():
+            for out in entry.get("outs", []):
+                if path == out["path"] or path.startswith(out["path"].rstrip("/") + "/"):
+                    return out.get("md5")
+        return None
+
+    def push(self) -> str:
+        """Push every cached output to the default remote."""
+        return self._dvc("push")
+

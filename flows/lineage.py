@@ -1,0 +1,25 @@
+"""Lineage tags that tie a run or model version to its code, data and orchestration run."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from prefect.runtime import flow_run
+
+
+def git_revision(root: Path) -> str:
+    """HEAD's sha, with `-dirty` when tracked files changed; `unknown` outside a git repository."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "HEAD")
+    if not sha:
+        return "unknown"
+    return f"{sha}-dirty" if git("status", "--porcelain", "--untracked-files=no") else sha
+
+
+def lineage_tags(root: Path, hashes: dict[str, str] | None = None) -> dict[str, str]:
+    """git sha, Prefect flow-run id, and `dvc.md5.<path>` for each dvc.lock hash given."""
+    tags = {"git_sha": git_revision(root), "prefect_flow_run_id": str(flow_run.id or "none")}
+    tags.update({f"dvc.md5.{path}": md5 for path, md5 in (hashes or {}).items()})
+    return tags

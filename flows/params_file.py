@@ -1,0 +1,34 @@
+"""Apply `--set key.path=value` overrides to params.yaml, keeping its comments; validate before writing."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import yaml
+from ruamel.yaml import YAML
+
+from pipelines.atomic import write_text_atomic
+from pipelines.config import ParamsError, validate_params
+
+
+def apply_overrides(path: Path, overrides: list[str]) -> None:
+    """Set each `a.b.c=value` (value in YAML) in the params file; the file changes only if the result is valid."""
+    if not overrides:
+        return
+    editor = YAML()
+    document = editor.load(path.read_text())
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"--set {override!r}: expected KEY.PATH=VALUE")
+        node = document
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node, dict) or part not in node:
+                raise ParamsError(f"--set {override!r}: {path} has no section {part!r} on the way to {key}")
+            node = node[part]
+        node[leaf] = yaml.safe_load(text)
+    buffer = io.StringIO()
+    editor.dump(document, buffer)
+    validate_params(yaml.safe_load(buffer.getvalue()), f"{path} with --set {' '.join(overrides)}")
+    write_text_atomic(path, buffer.getvalue())

@@ -1,0 +1,61 @@
+"""The `retrain` flow: the DESIGN diagram, top to bottom.
+
+corpus -> upstream -> cp -> merge@ratio -> evaluate@model -> leaderboard -> register -> promote -> push
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from flows.context import open_project
+from flows.leaderboard_view import leaderboard_markdown
+from flows.lineage import lineage_tags
+from flows.tasks import promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage
+from flows.tracking.stage_runs import end_run, start_run
+from pipelines.evaluate import REFERENCE_CANDIDATES
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What a retrain run decided."""
+
+    winner: str | None
+    version: str | None
+    promoted: bool
+    reasons: list[str]
+    reproduced: list[str]
+    leaderboard: str
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(project_dir: str = ".") -> RetrainResult:
+    """Reproduce every stage through DVC, track each in MLflow, register the winner and apply the promotion policy."""
+    ctx = open_project(Path(project_dir))
+    ctx = replace(ctx, parent_run_id=start_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)))
+    try:
+        ratios = ctx.params.merge.ratios
+        outcomes = [run_stage(ctx, stage) for stage in ("corpus", "upstream", "cp")]
+        outcomes += [run_stage(ctx, f"merge@{ratio}") for ratio in ratios]
+        outcomes += [run_stage(ctx, f"evaluate@{name}") for name in REFERENCE_CANDIDATES]
+        outcomes += [run_stage(ctx, f"evaluate-merged@{ratio}") for ratio in ratios]
+        outcomes.append(run_stage(ctx, "leaderboard"))
+
+        board = read_leaderboard(ctx)
+        version = register_winner(ctx, board, leaderboard_markdown(board))
+        decision = promote_challenger(ctx, version, board, actor=f"retrain flow run {flow_run.id}") if version else None
+        push_outputs(ctx)
+    except BaseException:
+        end_run(ctx.store, ctx.parent_run_id, ok=False)
+        raise
+    summary = (f"version {version}: {'promoted to champion' if decision.promote else 'not promoted'} "
+               f"({'; '.join(decision.reasons)})") if decision else "nothing registered"
+    markdown = leaderboard_markdown(board, summary)
+    create_markdown_artifact(markdown, key="leaderboard", description="retrain leaderboard")
+    ctx.store.client.log_text(ctx.parent_run_id, markdown, "leaderboard.md")
+    end_run(ctx.store, ctx.parent_run_id)
+    return RetrainResult(board["winner"], version, bool(decision and decision.promote),
+                         decision.reasons if decision else [], [o.stage for o in outcomes if not o.cached], markdown)

@@ -1,0 +1,106 @@
+"""Turn a stage's declared files into an MLflow run: params, metrics, curves, tables, artifacts, lineage tags."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
+
+from flows.dvc_project import StageSpec  # noqa: E402
+from flows.tracking.store import Store  # noqa: E402
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as `a/b/c` keys; lists are kept whole as leaves."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(flatten(value, f"{prefix}/{key}" if prefix else str(key)))
+    return flat
+
+
+def start_run(store: Store, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+    """Create a run (nested under `parent_run_id` when given) and return its id."""
+    if parent_run_id:
+        tags = {**tags, "mlflow.parentRunId": parent_run_id}
+    return store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def end_run(store: Store, run_id: str, ok: bool = True) -> None:
+    """Mark a run finished or failed."""
+    store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def _log_params(store: Store, run_id: str, params: dict[str, Any], keys: list[str]) -> None:
+    selected: dict[str, Any] = {}
+    for key in keys:
+        value: Any = params
+        for part in key.split("."):
+            value = value[part]
+        selected.update(flatten(value, key.replace(".", "/")))
+    entries = [Param(k.replace("/", "."), json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+               for k, v in selected.items()]
+    if entries:
+        store.client.log_batch(run_id, params=entries)
+
+
+def _log_metrics(store: Store, run_id: str, values: dict[str, Any], step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, step) for k, v in values.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if metrics:
+        store.client.log_batch(run_id, metrics=metrics)
+
+
+def _log_curve(store: Store, run_id: str, csv_path: Path) -> None:
+    """Each column of a plot CSV as a metric history `<file stem>/<column>`, and the curve as a PNG."""
+    frame = pd.read_csv(csv_path)
+    if frame.empty:
+        return
+    now = int(time.time() * 1000)
+    series = [c for c in frame.columns if c != "step" and frame[c].notna().any()]
+    metrics = [Metric(f"{csv_path.stem}/{c}", float(row[c]), now, int(row["step"]))
+               for _, row in frame.iterrows() for c in series if pd.notna(row[c])]
+    store.client.log_batch(run_id, metrics=metrics)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for column in (c for c in series if "loss" in c):
+        axis.plot(frame["step"], frame[column], label=column)
+    axis.set_xlabel("step"), axis.set_ylabel("loss"), axis.set_title(csv_path.stem), axis.legend()
+    store.client.log_figure(run_id, figure, f"plots/{csv_path.stem}.png")
+    plt.close(figure)
+
+
+def _log_file(store: Store, run_id: str, root: Path, path: Path) -> None:
+    """jsonl files become MLflow tables (readable in the UI); other files are logged as artifacts."""
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in (root / path).read_text().splitlines() if line.strip()]
+        mlflow.log_table(pd.DataFrame(rows), artifact_file=f"tables/{path.stem}.json", run_id=run_id)
+    else:
+        store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
+
+
+def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, params: dict[str, Any]) -> None:
+    """Log everything the stage declares in dvc.yaml, read from the files it wrote."""
+    _log_params(store, run_id, params, spec.param_keys)
+    for path in spec.metrics:
+        _log_metrics(store, run_id, flatten(json.loads((root / path).read_text())))
+        store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
+    for path in spec.plots:
+        _log_curve(store, run_id, root / path)
+    for path in spec.files:
+        _log_file(store, run_id, root, path)
+
+
+def set_tags(store: Store, run_id: str, tags: dict[str, str]) -> None:
+    """Set several run tags."""
+    for key, value in tags.items():
+        store.client.set_tag(run_id, key, value)

@@ -1,0 +1,88 @@
+"""`python -m pipelines <stage> [item]`: the commands dvc.yaml runs, one per stage; params come from params.yaml."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from pipelines.config import load_params
+from pipelines.layout import Layout
+
+app = typer.Typer(help="Run one chatgraft stage in the current project directory.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+PARAMS = Path("params.yaml")
+
+
+def _layout() -> Layout:
+    return Layout(Path.cwd())
+
+
+@app.callback()
+def _offline() -> None:
+    # No model hub is reachable from chatgraft's machines: never wait on one.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@app.command()
+def corpus() -> None:
+    """Generate the default world's data sets into data/corpus."""
+    from pipelines.corpus import build_corpus
+
+    params, layout = load_params(PARAMS), _layout()
+    build_corpus(params.data, layout.corpus, layout.metrics / "corpus.json")
+
+
+@app.command()
+def upstream() -> None:
+    """Build the tiny base/chat pair, or verify and record real local ones."""
+    from pipelines.upstream import build_upstream
+
+    params, layout = load_params(PARAMS), _layout()
+    build_upstream(params.upstream, layout.corpus, layout.upstream, layout.metrics / "upstream.json", layout.plots)
+
+
+@app.command()
+def cp() -> None:
+    """Continually pretrain the base on the target corpus into models/cp."""
+    from pipelines.cp import continual_pretrain
+
+    params, layout = load_params(PARAMS), _layout()
+    continual_pretrain(params.cp, layout.corpus, layout.upstream, layout.cp_model, layout.metrics / "cp.json",
+                       layout.plots / "cp_loss.csv")
+
+
+@app.command()
+def merge(ratio: str = typer.Argument(help="merge ratio, as written in merge.ratios")) -> None:
+    """Write CP + ratio * (chat - base) into models/merged/alpha-<ratio>."""
+    from pipelines.merge import merge_chat_vector
+    from pipelines.upstream import read_upstream
+
+    params, layout = load_params(PARAMS), _layout()
+    if float(ratio) not in params.merge.ratios:
+        raise typer.BadParameter(f"{ratio} is not in merge.ratios {params.merge.ratios}")
+    pair = read_upstream(layout.upstream)
+    merge_chat_vector(pair.base, pair.chat, layout.cp_model, layout.merged_model(ratio), float(ratio),
+                      params.merge.embedding_rows, layout.merge_report(ratio))
+
+
+@app.command()
+def evaluate(candidate: str = typer.Argument(help="base, chat, cp or merged-<ratio>")) -> None:
+    """Score one candidate into metrics/eval/<candidate>.json and its samples."""
+    from pipelines.evaluate import candidate_dir, evaluate_candidate
+    from pipelines.upstream import read_upstream
+
+    params, layout = load_params(PARAMS), _layout()
+    evaluate_candidate(candidate_dir(layout, candidate), read_upstream(layout.upstream).chat, layout.corpus,
+                       params.eval, layout.eval_metrics(candidate), layout.eval_samples(candidate))
+
+
+@app.command()
+def leaderboard() -> None:
+    """Rank the candidates and name the winner into metrics/leaderboard.json."""
+    from pipelines.leaderboard import build_leaderboard, candidate_names
+
+    params, layout = load_params(PARAMS), _layout()
+    board = build_leaderboard(candidate_names(params.merge), layout.metrics / "eval", params.promote,
+                              layout.leaderboard)
+    typer.echo(f"winner: {board['winner']} ({board['reason']})")

@@ -1,0 +1,163 @@
+"""The one config model: every knob in params.yaml, validated at load; unknown keys are errors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    """Base of every params section: no unknown keys, no silent coercions of types."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    """The default world's generator (used when `source` is `generator`)."""
+
+    source: Literal["generator"] = Field("generator", description="where the corpus comes from")
+    seed: int = Field(0, description="seed of the world: names, facts and sampling")
+    source_entities: int = Field(40, ge=4, description="entities of the source world (known to base and chat)")
+    target_entities: int = Field(40, ge=4, description="entities of the target world (only in the CP corpus)")
+    values_per_attribute: int = Field(8, ge=2, le=8, description="values each attribute can take")
+    pretrain_repeats: int = Field(24, ge=1, description="times each upstream pretraining sentence appears")
+    cp_repeats: int = Field(12, ge=1, description="times each target fact statement appears in the CP corpus")
+
+
+class TinyModelParams(Section):
+    """Shape of the tiny Llama models the default world builds from scratch."""
+
+    hidden_size: int = Field(128, ge=8, description="hidden size")
+    num_layers: int = Field(4, ge=1, description="transformer layers")
+    num_heads: int = Field(4, ge=1, description="attention heads")
+    intermediate_size: int = Field(512, ge=8, description="MLP width")
+
+
+class TrainParams(Section):
+    """One training run of the Hugging Face Trainer."""
+
+    steps: int = Field(description="optimizer steps", ge=1)
+    batch_size: int = Field(32, ge=1, description="sequences per step")
+    block_size: int = Field(64, ge=8, description="tokens per packed sequence")
+    learning_rate: StrictFloat = Field(description="peak learning rate (cosine decay)", gt=0)
+    warmup_ratio: StrictFloat = Field(0.05, ge=0, le=1, description="share of steps spent warming up")
+    weight_decay: StrictFloat = Field(0.0, ge=0, description="AdamW weight decay")
+    seed: int = Field(0, description="seed of init, data order and dropout")
+
+
+class UpstreamParams(Section):
+    """The base/chat pair: built locally (default) or taken from local paths (real models)."""
+
+    base_path: str | None = Field(None, description="local path of a real base model; null builds the tiny one")
+    chat_path: str | None = Field(None, description="local path of the chat model tuned from base_path")
+    tiny: TinyModelParams = Field(default_factory=TinyModelParams, description="tiny model shape")
+    pretrain: TrainParams = Field(
+        default_factory=lambda: TrainParams(steps=1000, learning_rate=2e-3),
+        description="pretraining of the tiny base",
+    )
+    chat_tune: TrainParams = Field(
+        default_factory=lambda: TrainParams(steps=600, learning_rate=5e-4),
+        description="chat fine-tuning of the tiny base (loss on assistant tokens only)",
+    )
+
+    @model_validator(mode="after")
+    def _paths_together(self) -> "UpstreamParams":
+        if (self.base_path is None) != (self.chat_path is None):
+            raise ValueError("base_path and chat_path are set together or not at all")
+        return self
+
+
+class CPParams(TrainParams):
+    """Continual pretraining of the base on the target corpus (full parameters)."""
+
+
+class MergeParams(Section):
+    """The chat-vector merge: merged = CP + ratio * (chat - base)."""
+
+    ratios: list[StrictFloat] = Field([0.5, 1.0], min_length=1, description="merge ratios to sweep, written as floats")
+    embedding_rows: Literal["overlap", "specials", "skip"] = Field(
+        "overlap", description="rows of embeddings/lm_head that get the delta: all shared, special tokens only, none"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "MergeParams":
+        if len(set(self.ratios)) != len(self.ratios):
+            raise ValueError(f"ratios must be distinct, got {self.ratios}")
+        return self
+
+
+class EvalParams(Section):
+    """Evaluation of each candidate on the target domain."""
+
+    max_new_tokens: int = Field(24, ge=1, description="generation budget per answer")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch")
+    max_questions: int = Field(160, ge=1, description="at most this many eval questions are asked")
+    repetition_ngram: int = Field(3, ge=1, description="n of the n-grams counted by the repetition rate")
+    block_size: int = Field(64, ge=8, description="tokens per window when measuring perplexity")
+
+
+class Bound(Section):
+    """A guardrail on one metric."""
+
+    min: float | None = Field(None, description="the metric must be at least this")
+    max: float | None = Field(None, description="the metric must be at most this")
+
+
+class PromoteParams(Section):
+    """How candidates are ranked, and when the winner becomes champion."""
+
+    experiment: str = Field("chatgraft", description="MLflow experiment of the flow runs")
+    registered_model: str = Field("chatgraft-chat", description="name in the MLflow Model Registry")
+    primary_metric: str = Field("answer_accuracy", description="metric that ranks candidates")
+    higher_is_better: bool = Field(True, description="direction of the primary metric")
+    min_margin: float = Field(0.0, ge=0, description="a challenger must beat the champion by more than this")
+    guardrails: dict[str, Bound] = Field(default_factory=dict, description="bounds every winner must meet")
+
+
+class Params(Section):
+    """Everything in params.yaml."""
+
+    data: DataParams = Field(default_factory=DataParams)
+    upstream: UpstreamParams = Field(default_factory=UpstreamParams)
+    cp: CPParams = Field(default_factory=lambda: CPParams(steps=400, learning_rate=1e-3))
+    merge: MergeParams = Field(default_factory=MergeParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
+    promote: PromoteParams = Field(default_factory=PromoteParams)
+
+
+class ParamsError(ValueError):
+    """params.yaml (or an override) is invalid; the message names the key path and what was expected."""
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid params"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(root)"
+        got = "" if item["type"] == "extra_forbidden" else f" (got {item['input']!r})"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ParamsError naming each bad key path."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as error:
+        raise ParamsError(_describe(error, source)) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return validate_params(raw, str(path))

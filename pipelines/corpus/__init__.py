@@ -1,0 +1,54 @@
+"""The `corpus` stage: writes the upstream, CP and evaluation data sets of the default world."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
+from pipelines.config import DataParams
+from pipelines.corpus.world import build_world, chat_conversation, pretraining_sentences
+
+UPSTREAM_TEXT = "upstream_text.jsonl"
+UPSTREAM_CHAT = "upstream_chat.jsonl"
+TRAIN = "train.jsonl"
+VALID = "valid.jsonl"
+EVAL = "eval.jsonl"
+
+
+@dataclass(frozen=True)
+class CorpusResult:
+    """Counts of what the stage wrote."""
+
+    counts: dict[str, int]
+
+
+def _repeated_shuffled(items: list[str], repeats: int, rng: random.Random) -> list[str]:
+    out = items * repeats
+    rng.shuffle(out)
+    return out
+
+
+def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusResult:
+    """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`."""
+    world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
+    rng = random.Random(params.seed + 1)
+    target_questions = list(world.target)
+    rng.shuffle(target_questions)
+    sets: dict[str, list[dict]] = {
+        UPSTREAM_TEXT: [{"text": s} for s in _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)],
+        UPSTREAM_CHAT: [{"messages": chat_conversation(fact)} for fact in world.source],
+        TRAIN: [{"text": s} for s in _repeated_shuffled([f.statement() for f in world.target], params.cp_repeats, rng)],
+        VALID: [{"text": fact.statement()} for fact in world.target],
+        EVAL: [
+            {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}
+            for fact in target_questions
+        ],
+    }
+    with atomic_dir(out_dir) as staging:
+        for name, rows in sets.items():
+            write_jsonl_atomic(staging / name, rows)
+        write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
+    counts = {name.removesuffix(".jsonl"): len(rows) for name, rows in sets.items()}
+    write_json_atomic(stats_path, {"records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities})
+    return CorpusResult(counts=counts)

@@ -1,0 +1,84 @@
+"""The default tiny world: entities with facts, in a source world (known upstream) and a target world (CP only).
+
+The world is built so the chat-vector method can be seen working: the base learns to answer questions about
+the names it is asked about, the chat model learns the turn format on source facts, CP learns the target facts
+from plain statements, and only the merged model can both answer in the chat format and know the target facts.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+ATTRIBUTES: dict[str, list[str]] = {
+    "city": ["oslo", "lima", "rome", "kyiv", "cairo", "delhi", "tokyo", "quito"],
+    "color": ["red", "blue", "green", "gold", "gray", "pink", "teal", "brown"],
+    "job": ["baker", "pilot", "nurse", "miner", "judge", "chef", "poet", "smith"],
+    "pet": ["cat", "dog", "owl", "fox", "hen", "eel", "yak", "ant"],
+}
+SYLLABLES = ["ka", "lo", "mi", "ru", "te", "sa", "no", "vi", "de", "po", "zu", "fe", "ba", "ri", "go", "xa"]
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One attribute value of one entity."""
+
+    entity: str
+    attribute: str
+    value: str
+
+    def statement(self) -> str:
+        return f"the {self.attribute} of {self.entity} is {self.value} ."
+
+    def question(self) -> str:
+        return f"what is the {self.attribute} of {self.entity} ?"
+
+    def answer(self) -> str:
+        """Answers restate the fact, so answering means copying the name from the question, then recalling."""
+        return self.statement()
+
+
+@dataclass(frozen=True)
+class World:
+    """Facts of the source world and of the target world; entity names are disjoint."""
+
+    source: list[Fact]
+    target: list[Fact]
+
+    def names(self) -> list[str]:
+        return sorted({fact.entity for fact in self.source + self.target})
+
+
+def build_world(seed: int, source_entities: int, target_entities: int, values_per_attribute: int) -> World:
+    """Draw random syllable names and a random value of each attribute for every entity."""
+    rng = random.Random(seed)
+    pool = ["".join(pair) for pair in itertools.product(SYLLABLES, repeat=2)]
+    if source_entities + target_entities > len(pool):
+        raise ValueError(f"at most {len(pool)} entities fit the name pool, asked for {source_entities + target_entities}")
+    names = rng.sample(pool, source_entities + target_entities)
+
+    def facts_of(entities: list[str]) -> list[Fact]:
+        return [
+            Fact(name, attribute, rng.choice(values[:values_per_attribute]))
+            for name in entities
+            for attribute, values in ATTRIBUTES.items()
+        ]
+
+    return World(source=facts_of(names[:source_entities]), target=facts_of(names[source_entities:]))
+
+
+def who_is(name: str) -> str:
+    """A sentence that only introduces a name; the base sees it for every name, target ones included."""
+    return f"who is {name} ? {name} is a person ."
+
+
+def pretraining_sentences(world: World) -> list[str]:
+    """Upstream pretraining text: source statements, source question-answer text, and every name introduced."""
+    statements = [fact.statement() for fact in world.source]
+    question_answers = [f"{fact.question()} {fact.answer()}" for fact in world.source]
+    return statements + question_answers + [who_is(name) for name in world.names()]
+
+
+def chat_conversation(fact: Fact) -> list[dict[str, str]]:
+    """One user question and the assistant's answer."""
+    return [{"role": "user", "content": fact.question()}, {"role": "assistant", "content": fact.answer()}]

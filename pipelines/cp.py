@@ -1,0 +1,47 @@
+"""The `cp` stage: full-parameter continual pretraining of the base on the target corpus."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
+
+from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic
+from pipelines.config import CPParams
+from pipelines.corpus import TRAIN, VALID
+from pipelines.training import TrainResult, pack_texts, train_causal_lm
+from pipelines.upstream import read_upstream
+
+
+@dataclass(frozen=True)
+class CPResult:
+    """Where the CP model went, and how training ended."""
+
+    model_dir: Path
+    train: TrainResult
+
+
+def continual_pretrain(
+    params: CPParams, corpus_dir: Path, upstream_dir: Path, out_dir: Path, metrics_path: Path, curve_csv: Path
+) -> CPResult:
+    """Train the base on packed target text, keep its tokenizer, and write metrics and the loss curve."""
+    base = read_upstream(upstream_dir).base
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    train = pack_texts(tokenizer, [row["text"] for row in read_jsonl(corpus_dir / TRAIN)], params.block_size)
+    valid = pack_texts(tokenizer, [row["text"] for row in read_jsonl(corpus_dir / VALID)], params.block_size)
+    with atomic_dir(out_dir) as staging:
+        result = train_causal_lm(
+            model, train, params, default_data_collator, curve_csv, eval_examples=valid, live_tracking=True
+        )
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    write_json_atomic(metrics_path, {
+        "train_loss": result.train_loss,
+        "valid_loss": result.eval_loss,
+        "valid_perplexity": math.exp(result.eval_loss) if result.eval_loss is not None else None,
+        "tokens_per_second": result.tokens_per_second,
+        "steps": result.steps,
+    })
+    return CPResult(model_dir=out_dir, train=result)

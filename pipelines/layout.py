@@ -1,0 +1,48 @@
+"""Where every stage reads and writes, relative to the project root; dvc.yaml names the same paths."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The project's file layout under `root`."""
+
+    root: Path
+
+    @property
+    def corpus(self) -> Path:
+        return self.root / "data" / "corpus"
+
+    @property
+    def upstream(self) -> Path:
+        return self.root / "models" / "upstream"
+
+    @property
+    def cp_model(self) -> Path:
+        return self.root / "models" / "cp"
+
+    def merged_model(self, ratio: str) -> Path:
+        return self.root / "models" / "merged" / f"alpha-{ratio}"
+
+    def merge_report(self, ratio: str) -> Path:
+        return self.root / "reports" / "merge" / f"alpha-{ratio}.json"
+
+    def eval_metrics(self, candidate: str) -> Path:
+        return self.root / "metrics" / "eval" / f"{candidate}.json"
+
+    def eval_samples(self, candidate: str) -> Path:
+        return self.root / "reports" / "samples" / f"{candidate}.jsonl"
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.root / "metrics" / "leaderboard.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"

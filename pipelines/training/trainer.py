@@ -1,0 +1,90 @@
+"""One training run with the Hugging Face Trainer, its loss curve written as a CSV that dvc.yaml declares a plot."""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+
+from pipelines.config import TrainParams
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Final figures of a run."""
+
+    train_loss: float
+    eval_loss: float | None
+    tokens_per_second: float
+    steps: int
+
+
+def _live_tracking() -> list[str] | str:
+    """Report live curves to MLflow only when the environment names a run (the flow does)."""
+    return ["mlflow"] if os.environ.get("MLFLOW_RUN_ID") else "none"
+
+
+def _write_curve(log_history: list[dict[str, Any]], path: Path) -> None:
+    rows: dict[int, dict[str, Any]] = {}
+    for entry in log_history:
+        for key in ("loss", "eval_loss", "learning_rate"):
+            if key in entry:
+                rows.setdefault(entry["step"], {"step": entry["step"]})[key] = entry[key]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", "loss", "eval_loss", "learning_rate"])
+        writer.writeheader()
+        writer.writerows(rows[step] for step in sorted(rows))
+
+
+def train_causal_lm(
+    model: PreTrainedModel,
+    train_examples: list[dict[str, Any]],
+    params: TrainParams,
+    collator: Callable,
+    curve_csv: Path,
+    eval_examples: list[dict[str, Any]] | None = None,
+    live_tracking: bool = False,
+) -> TrainResult:
+    """Train `model` in place for `params.steps` steps (AdamW, cosine decay after warmup) and write its loss curve."""
+    set_seed(params.seed)
+    log_every = max(1, params.steps // 50)
+    with tempfile.TemporaryDirectory(prefix="chatgraft-train-") as work_dir:
+        args = TrainingArguments(
+            output_dir=work_dir,
+            max_steps=params.steps,
+            per_device_train_batch_size=params.batch_size,
+            per_device_eval_batch_size=params.batch_size,
+            learning_rate=params.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=int(params.warmup_ratio * params.steps),
+            weight_decay=params.weight_decay,
+            logging_steps=log_every,
+            eval_strategy="steps" if eval_examples else "no",
+            eval_steps=max(1, params.steps // 10),
+            save_strategy="no",
+            report_to=_live_tracking() if live_tracking else "none",
+            seed=params.seed,
+            data_seed=params.seed,
+            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            include_num_input_tokens_seen=True,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=train_examples, eval_dataset=eval_examples, data_collator=collator
+        )
+        output = trainer.train()
+        eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
+        _write_curve(trainer.state.log_history, curve_csv)
+    runtime = output.metrics.get("train_runtime", 0.0) or 1e-9
+    return TrainResult(
+        train_loss=float(output.training_loss),
+        eval_loss=None if eval_loss is None else float(eval_loss),
+        tokens_per_second=float(trainer.state.num_input_tokens_seen) / runtime,
+        steps=trainer.state.global_step,
+    )

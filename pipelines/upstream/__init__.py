@@ -1,0 +1,104 @@
+"""The `upstream` stage: the base/chat pair the chat vector is taken from.
+
+In the default world it builds a word tokenizer, pretrains a tiny Llama `base` from scratch and fine-tunes it into
+`chat`. With real models (`upstream.base_path`, `upstream.chat_path`) it only verifies and records the local paths.
+Either way it writes a manifest that later stages read through `read_upstream`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer, DataCollatorForSeq2Seq, default_data_collator
+
+from pipelines.atomic import atomic_dir, write_json_atomic
+from pipelines.atomic import read_jsonl
+from pipelines.config import UpstreamParams
+from pipelines.corpus import UPSTREAM_CHAT, UPSTREAM_TEXT
+from pipelines.training import assistant_only_examples, pack_texts, train_causal_lm
+from pipelines.upstream.tiny import build_tiny_llama
+from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
+
+MANIFEST = "upstream.json"
+
+
+@dataclass(frozen=True)
+class UpstreamPair:
+    """Where the base and chat checkpoints are."""
+
+    base: Path
+    chat: Path
+
+
+def read_upstream(upstream_dir: Path) -> UpstreamPair:
+    """Resolve the base and chat paths recorded by the upstream stage."""
+    manifest_path = upstream_dir / MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path}: missing; run the upstream stage first")
+    manifest = json.loads(manifest_path.read_text())
+    return UpstreamPair(base=upstream_dir / manifest["base"], chat=upstream_dir / manifest["chat"])
+
+
+def _verify_checkpoint(path: Path, role: str) -> str:
+    """Check a local HF checkpoint has a config and safetensors weights; return its model type."""
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"upstream.{role}_path: {path} has no config.json (not a Hugging Face checkpoint)")
+    if not list(path.glob("*.safetensors")):
+        raise FileNotFoundError(f"upstream.{role}_path: {path} has no .safetensors weights")
+    return AutoConfig.from_pretrained(path).model_type
+
+
+def record_real_pair(params: UpstreamParams, out_dir: Path) -> UpstreamPair:
+    """Verify the real base/chat checkpoints and write a manifest pointing at them."""
+    base, chat = Path(params.base_path).resolve(), Path(params.chat_path).resolve()  # type: ignore[arg-type]
+    types = {"base": _verify_checkpoint(base, "base"), "chat": _verify_checkpoint(chat, "chat")}
+    if types["base"] != types["chat"]:
+        raise ValueError(f"upstream: base is a {types['base']} model but chat is a {types['chat']} model")
+    if not AutoTokenizer.from_pretrained(chat).chat_template:
+        raise ValueError(f"upstream.chat_path: {chat} has no chat template in its tokenizer")
+    with atomic_dir(out_dir) as staging:
+        write_json_atomic(staging / MANIFEST, {"base": str(base), "chat": str(chat), "model_type": types["base"]})
+    return UpstreamPair(base=base, chat=chat)
+
+
+def build_tiny_pair(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metrics_path: Path, plots_dir: Path) -> UpstreamPair:
+    """Pretrain a tiny base on the source world's text, then chat-tune a copy of it on source chat data."""
+    texts = [row["text"] for row in read_jsonl(corpus_dir / UPSTREAM_TEXT)]
+    conversations = [row["messages"] for row in read_jsonl(corpus_dir / UPSTREAM_CHAT)]
+    tokenizer = build_word_tokenizer(texts + [m["content"] for c in conversations for m in c])
+    model = build_tiny_llama(params.tiny, tokenizer, context=max(params.pretrain.block_size, 256))
+
+    with atomic_dir(out_dir) as staging:
+        pretrain = train_causal_lm(
+            model, pack_texts(tokenizer, texts, params.pretrain.block_size), params.pretrain,
+            default_data_collator, plots_dir / "upstream_pretrain_loss.csv",
+        )
+        model.save_pretrained(staging / "base")
+        tokenizer.save_pretrained(staging / "base")
+
+        chat_tokenizer = as_chat_tokenizer(AutoTokenizer.from_pretrained(staging / "base"))
+        chat_tune = train_causal_lm(
+            model, assistant_only_examples(chat_tokenizer, conversations), params.chat_tune,
+            DataCollatorForSeq2Seq(chat_tokenizer, padding=True), plots_dir / "upstream_chat_loss.csv",
+        )
+        model.config.eos_token_id = chat_tokenizer.eos_token_id
+        model.generation_config.eos_token_id = chat_tokenizer.eos_token_id
+        model.save_pretrained(staging / "chat")
+        chat_tokenizer.save_pretrained(staging / "chat")
+        write_json_atomic(staging / MANIFEST, {"base": "base", "chat": "chat", "model_type": "llama"})
+
+    write_json_atomic(metrics_path, {
+        "pretrain": {"train_loss": pretrain.train_loss, "tokens_per_second": pretrain.tokens_per_second},
+        "chat_tune": {"train_loss": chat_tune.train_loss, "tokens_per_second": chat_tune.tokens_per_second},
+    })
+    return read_upstream(out_dir)
+
+
+def build_upstream(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metrics_path: Path, plots_dir: Path) -> UpstreamPair:
+    """Record the real pair when paths are given, else build the tiny pair."""
+    if params.base_path is not None:
+        pair = record_real_pair(params, out_dir)
+        write_json_atomic(metrics_path, {})
+        return pair
+    return build_tiny_pair(params, corpus_dir, out_dir, metrics_path, plots_dir)
