@@ -70,10 +70,8 @@ def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | 
     model = ctx.params.promote.registered_model
     checkpoint = candidate_dir(ctx.layout, winner)
     model_md5 = ctx.dvc.output_hash(str(checkpoint.relative_to(ctx.root))) or "unknown"
-    existing = registry.find_version(ctx.store, model, model_md5)
-    if existing is not None:
-        version = existing.version
-    else:
+    version = registry.find_version(ctx.store, model, model_md5)
+    if version is None:
         tags = _version_tags(ctx, winner, model_md5)
         run_id = start_run(ctx.store, "register", {**tags, "candidate": winner}, ctx.parent_run_id)
         metrics = {k: v for k, v in board["candidates"][winner].items() if isinstance(v, float)}

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -80,6 +80,15 @@ class MergeParams(Section):
     embedding_rows: Literal["overlap", "specials", "skip"] = Field(
         "overlap", description="rows of embeddings/lm_head that get the delta: all shared, special tokens only, none"
     )
+
+    @field_validator("ratios", mode="before")
+    @classmethod
+    def _written_as_floats(cls, ratios: Any) -> Any:
+        # DVC names the foreach stages by the literal (merge@1.0): an int would name merge@1 and break the paths.
+        for i, ratio in enumerate(ratios if isinstance(ratios, list) else []):
+            if isinstance(ratio, int) and not isinstance(ratio, bool):
+                raise ValueError(f"item {i}: write ratios as floats ({ratio}.0, not {ratio}), got {ratio!r}")
+        return ratios
 
     @model_validator(mode="after")
     def _distinct(self) -> "MergeParams":

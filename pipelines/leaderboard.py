@@ -17,7 +17,10 @@ def candidate_names(merge: MergeParams) -> list[str]:
 
 
 def build_leaderboard(names: list[str], metrics_dir: Path, policy: PromoteParams, out: Path) -> dict[str, Any]:
-    """Read each candidate's metrics, rank them, and write the leaderboard with the winner and why."""
+    """Read each candidate's metrics, rank them, and write the leaderboard with the winner and why.
+
+    base, chat and cp are ranked for reference; only merged models can win.
+    """
     metrics = {}
     for name in names:
         path = metrics_dir / f"{name}.json"
@@ -25,14 +28,15 @@ def build_leaderboard(names: list[str], metrics_dir: Path, policy: PromoteParams
             raise FileNotFoundError(f"{path}: no metrics for candidate {name!r}; run its evaluate stage")
         metrics[name] = json.loads(path.read_text())
     ranked = rank_candidates(metrics, policy)
-    winner = ranked[0] if ranked[0].eligible else None
+    winner = next((r for r in ranked if r.eligible and r.name.startswith(MERGED_PREFIX)), None)
     board = {
         "winner": winner.name if winner else None,
         "primary_metric": policy.primary_metric,
-        "reason": (f"highest {policy.primary_metric} among candidates meeting every guardrail" if winner
-                   else "no candidate meets every guardrail"),
+        "reason": (f"highest {policy.primary_metric} among merged models meeting every guardrail" if winner
+                   else "no merged model meets every guardrail"),
         "candidates": {
-            r.name: {"rank": i + 1, "eligible": r.eligible, "violations": r.violations, **r.metrics}
+            r.name: {"rank": i + 1, "role": "candidate" if r.name.startswith(MERGED_PREFIX) else "reference",
+                     "eligible": r.eligible, "violations": r.violations, **r.metrics}
             for i, r in enumerate(ranked)
         },
     }

@@ -67,4 +67,5 @@ def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | 
     metric = policy.primary_metric
     comparison = (f"{metric} {challenger[metric]:.4g} vs champion {champion.get(metric, float('nan')):.4g} "
                   f"(gain {gain:+.4g}, margin {policy.min_margin:g})")
-    return Decision(gain > policy.min_margin, [comparison, "all guardrails met"])
+    # A gain equal to the margin (up to float noise) is not a win.
+    return Decision(gain > policy.min_margin + 1e-9, [comparison, "all guardrails met"])

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.entities.model_registry import ModelVersion
 
 from flows.tracking.store import Store
 
@@ -28,11 +27,11 @@ def _requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "transformers", "accelerate", "safetensors")]
 
 
-def find_version(store: Store, model: str, model_md5: str) -> ModelVersion | None:
+def find_version(store: Store, model: str, model_md5: str) -> str | None:
     """The version already registered from these exact weights, if any."""
     for candidate in store.client.search_model_versions(f"name = '{model}'"):
         if candidate.tags.get(MODEL_MD5_TAG) == model_md5:
-            return candidate
+            return str(candidate.version)
     return None
 
 
@@ -57,7 +56,7 @@ def champion(store: Store, model: str) -> Champion | None:
         holder = store.client.get_model_version_by_alias(model, CHAMPION)
     except MlflowException:
         return None
-    return Champion(holder.version, store.client.get_run(holder.run_id).data.metrics)
+    return Champion(str(holder.version), store.client.get_run(holder.run_id).data.metrics)
 
 
 def set_alias(store: Store, model: str, alias: str, version: str) -> None:

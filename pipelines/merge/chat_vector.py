@@ -1,7 +1,6 @@
 """merged = CP + ratio * (chat - base), tensor by tensor, with a row policy for the vocabulary matrices."""
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,7 +77,7 @@ def _write_tokenizer_and_configs(cp: Path, chat: Path, out: Path) -> None:
     tokenizer.eos_token = chat_tokenizer.eos_token
     tokenizer.save_pretrained(out)
     config = AutoConfig.from_pretrained(cp)
-    config.eos_token_id = AutoConfig.from_pretrained(chat).eos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
     config.save_pretrained(out)
     if (chat / "generation_config.json").exists():
         shutil.copy(chat / "generation_config.json", out / "generation_config.json")

@@ -1,0 +1,57 @@
+"""Shared fixtures: offline settings, tiny models, and throwaway chatgraft projects (git + DVC) on tiny worlds."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+for key, value in {"HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                   "DVC_NO_ANALYTICS": "1", "MLFLOW_ENABLE_TELEMETRY": "false"}.items():
+    os.environ.setdefault(key, value)
+
+# A world small enough to run every stage in seconds; the recipe is the default one, only smaller.
+TINY_PARAMS = {
+    "data": {"seed": 0, "source_entities": 8, "target_entities": 8, "pretrain_repeats": 4, "cp_repeats": 4},
+    "upstream": {
+        "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
+        "pretrain": {"steps": 30, "batch_size": 8, "block_size": 32, "learning_rate": 2.0e-3},
+        "chat_tune": {"steps": 20, "batch_size": 8, "block_size": 32, "learning_rate": 1.0e-3},
+    },
+    "cp": {"steps": 20, "batch_size": 8, "block_size": 32, "learning_rate": 1.0e-3},
+    "merge": {"ratios": [0.5, 1.0], "embedding_rows": "specials"},
+    "eval": {"max_new_tokens": 8, "max_questions": 8, "block_size": 32},
+    "promote": {"guardrails": {}},
+}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    """Run a command and fail the test with its output if it fails."""
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A git + DVC project with chatgraft's dvc.yaml and stage code, the given params and a local DVC remote."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "pipelines", root / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    run([sys.executable, "-m", "dvc", "remote", "add", "-q", "-d", "local", str(root.parent / "dvc-remote")], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "init"], root)
+    return root
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    """A deep copy of the tiny world's params, free to change."""
+    return yaml.safe_load(yaml.safe_dump(TINY_PARAMS))

@@ -1,0 +1,96 @@
+"""The retrain flow end to end on a tiny world: real DVC stages, real MLflow (sqlite), real Prefect (test server)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.params_file import apply_overrides
+from flows.retrain import retrain
+from flows.tracking.store import embedded_uri
+from tests.conftest import TINY_PARAMS, make_project
+
+pytestmark = pytest.mark.integration
+MODEL = "chatgraft-chat"
+STAGES = ["corpus", "upstream", "cp", "merge@0.5", "merge@1.0", "evaluate@base", "evaluate@chat", "evaluate@cp",
+          "evaluate-merged@0.5", "evaluate-merged@1.0", "leaderboard"]
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> tuple[Path, object, MlflowClient]:
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = make_project(tmp_path_factory.mktemp("flow") / "project", TINY_PARAMS)
+    result = retrain(project_dir=str(root))
+    yield root, result, MlflowClient(embedded_uri(root), embedded_uri(root))
+    mp.undo()
+
+
+def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
+    root, result, client = first_run
+    assert result.reproduced == STAGES
+    assert result.winner is not None and result.version == "1" and result.promoted
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
+    assert "| rank | candidate |" in result.leaderboard
+
+
+def test_version_carries_lineage(first_run) -> None:
+    root, result, client = first_run
+    tags = client.get_model_version(MODEL, "1").tags
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert re.fullmatch(r"[0-9a-f]{40}", tags["git_sha"])
+    assert tags["prefect_flow_run_id"] not in ("", "none")
+    assert tags["dvc_data_md5"] == next(o["md5"] for o in lock["corpus"]["outs"] if o["path"] == "data/corpus")
+    assert tags["dvc_model_md5"] in {o["md5"] for entry in lock.values() for o in entry.get("outs", [])}
+    assert tags["promotion.decision"] == "promoted" and tags["promotion.previous_champion"] == "none"
+
+
+def test_stage_runs_are_nested_and_tracked(first_run) -> None:
+    root, result, client = first_run
+    experiment = client.get_experiment_by_name("chatgraft")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.info.run_name.startswith("retrain-"))
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(STAGES) | {"register"} <= set(children)
+    cp = children["cp"]
+    assert len(client.get_metric_history(cp.info.run_id, "cp_loss/loss")) > 1  # the curve, from the plot file
+    assert client.get_metric_history(cp.info.run_id, "loss")  # live, from the Trainer's MLflow callback
+    assert cp.data.params["cp.steps"] == "20"
+    assert cp.data.tags["dvc.md5.models/cp"] and cp.data.tags["cached"] == "false"
+    samples = [a.path for a in client.list_artifacts(children["evaluate-merged@1.0"].info.run_id, "tables")]
+    assert samples == ["tables/merged-1.0.json"]
+    assert "answer_accuracy" in children["evaluate@cp"].data.metrics
+    assert list((root.parent / "dvc-remote").rglob("*"))  # outputs pushed to the local remote
+
+
+def test_champion_loads_with_mlflow_transformers(first_run) -> None:
+    root, _, _ = first_run
+    mlflow.set_tracking_uri(embedded_uri(root))
+    mlflow.set_registry_uri(embedded_uri(root))
+    pipeline = mlflow.transformers.load_model(f"models:/{MODEL}@champion")
+    assert pipeline.tokenizer.chat_template
+    assert isinstance(pipeline("what is the city of kato ?", max_new_tokens=3)[0]["generated_text"], str)
+
+
+def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) -> None:
+    root, _, client = first_run
+    again = retrain(project_dir=str(root))
+    assert again.reproduced == []
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+
+    apply_overrides(root / "params.yaml", ["merge.ratios=[0.5, 0.8]"])
+    changed = retrain(project_dir=str(root))
+    assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "leaderboard"]

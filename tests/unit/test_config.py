@@ -1,0 +1,43 @@
+"""params.yaml validation: defaults load, errors name the key path and what was expected."""
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ParamsError, load_params, validate_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repository_params_file_is_valid() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.merge.ratios and all(isinstance(r, float) for r in params.merge.ratios)
+    assert params.promote.primary_metric == "answer_accuracy"
+
+
+def test_unknown_key_is_named_with_its_path() -> None:
+    with pytest.raises(ParamsError, match=r"cp\.learning_rat: unknown key"):
+        validate_params({"cp": {"steps": 3, "learning_rate": 1e-3, "learning_rat": 1e-3}})
+
+
+def test_bad_value_names_key_and_expectation() -> None:
+    with pytest.raises(ParamsError) as error:
+        validate_params({"merge": {"ratios": ["a lot"]}})
+    assert "merge.ratios.0" in str(error.value) and "valid number" in str(error.value)
+
+
+def test_ratios_must_be_written_as_floats_so_dvc_stage_names_match() -> None:
+    with pytest.raises(ParamsError, match=r"merge\.ratios: .*write ratios as floats \(1\.0, not 1\)"):
+        validate_params({"merge": {"ratios": [1]}})
+
+
+def test_real_upstream_paths_come_in_pairs() -> None:
+    with pytest.raises(ParamsError, match="base_path and chat_path are set together"):
+        validate_params({"upstream": {"base_path": "/models/base"}})
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="no such params file"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("cp: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")

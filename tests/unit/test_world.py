@@ -1,0 +1,41 @@
+"""Data expectations on the default world: seeded, disjoint worlds, references that match the facts."""
+import json
+from pathlib import Path
+
+from pipelines.atomic import read_jsonl
+from pipelines.config import DataParams
+from pipelines.corpus import EVAL, TRAIN, UPSTREAM_CHAT, UPSTREAM_TEXT, VALID, build_corpus
+from pipelines.corpus.world import build_world
+
+
+def test_same_seed_same_world_other_seed_other_world() -> None:
+    assert build_world(3, 10, 10, 8) == build_world(3, 10, 10, 8)
+    assert build_world(3, 10, 10, 8) != build_world(4, 10, 10, 8)
+
+
+def test_corpus_keeps_target_facts_out_of_upstream_data(tmp_path: Path) -> None:
+    params = DataParams(source_entities=6, target_entities=5, pretrain_repeats=2, cp_repeats=2)
+    build_corpus(params, tmp_path / "corpus", tmp_path / "stats.json")
+    world = json.loads((tmp_path / "corpus" / "world.json").read_text())
+    target_names = {fact["entity"] for fact in world["target"]}
+    source_names = {fact["entity"] for fact in world["source"]}
+    assert len(target_names) == 5 and len(source_names) == 6 and not target_names & source_names
+
+    upstream_text = " ".join(r["text"] for r in read_jsonl(tmp_path / "corpus" / UPSTREAM_TEXT))
+    for fact in world["target"]:  # the base may know the names, never the target facts
+        assert f"the {fact['attribute']} of {fact['entity']} is" not in upstream_text
+    chat = json.dumps(read_jsonl(tmp_path / "corpus" / UPSTREAM_CHAT))
+    assert not any(name in chat for name in target_names)
+
+    cp_text = " ".join(r["text"] for r in read_jsonl(tmp_path / "corpus" / TRAIN))
+    assert all(f"the {f['attribute']} of {f['entity']} is {f['value']}" in cp_text for f in world["target"])
+    assert "<|" not in cp_text  # CP data is plain text, no chat format
+
+    facts = {(f["entity"], f["attribute"]): f["value"] for f in world["target"]}
+    questions = read_jsonl(tmp_path / "corpus" / EVAL)
+    assert len(questions) == len(facts)
+    for row in questions:
+        attribute, entity = row["tags"][1], row["messages"][0]["content"].split()[-2]
+        assert row["reference"] == facts[(entity, attribute)]
+    assert len(read_jsonl(tmp_path / "corpus" / VALID)) == len(facts)
+    assert json.loads((tmp_path / "stats.json").read_text())["records"]["eval"] == len(facts)
