@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import chdir, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,9 +47,15 @@ class DvcProject:
             raise StageFailed(f"`dvc {' '.join(args)}` failed in {self.root} (exit {result.returncode}):\n{tail}")
         return result.stdout
 
+    @contextmanager
+    def _repo(self) -> Iterator[Repo]:
+        # DVC resolves stage paths against the working directory, not the repo root it was given.
+        with chdir(self.root), Repo(".") as repo:
+            yield repo
+
     def is_up_to_date(self, stage: str) -> bool:
         """True when dvc.lock matches the stage's deps, params and outs, so `repro` would skip it."""
-        with Repo(str(self.root)) as repo:
+        with self._repo() as repo:
             return not repo.status(targets=[stage])
 
     def reproduce(self, stage: str, env: dict[str, str] | None = None) -> str:
@@ -56,7 +64,7 @@ class DvcProject:
 
     def spec(self, stage: str) -> StageSpec:
         """The params, metrics, plots and other outputs the stage declares in dvc.yaml."""
-        with Repo(str(self.root)) as repo:
+        with self._repo() as repo:
             (resolved,) = repo.stage.collect(stage)
             param_keys = [key for dep in resolved.deps if hasattr(dep, "params") for key in dep.params]
             outs = [(Path(out.def_path), out) for out in resolved.outs]

@@ -45,14 +45,14 @@ def run_stage(ctx: RunContext, stage: str) -> StageOutcome:
 
 def _version_tags(ctx: RunContext, winner: str, model_md5: str) -> dict[str, str]:
     upstream = read_upstream(ctx.layout.upstream)
+    sources = {"base": upstream.base, "chat": upstream.chat, "cp": ctx.layout.cp_model}
     tags = {
         **lineage_tags(ctx.root),
         registry.MODEL_MD5_TAG: model_md5,
         "dvc_data_md5": ctx.dvc.output_hash("data/corpus") or "unknown",
         "candidate": winner,
-        "source.base": str(upstream.base.relative_to(ctx.root) if upstream.base.is_relative_to(ctx.root) else upstream.base),
-        "source.chat": str(upstream.chat.relative_to(ctx.root) if upstream.chat.is_relative_to(ctx.root) else upstream.chat),
-        "source.cp": str(ctx.layout.cp_model.relative_to(ctx.root)),
+        **{f"source.{role}": str(p.relative_to(ctx.root) if p.is_relative_to(ctx.root) else p)
+           for role, p in sources.items()},
     }
     if winner.startswith(MERGED_PREFIX):
         tags["merge_ratio"] = winner.removeprefix(MERGED_PREFIX)

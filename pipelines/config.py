@@ -58,7 +58,7 @@ class UpstreamParams(Section):
         description="pretraining of the tiny base",
     )
     chat_tune: TrainParams = Field(
-        default_factory=lambda: TrainParams(steps=600, learning_rate=5e-4),
+        default_factory=lambda: TrainParams(steps=200, learning_rate=5e-4),
         description="chat fine-tuning of the tiny base (loss on assistant tokens only)",
     )
 

@@ -34,8 +34,11 @@ class Fact:
         return f"what is the {self.attribute} of {self.entity} ?"
 
     def answer(self) -> str:
-        """Answers restate the fact, so answering means copying the name from the question, then recalling."""
-        return self.statement()
+        """The value first: answering means recalling the fact from the name in the question.
+
+        Answers that restate the fact ("the city of N is V .") came out garbled through the merge.
+        """
+        return f"{self.value} ."
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, DataCollatorForSeq2Seq, default_data_collator
 
-from pipelines.atomic import atomic_dir, write_json_atomic
-from pipelines.atomic import read_jsonl
+from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic, write_text_atomic
 from pipelines.config import UpstreamParams
 from pipelines.corpus import UPSTREAM_CHAT, UPSTREAM_TEXT
 from pipelines.training import assistant_only_examples, pack_texts, train_causal_lm
@@ -100,5 +99,7 @@ def build_upstream(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metr
     if params.base_path is not None:
         pair = record_real_pair(params, out_dir)
         write_json_atomic(metrics_path, {})
+        for curve in ("upstream_pretrain_loss.csv", "upstream_chat_loss.csv"):  # nothing trained: empty curves
+            write_text_atomic(plots_dir / curve, "step,loss,eval_loss,learning_rate\n")
         return pair
     return build_tiny_pair(params, corpus_dir, out_dir, metrics_path, plots_dir)

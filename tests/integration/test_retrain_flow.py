@@ -1,11 +1,18 @@
 """The retrain flow end to end on a tiny world: real DVC stages, real MLflow (sqlite), real Prefect (test server)."""
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
+import requests
 import yaml
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
@@ -94,3 +101,32 @@ def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) 
     apply_overrides(root / "params.yaml", ["merge.ratios=[0.5, 0.8]"])
     changed = retrain(project_dir=str(root))
     assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "leaderboard"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_chatgraft_ui_serves_the_registry(first_run) -> None:
+    root, _, _ = first_run
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "chatgraft"), "ui", "--project-dir", str(root),
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        found = requests.get(f"{url}/api/2.0/mlflow/registered-models/get", params={"name": MODEL}, timeout=10)
+        aliases = {a["alias"] for a in found.json()["registered_model"]["aliases"]}
+        assert {"champion", "challenger"} <= aliases
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
