@@ -15,7 +15,7 @@ from flows.context import open_project
 from flows.leaderboard_view import leaderboard_markdown
 from flows.lineage import lineage_tags
 from flows.tasks import promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage
-from flows.tracking.stage_runs import end_run, start_run
+from flows.tracking.stage_runs import end_run, log_text, start_run
 from pipelines.evaluate import REFERENCE_CANDIDATES
 
 
@@ -55,7 +55,7 @@ def retrain(project_dir: str = ".") -> RetrainResult:
                f"({'; '.join(decision.reasons)})") if decision else "nothing registered"
     markdown = leaderboard_markdown(board, summary)
     create_markdown_artifact(markdown, key="leaderboard", description="retrain leaderboard")
-    ctx.store.client.log_text(ctx.parent_run_id, markdown, "leaderboard.md")
+    log_text(ctx.store, ctx.parent_run_id, markdown, "leaderboard.md")
     end_run(ctx.store, ctx.parent_run_id)
     return RetrainResult(board["winner"], version, bool(decision and decision.promote),
                          decision.reasons if decision else [], [o.stage for o in outcomes if not o.cached], markdown)

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.context import RunContext
 from flows.lineage import lineage_tags
 from flows.tracking import registry
-from flows.tracking.stage_runs import end_run, log_stage_outputs, set_tags, start_run
+from flows.tracking.stage_runs import end_run, log_metrics, log_stage_outputs, set_tags, start_run
 from pipelines.evaluate import MERGED_PREFIX, candidate_dir
 from pipelines.promotion import Decision, decide_promotion
 from pipelines.upstream import read_upstream
@@ -74,9 +74,7 @@ def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | 
     if version is None:
         tags = _version_tags(ctx, winner, model_md5)
         run_id = start_run(ctx.store, "register", {**tags, "candidate": winner}, ctx.parent_run_id)
-        metrics = {k: v for k, v in board["candidates"][winner].items() if isinstance(v, float)}
-        for key, value in metrics.items():
-            ctx.store.client.log_metric(run_id, key, value)
+        log_metrics(ctx.store, run_id, board["candidates"][winner])
         version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md)
         end_run(ctx.store, run_id)
     registry.set_alias(ctx.store, model, registry.CHALLENGER, version)

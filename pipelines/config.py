@@ -24,6 +24,7 @@ class DataParams(Section):
     values_per_attribute: int = Field(8, ge=2, le=8, description="values each attribute can take")
     pretrain_repeats: int = Field(24, ge=1, description="times each upstream pretraining sentence appears")
     cp_repeats: int = Field(12, ge=1, description="times each target fact statement appears in the CP corpus")
+    cp_replay: float = Field(0.0, ge=0, description="upstream sentences replayed in the CP corpus, per target sentence")
 
 
 class TinyModelParams(Section):

@@ -53,7 +53,8 @@ def _log_params(store: Store, run_id: str, params: dict[str, Any], keys: list[st
         store.client.log_batch(run_id, params=entries)
 
 
-def _log_metrics(store: Store, run_id: str, values: dict[str, Any], step: int = 0) -> None:
+def log_metrics(store: Store, run_id: str, values: dict[str, Any], step: int = 0) -> None:
+    """Log the numeric values of a flat dict as metrics (others are skipped)."""
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, step) for k, v in values.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -92,12 +93,17 @@ def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, pa
     """Log everything the stage declares in dvc.yaml, read from the files it wrote."""
     _log_params(store, run_id, params, spec.param_keys)
     for path in spec.metrics:
-        _log_metrics(store, run_id, flatten(json.loads((root / path).read_text())))
+        log_metrics(store, run_id, flatten(json.loads((root / path).read_text())))
         store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
     for path in spec.plots:
         _log_curve(store, run_id, root / path)
     for path in spec.files:
         _log_file(store, run_id, root, path)
+
+
+def log_text(store: Store, run_id: str, text: str, artifact_file: str) -> None:
+    """Log a text (markdown, say) as an artifact file of the run."""
+    store.client.log_text(run_id, text, artifact_file)
 
 
 def set_tags(store: Store, run_id: str, tags: dict[str, str]) -> None:

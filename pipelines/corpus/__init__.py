@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
-from pipelines.corpus.world import build_world, chat_conversation, pretraining_sentences
+from pipelines.corpus.world import World, build_world, chat_conversation, pretraining_sentences
 
 UPSTREAM_TEXT = "upstream_text.jsonl"
 UPSTREAM_CHAT = "upstream_chat.jsonl"
@@ -29,6 +29,15 @@ def _repeated_shuffled(items: list[str], repeats: int, rng: random.Random) -> li
     return out
 
 
+def _cp_sentences(world: World, params: DataParams, rng: random.Random) -> list[str]:
+    """Target statements, plus (optionally) replayed upstream text, the usual guard against forgetting in CP."""
+    target = [fact.statement() for fact in world.target] * params.cp_repeats
+    replay = rng.choices(pretraining_sentences(world), k=round(params.cp_replay * len(target)))
+    sentences = target + replay
+    rng.shuffle(sentences)
+    return sentences
+
+
 def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusResult:
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`."""
     world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
@@ -38,7 +47,7 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusR
     sets: dict[str, list[dict]] = {
         UPSTREAM_TEXT: [{"text": s} for s in _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)],
         UPSTREAM_CHAT: [{"messages": chat_conversation(fact)} for fact in world.source],
-        TRAIN: [{"text": s} for s in _repeated_shuffled([f.statement() for f in world.target], params.cp_repeats, rng)],
+        TRAIN: [{"text": s} for s in _cp_sentences(world, params, rng)],
         VALID: [{"text": fact.statement()} for fact in world.target],
         EVAL: [
             {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer, DataCollatorForSeq2Seq, default_data_collator
+from transformers import AutoConfig, AutoTokenizer, DataCollatorForSeq2Seq, default_data_collator, set_seed
 
 from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic, write_text_atomic
 from pipelines.config import UpstreamParams
@@ -66,6 +66,7 @@ def build_tiny_pair(params: UpstreamParams, corpus_dir: Path, out_dir: Path, met
     texts = [row["text"] for row in read_jsonl(corpus_dir / UPSTREAM_TEXT)]
     conversations = [row["messages"] for row in read_jsonl(corpus_dir / UPSTREAM_CHAT)]
     tokenizer = build_word_tokenizer(texts + [m["content"] for c in conversations for m in c])
+    set_seed(params.pretrain.seed)  # the initial weights are part of the recipe
     model = build_tiny_llama(params.tiny, tokenizer, context=max(params.pretrain.block_size, 256))
 
     with atomic_dir(out_dir) as staging:
