@@ -15,6 +15,8 @@ import pytest
 import requests
 import yaml
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.params_file import apply_overrides
@@ -51,6 +53,14 @@ def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
     assert "| rank | candidate |" in result.leaderboard
+
+
+def test_leaderboard_is_a_prefect_artifact(first_run) -> None:
+    _, result, _ = first_run
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["leaderboard"])))
+    assert artifacts and artifacts[0].type == "markdown"
+    assert "| rank | candidate |" in artifacts[0].data and result.winner in artifacts[0].data
 
 
 def test_version_carries_lineage(first_run) -> None:
