@@ -35,17 +35,19 @@ class DvcProject:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _dvc(self, *args: str, env: dict[str, str] | None = None) -> str:
+    def _dvc(self, *args: str, env: dict[str, str] | None = None, stream: bool = False) -> str:
+        """Run a dvc command; `stream` shows its output (the stage's progress bars) as it runs."""
         # Stage commands say `python`: it must be this interpreter, with the project installed.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         result = subprocess.run(
             [sys.executable, "-m", "dvc", *args], cwd=self.root, env={**os.environ, "PATH": path, **(env or {})},
-            capture_output=True, text=True,
+            capture_output=not stream, text=True,
         )
         if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
-            raise StageFailed(f"`dvc {' '.join(args)}` failed in {self.root} (exit {result.returncode}):\n{tail}")
-        return result.stdout
+            output = "(its output is above)" if stream else "\n".join(
+                (result.stdout + result.stderr).splitlines()[-40:])
+            raise StageFailed(f"`dvc {' '.join(args)}` failed in {self.root} (exit {result.returncode}):\n{output}")
+        return result.stdout or ""
 
     @contextmanager
     def _repo(self) -> Iterator[Repo]:
@@ -58,9 +60,9 @@ class DvcProject:
         with self._repo() as repo:
             return not repo.status(targets=[stage])
 
-    def reproduce(self, stage: str, env: dict[str, str] | None = None) -> str:
-        """Run `dvc repro --single-item` for one stage; returns DVC's output."""
-        return self._dvc("repro", "--single-item", stage, env=env)
+    def reproduce(self, stage: str, env: dict[str, str] | None = None) -> None:
+        """Run `dvc repro --single-item` for one stage, its output shown as it runs."""
+        self._dvc("repro", "--single-item", stage, env=env, stream=True)
 
     def spec(self, stage: str) -> StageSpec:
         """The params, metrics, plots and other outputs the stage declares in dvc.yaml."""
