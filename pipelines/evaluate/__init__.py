@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from pipelines.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipelines.config import EvalParams
@@ -30,7 +30,7 @@ def candidate_dir(layout: Layout, candidate: str) -> Path:
     raise ValueError(f"unknown candidate {candidate!r}: expected base, chat, cp or merged-<ratio>")
 
 
-def end_of_turn_ids(chat_dir: Path, tokenizer: AutoTokenizer) -> list[int]:
+def end_of_turn_ids(chat_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The chat model's stop tokens (its generation EOS ids), as ids of the evaluated model's vocabulary."""
     eos = GenerationConfig.from_pretrained(chat_dir).eos_token_id
     chat_tokens = AutoTokenizer.from_pretrained(chat_dir).convert_ids_to_tokens(eos if isinstance(eos, list) else [eos])
