@@ -18,13 +18,13 @@ from flows.dvc_project import StageSpec  # noqa: E402
 from flows.tracking.store import Store  # noqa: E402
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as `a/b/c` keys; lists are kept whole as leaves."""
+def flatten(data: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
+    """Nested dicts as `a/b/c` keys (or another separator); lists are kept whole as leaves."""
     if not isinstance(data, dict):
         return {prefix: data}
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        flat.update(flatten(value, f"{prefix}/{key}" if prefix else str(key)))
+        flat.update(flatten(value, f"{prefix}{sep}{key}" if prefix else str(key), sep))
     return flat
 
 
@@ -46,9 +46,8 @@ def _log_params(store: Store, run_id: str, params: dict[str, Any], keys: list[st
         value: Any = params
         for part in key.split("."):
             value = value[part]
-        selected.update(flatten(value, key.replace(".", "/")))
-    entries = [Param(k.replace("/", "."), json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-               for k, v in selected.items()]
+        selected.update(flatten(value, key, sep="."))
+    entries = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in selected.items()]
     if entries:
         store.client.log_batch(run_id, params=entries)
 
@@ -74,8 +73,10 @@ def _log_curve(store: Store, run_id: str, csv_path: Path) -> None:
     store.client.log_batch(run_id, metrics=metrics)
     figure, axis = plt.subplots(figsize=(6, 3.5))
     for column in (c for c in series if "loss" in c):
-        axis.plot(frame["step"], frame[column], label=column)
+        points = frame[["step", column]].dropna()  # eval losses are logged less often than training losses
+        axis.plot(points["step"], points[column], marker="o" if len(points) < 20 else None, label=column)
     axis.set_xlabel("step"), axis.set_ylabel("loss"), axis.set_title(csv_path.stem), axis.legend()
+    figure.tight_layout()
     store.client.log_figure(run_id, figure, f"plots/{csv_path.stem}.png")
     plt.close(figure)
 
