@@ -105,7 +105,7 @@ class EvalParams(Section):
     batch_size: int = Field(32, ge=1, description="prompts per generation batch")
     max_questions: int = Field(160, ge=1, description="at most this many eval questions are asked")
     repetition_ngram: int = Field(3, ge=1, description="n of the n-grams counted by the repetition rate")
-    block_size: int = Field(64, ge=8, description="tokens per window when measuring perplexity")
+    block_size: int = Field(64, ge=8, description="tokens per held-out document when measuring perplexity (longer ones are cut)")
 
 
 class Bound(Section):

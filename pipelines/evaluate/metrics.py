@@ -6,9 +6,9 @@ import re
 import string
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, default_data_collator
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipelines.training import pack_texts
+from pipelines.training.data import IGNORE_INDEX
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -33,16 +33,21 @@ def repetition_rate(token_ids: list[int], n: int) -> float:
 
 
 @torch.inference_mode()
-def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], block_size: int,
+def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int,
                batch_size: int) -> float:
-    """exp of the mean next-token loss over packed windows of `texts`."""
-    blocks = pack_texts(tokenizer, texts, block_size)
+    """exp of the mean next-token loss over the tokens of each document, scored one document per row.
+
+    Documents are not joined: the separator would be whatever the tokenizer calls EOS, which differs between a base
+    and a chat model, and would be scored as if it were text.
+    """
+    tokenizer.padding_side = "right"
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(blocks), batch_size):
-        batch = default_data_collator(blocks[start : start + batch_size])
-        batch = {key: value.to(model.device) for key, value in batch.items()}
-        tokens = batch["labels"][:, 1:].numel()
-        total += float(model(**batch).loss) * tokens
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_tokens,
+                          add_special_tokens=False, return_tensors="pt").to(model.device)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+        tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        total += float(model(**batch, labels=labels).loss) * tokens
         count += tokens
     return math.exp(total / count)

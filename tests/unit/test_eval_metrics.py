@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pipelines.evaluate.metrics import answer_correct, normalize, perplexity, repetition_rate
-from pipelines.upstream.tokenizer import build_word_tokenizer
+from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
 
 
 def test_normalize_drops_case_and_punctuation() -> None:
@@ -39,6 +39,17 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size() -> None:
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
     with torch.no_grad():
         model.lm_head.weight.zero_()  # every logit 0: uniform next-token distribution
-    value = perplexity(model, tokenizer, ["a b c d e f g h"] * 8, block_size=8, batch_size=4)
+    value = perplexity(model, tokenizer, ["a b c d e f g h", "a b c"] * 4, max_tokens=8, batch_size=3)
     assert value == pytest.approx(len(tokenizer), rel=1e-4)
     assert math.isfinite(value)
+
+
+def test_perplexity_does_not_depend_on_what_the_tokenizer_calls_eos() -> None:
+    tokenizer = build_word_tokenizer(["the city of kato is oslo .", "the pet of mira is cat ."])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    texts = ["the city of kato is oslo .", "the pet of mira is cat .", "the city of mira is"]
+    plain = perplexity(model, tokenizer, texts, max_tokens=16, batch_size=2)
+    chat = perplexity(model, as_chat_tokenizer(tokenizer), texts, max_tokens=16, batch_size=2)  # EOS = <|end|>
+    assert plain == pytest.approx(chat, rel=1e-6)
