@@ -4,12 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DO_NOT_TRACK := 1
-export HF_HUB_OFFLINE := 1
-export DVC_NO_ANALYTICS := 1
-export MLFLOW_ENABLE_TELEMETRY := false
-
 .PHONY: install run test ui clean
 
 install: $(STAMP)

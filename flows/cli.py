@@ -1,20 +1,18 @@
 """The `chatgraft` command: run the retrain flow, open the MLflow UI."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import typer
 
+from flows.environment import apply_offline_defaults
+
 app = typer.Typer(help="chatgraft: continual pretraining + chat vector, as a tracked, reproducible pipeline.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
-# No model hub is reachable from chatgraft's machines, and telemetry has nowhere to go.
-for _key, _value in {"HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                     "DVC_NO_ANALYTICS": "1", "MLFLOW_ENABLE_TELEMETRY": "false"}.items():
-    os.environ.setdefault(_key, _value)
+apply_offline_defaults()
 
 
 @app.command()

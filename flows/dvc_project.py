@@ -80,20 +80,20 @@ class DvcProject:
             dirs=[p for p, out in outs if is_dir(p)],
         )
 
-    def lock_hashes(self, stage: str) -> dict[str, str]:
-        """`path -> md5` of the stage's deps and outs as dvc.lock recorded them."""
+    def _locked_stages(self) -> dict[str, dict]:
         lock_path = self.root / "dvc.lock"
         if not lock_path.exists():
             return {}
-        entry = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}).get(stage, {})
+        return (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
+
+    def lock_hashes(self, stage: str) -> dict[str, str]:
+        """`path -> md5` of the stage's deps and outs as dvc.lock recorded them."""
+        entry = self._locked_stages().get(stage, {})
         return {item["path"]: item["md5"] for kind in ("deps", "outs") for item in entry.get(kind, []) if "md5" in item}
 
     def output_hash(self, path: str) -> str | None:
         """The dvc.lock md5 of the output that is `path` or contains it."""
-        lock_path = self.root / "dvc.lock"
-        if not lock_path.exists():
-            return None
-        for entry in (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}).values():
+        for entry in self._locked_stages().values():
             for out in entry.get("outs", []):
                 if path == out["path"] or path.startswith(out["path"].rstrip("/") + "/"):
                     return out.get("md5")

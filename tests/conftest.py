@@ -1,7 +1,6 @@
 """Shared fixtures: offline settings, tiny models, and throwaway chatgraft projects (git + DVC) on tiny worlds."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -10,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.environment import apply_offline_defaults
+
 REPO = Path(__file__).resolve().parents[1]
-for key, value in {"HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                   "DVC_NO_ANALYTICS": "1", "MLFLOW_ENABLE_TELEMETRY": "false"}.items():
-    os.environ.setdefault(key, value)
+apply_offline_defaults()
 
 # A world small enough to run every stage in seconds; the recipe is the default one, only smaller.
 TINY_PARAMS = {
