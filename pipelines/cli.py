@@ -62,8 +62,8 @@ def merge(ratio: str = typer.Argument(help="merge ratio, as written in merge.rat
     if float(ratio) not in params.merge.ratios:
         raise typer.BadParameter(f"{ratio} is not in merge.ratios {params.merge.ratios}")
     pair = read_upstream(layout.upstream)
-    merge_chat_vector(pair.base, pair.chat, layout.cp_model, layout.merged_model(ratio), float(ratio),
-                      params.merge.embedding_rows, layout.merge_report(ratio))
+    merge_chat_vector(pair.base, pair.chat, layout.cp_model, layout.merged_model(ratio), float(ratio), params.merge,
+                      layout.merge_report(ratio))
 
 
 @app.command()

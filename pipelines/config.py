@@ -74,13 +74,65 @@ class CPParams(TrainParams):
     """Continual pretraining of the base on the target corpus (full parameters)."""
 
 
-class MergeParams(Section):
-    """The chat-vector merge: merged = CP + ratio * (chat - base)."""
+class TensorRule(Section):
+    """What the merge does to the tensors whose names match a glob pattern (the first matching rule wins)."""
+
+    pattern: str = Field(description="glob on the tensor name, e.g. 'model.layers.*.mlp.*' or '*norm*'")
+    action: Literal["add", "skip"] = Field("add", description="add the task vectors, or keep the CP tensor as is")
+    ratio: StrictFloat | None = Field(None, description="ratio of the chat vector on these tensors (default: the merge ratio)")
+
+
+class TaskVectorSource(Section):
+    """A further task vector (tuned - base) merged with the chat vector, e.g. a domain vector."""
+
+    name: str = Field(description="name of the vector in the merge report")
+    base: str = Field(description="local path of the model the vector starts from")
+    tuned: str = Field(description="local path of the tuned model")
+    ratio: StrictFloat = Field(1.0, description="weight of this vector")
+
+
+class MergeSettings(Section):
+    """How the merge engine combines task vectors; also the schema of `chatgraft merge --config merge.yaml`."""
+
+    method: Literal["task_arithmetic", "ties", "dare_linear"] = Field(
+        "task_arithmetic", description="how several task vectors combine (one vector: all agree with task arithmetic at density 1)"
+    )
+    embedding_rows: Literal["overlap", "specials", "skip"] = Field(
+        "overlap", description="rows of embeddings/lm_head that get the delta, matched by token string: "
+        "shared tokens, special/chat-template tokens only, none"
+    )
+    rules: list[TensorRule] = Field(default_factory=list, description="per-tensor rules by name, first match wins")
+    vectors: list[TaskVectorSource] = Field(default_factory=list, description="task vectors added besides chat - base")
+    density: StrictFloat = Field(0.5, gt=0, le=1, description="ties: share of each vector kept by magnitude; "
+                                 "dare_linear: share kept at random")
+    seed: int = Field(0, description="seed of dare_linear's random drops")
+    max_shard_size: str = Field("5GB", description="largest output safetensors shard, e.g. 500MB or 5GB")
+    allow_pickle: bool = Field(False, description="read pickle (.bin) checkpoints; they can run code when loaded")
+
+    @field_validator("vectors")
+    @classmethod
+    def _vector_names(cls, vectors: list[TaskVectorSource]) -> list[TaskVectorSource]:
+        names = [v.name for v in vectors]
+        if "chat" in names or len(set(names)) != len(names):
+            raise ValueError(f"vector names must be distinct and not 'chat' (the chat vector's), got {names}")
+        return vectors
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _size(cls, size: str) -> str:
+        from transformers.utils.hub import convert_file_size_to_int
+
+        try:
+            convert_file_size_to_int(size)
+        except ValueError:
+            raise ValueError(f"not a size like 500MB or 5GB: {size!r}") from None
+        return size
+
+
+class MergeParams(MergeSettings):
+    """The merge stage: the engine's settings plus the sweep of ratios."""
 
     ratios: list[StrictFloat] = Field([0.5, 1.0], min_length=1, description="merge ratios to sweep, written as floats")
-    embedding_rows: Literal["overlap", "specials", "skip"] = Field(
-        "overlap", description="rows of embeddings/lm_head that get the delta: all shared, special tokens only, none"
-    )
 
     @field_validator("ratios", mode="before")
     @classmethod
@@ -159,15 +211,26 @@ def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ParamsError(_describe(error, source)) from None
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
-    path = Path(path)
+def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise ParamsError(f"{path}: no such params file")
+        raise ParamsError(f"{path}: no such file")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     if raw is not None and not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return validate_params(raw, str(path))
+        raise ParamsError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    return raw or {}
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    return validate_params(_read_mapping(Path(path)), str(path))
+
+
+def load_merge_settings(path: Path | str) -> MergeSettings:
+    """Read and validate a merge.yaml for `chatgraft merge --config` (the keys of params.yaml's merge section)."""
+    try:
+        return MergeSettings.model_validate(_read_mapping(Path(path)))
+    except ValidationError as error:
+        raise ParamsError(_describe(error, str(path))) from None

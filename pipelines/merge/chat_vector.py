@@ -1,20 +1,37 @@
-"""merged = CP + ratio * (chat - base), tensor by tensor, with a row policy for the vocabulary matrices."""
+"""merged = CP + ratio * (chat - base), streamed tensor by tensor and block by block.
+
+Inputs are memory-mapped; each output tensor is computed in fp32 in blocks of about CHUNK_ELEMENTS values
+(whole tensors for ties/dare, which need them), cast to the CP tensor's dtype and appended to the output shard.
+Memory is therefore bounded by a few blocks, whatever the model size. The output directory appears only
+when every tensor was written and checked.
+"""
 from __future__ import annotations
 
-import shutil
-from dataclasses import asdict, dataclass
+import math
+import tempfile
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
-from transformers import AutoConfig, AutoTokenizer
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from pipelines.atomic import atomic_dir, write_json_atomic
+from pipelines.config import MergeSettings
 from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint
+from pipelines.merge.lora import fold_adapter, is_peft_adapter
+from pipelines.merge.methods import WHOLE_TENSOR_METHODS, combine
+from pipelines.merge.plan import (
+    TensorPlan, check_architectures, load_config, plan_tensors, vocabulary_tensor_names,
+)
+from pipelines.merge.vocabulary import (
+    NO_ROW, DeltaRows, VocabularyPlan, chat_special_tokens, load_tokenizer, merged_tokenizer, plan_vocabulary,
+    row_tokens,
+)
+from pipelines.merge.writer import ShardedSafetensorsWriter
 
-RowPolicy = Literal["overlap", "specials", "skip"]
+CHUNK_ELEMENTS = 1 << 18  # fp32 blocks of 1 MiB stay in cache across the few passes of the arithmetic
 
 
 @dataclass(frozen=True)
@@ -26,81 +43,228 @@ class TensorReport:
     ratio: float
     delta_norm: float
     relative_change: float
+    rows_with_delta: int | None = None
 
 
-def special_token_ids(tokenizer_dir: Path) -> list[int]:
-    """Ids of the special tokens (chat-template and control tokens) of a tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    return sorted(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+@dataclass(frozen=True)
+class MergeReport:
+    """The whole merge: settings, vocabulary, and each tensor's report."""
+
+    ratio: float
+    method: str
+    embedding_rows: str
+    vectors: list[str]
+    vocabulary: dict[str, object]
+    files: list[str]
+    tensors: list[TensorReport] = field(default_factory=list)
 
 
-def _row_mask(policy: RowPolicy, rows: int, specials: list[int]) -> torch.Tensor | None:
-    """Which rows of a vocabulary matrix take the delta; None means all of them."""
-    if policy == "overlap":
-        return None
-    mask = torch.zeros(rows, 1, dtype=torch.bool)
-    if policy == "specials":
-        mask[specials] = True
-    return mask
+@dataclass
+class TaskVector:
+    """tuned - base, read lazily from two checkpoints."""
+
+    name: str
+    base: SafetensorsCheckpoint
+    tuned: SafetensorsCheckpoint
+    ratio: float
+    rows: DeltaRows | None = None
+
+    def checkpoints(self) -> dict[str, SafetensorsCheckpoint]:
+        """The two checkpoints by the role names errors use ("base"/"chat" for the chat vector)."""
+        if self.name == "chat":
+            return {"base": self.base, "chat": self.tuned}
+        return {f"{self.name} base": self.base, f"{self.name} tuned": self.tuned}
 
 
-def _merge_tensor(name: str, cp: torch.Tensor, base: torch.Tensor, chat: torch.Tensor, ratio: float,
-                  row_mask: torch.Tensor | None) -> tuple[torch.Tensor, TensorReport]:
-    if not (cp.shape == base.shape == chat.shape):
-        raise CheckpointError(
-            f"tensor {name!r}: shapes differ: cp {tuple(cp.shape)}, base {tuple(base.shape)}, chat {tuple(chat.shape)}"
-        )
-    delta = ratio * (chat.float() - base.float())
-    if row_mask is not None:
-        delta = delta * row_mask
-    merged = cp.float() + delta
-    if not torch.isfinite(merged).all():
-        raise CheckpointError(f"tensor {name!r}: the merge produced NaN or Inf")
-    action = "add" if row_mask is None else f"rows:{int(row_mask.sum())}"
-    norm = float(delta.norm())
-    return merged.to(cp.dtype), TensorReport(name, action, ratio, norm, norm / max(float(cp.float().norm()), 1e-12))
+def _as_rows(tensor: torch.Tensor, vocabulary: bool) -> torch.Tensor:
+    """A view with one output row per vocabulary row, or one row per value for other tensors."""
+    return tensor if vocabulary else tensor.reshape(-1, 1)
 
 
-def _check_architectures(base: Path, chat: Path, cp: Path) -> int:
-    configs = {role: AutoConfig.from_pretrained(path) for role, path in (("base", base), ("chat", chat), ("cp", cp))}
-    kinds = {role: (config.model_type, tuple(config.architectures or ())) for role, config in configs.items()}
-    if len(set(kinds.values())) != 1:
-        raise CheckpointError(f"architectures differ: {kinds}")
-    return configs["cp"].vocab_size
+def _take(matrix: torch.Tensor, index: torch.Tensor | None, block: slice) -> torch.Tensor:
+    """Rows `block` (or rows index[block], all present) as a new fp32 tensor."""
+    if index is None:
+        return matrix[block].to(torch.float32, copy=True)
+    rows = index[block]
+    start = int(rows[0]) if rows.numel() else 0
+    if torch.equal(rows, torch.arange(start, start + rows.numel())):
+        return matrix[start:start + rows.numel()].to(torch.float32, copy=True)
+    return matrix.index_select(0, rows).float()
 
 
-def _write_tokenizer_and_configs(cp: Path, chat: Path, out: Path) -> None:
-    """CP's tokenizer and config, with the chat model's chat template, EOS and generation config."""
-    tokenizer = AutoTokenizer.from_pretrained(cp)
-    chat_tokenizer = AutoTokenizer.from_pretrained(chat)
-    tokenizer.chat_template = chat_tokenizer.chat_template
-    tokenizer.eos_token = chat_tokenizer.eos_token
+def _blocks(rows: int, row_len: int, whole: bool) -> list[slice]:
+    step = rows if whole else max(1, CHUNK_ELEMENTS // max(row_len, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, max(step, 1))] or [slice(0, 0)]
+
+
+class _Merger:
+    """Computes the output tensors block by block; keeps the running norms for the report."""
+
+    def __init__(self, cp: SafetensorsCheckpoint, chat: SafetensorsCheckpoint, vectors: list[TaskVector],
+                 vocabulary: VocabularyPlan | None, settings: MergeSettings) -> None:
+        self.cp, self.chat, self.vectors, self.vocabulary, self.settings = cp, chat, vectors, vocabulary, settings
+
+    def _start_rows(self, plan: TensorPlan, block: slice) -> torch.Tensor:
+        cp = _as_rows(self.cp.get(plan.name), plan.vocabulary)
+        if not plan.vocabulary:
+            return _take(cp, None, block)
+        source = self.vocabulary.cp[block]  # type: ignore[union-attr]
+        from_cp = source != NO_ROW
+        if bool(from_cp.all()):
+            return _take(cp, self.vocabulary.cp, block)  # type: ignore[union-attr]
+        rows = torch.empty((source.numel(), *cp.shape[1:]), dtype=torch.float32)
+        rows[from_cp] = cp[source[from_cp]].float()
+        chat_rows = self.vocabulary.chat[block][~from_cp]  # type: ignore[union-attr]
+        rows[~from_cp] = self.chat.get(plan.name)[chat_rows].float()
+        return rows
+
+    def _delta(self, vector: TaskVector, plan: TensorPlan, block: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        base = _as_rows(vector.base.get(plan.name), plan.vocabulary)
+        tuned = _as_rows(vector.tuned.get(plan.name), plan.vocabulary)
+        if not plan.vocabulary:
+            return _take(tuned, None, block).sub_(_take(base, None, block)), None
+        rows = vector.rows
+        mask = rows.mask[block]  # type: ignore[union-attr]
+        if bool(mask.all()):
+            return _take(tuned, rows.tuned, block).sub_(_take(base, rows.base, block)), mask  # type: ignore[union-attr]
+        delta = torch.zeros((mask.numel(), *tuned.shape[1:]), dtype=torch.float32)
+        delta[mask] = tuned[rows.tuned[block][mask]].float() - base[rows.base[block][mask]].float()  # type: ignore[union-attr]
+        return delta, mask
+
+    def tensor(self, plan: TensorPlan, write, progress: tqdm) -> TensorReport:
+        """Merge one tensor, handing each finished block to `write`."""
+        rows, row_len = (plan.meta.shape[0], math.prod(plan.meta.shape[1:])) if plan.vocabulary \
+            else (plan.meta.numel(), 1)
+        whole = self.settings.method in WHOLE_TENSOR_METHODS
+        delta_sq = cp_sq = 0.0
+        touched = 0
+        for block in _blocks(rows, row_len, whole):
+            merged = self._start_rows(plan, block)
+            cp_sq += float(merged.norm()) ** 2
+            if plan.adds:
+                delta, touched_rows = self._combined_delta(plan, block)
+                if touched_rows is None or bool(touched_rows.all()):
+                    merged.add_(delta)
+                else:
+                    merged[touched_rows] += delta[touched_rows]
+                delta_sq += float(delta.norm()) ** 2
+                touched += int(touched_rows.sum()) if touched_rows is not None else 0
+            if not bool(torch.isfinite(merged).all()):
+                raise CheckpointError(f"tensor {plan.name!r}: the merge produced NaN or Inf")
+            out = merged.to(plan.meta.dtype)
+            write(plan.name, out)
+            progress.update(out.numel() * out.element_size())
+        delta_norm = math.sqrt(delta_sq)
+        return TensorReport(plan.name, plan.action if plan.adds else "skip", plan.weights[0], delta_norm,
+                            delta_norm / max(math.sqrt(cp_sq), 1e-12), touched if plan.vocabulary else None)
+
+    def _combined_delta(self, plan: TensorPlan, block: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        deltas, weights, masks = [], [], []
+        for vector, weight in zip(self.vectors, plan.weights):
+            if weight:
+                delta, mask = self._delta(vector, plan, block)
+                deltas.append(delta), weights.append(weight), masks.append(mask)
+        touched = None if masks[0] is None else torch.stack(masks).any(dim=0)
+        s = self.settings
+        return combine(s.method, deltas, weights, s.density, s.seed, plan.name), touched
+
+
+def _write_tokenizer_and_configs(tokenizer: PreTrainedTokenizerBase, chat_tokenizer: PreTrainedTokenizerBase,
+                                 cp: Path, chat: Path, rows: int | None, out: Path) -> None:
+    """CP's config and the merged tokenizer; the chat model's generation config with its token ids remapped."""
     tokenizer.save_pretrained(out)
-    config = AutoConfig.from_pretrained(cp)
+    config = load_config(cp)
+    if rows is not None:
+        config.vocab_size = rows
     config.eos_token_id = tokenizer.eos_token_id
     config.save_pretrained(out)
     if (chat / "generation_config.json").exists():
-        shutil.copy(chat / "generation_config.json", out / "generation_config.json")
+        generation = GenerationConfig.from_pretrained(chat)
+        for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
+            ids = getattr(generation, key)
+            if ids is not None:
+                mapped = tokenizer.convert_tokens_to_ids(chat_tokenizer.convert_ids_to_tokens(ids))
+                setattr(generation, key, mapped)
+        generation.save_pretrained(out)
 
 
-def merge_chat_vector(base: Path, chat: Path, cp: Path, out: Path, ratio: float, embedding_rows: RowPolicy,
-                      report_path: Path) -> list[TensorReport]:
-    """Write CP + ratio * (chat - base) to `out` (atomically) and a per-tensor report to `report_path`."""
-    vocab_size = _check_architectures(base, chat, cp)
-    specials = special_token_ids(chat)
-    reports: list[TensorReport] = []
-    merged: dict[str, torch.Tensor] = {}
-    with SafetensorsCheckpoint(base) as base_ck, SafetensorsCheckpoint(chat) as chat_ck, \
-            SafetensorsCheckpoint(cp) as cp_ck, atomic_dir(out) as staging:
-        for name in tqdm(cp_ck.names(), desc=f"merge alpha={ratio}", unit="tensor"):
-            cp_tensor = cp_ck.get(name)
-            is_vocab = cp_tensor.ndim == 2 and cp_tensor.shape[0] == vocab_size
-            mask = _row_mask(embedding_rows, vocab_size, specials) if is_vocab else None
-            merged[name], report = _merge_tensor(name, cp_tensor, base_ck.get(name), chat_ck.get(name), ratio, mask)
-            reports.append(report)
-        save_file(merged, staging / "model.safetensors", metadata={"format": "pt"})
-        _write_tokenizer_and_configs(cp, chat, staging)
-    write_json_atomic(report_path, {
-        "ratio": ratio, "embedding_rows": embedding_rows, "tensors": [asdict(r) for r in reports],
-    })
-    return reports
+def _task_vectors(base: Path, chat: Path, ratio: float, settings: MergeSettings, stack: ExitStack) -> list[TaskVector]:
+    sources = [("chat", base, chat, ratio)] + [(v.name, Path(v.base), Path(v.tuned), v.ratio) for v in settings.vectors]
+    return [TaskVector(name, stack.enter_context(SafetensorsCheckpoint(b, settings.allow_pickle)),
+                       stack.enter_context(SafetensorsCheckpoint(t, settings.allow_pickle)), r)
+            for name, b, t, r in sources]
+
+
+def merge_chat_vector(base: Path, chat: Path, cp: Path, out: Path, ratio: float, settings: MergeSettings,
+                      report_path: Path | None = None) -> MergeReport:
+    """Write CP + ratio * (chat - base) (and any further task vectors) to `out`, atomically, as sharded
+    safetensors with the merged tokenizer; write the per-tensor report to `report_path` when given."""
+    with ExitStack() as stack:
+        if is_peft_adapter(cp):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            folded = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".cp-folded.", dir=out.parent)))
+            cp = fold_adapter(cp, base, folded)
+        vectors = _task_vectors(base, chat, ratio, settings, stack)
+        inputs = {role: ck for v in vectors for role, ck in v.checkpoints().items()}
+        check_architectures({"cp": load_config(cp), **{role: load_config(ck.model_dir) for role, ck in inputs.items()}})
+        cp_ck = stack.enter_context(SafetensorsCheckpoint(cp, settings.allow_pickle))
+        vocabulary_names = vocabulary_tensor_names(load_config(cp))
+        chat_tokenizer = load_tokenizer(chat)
+        tokenizer, added = merged_tokenizer(load_tokenizer(cp), chat_tokenizer)
+        vocabulary = _plan_vocabulary(cp_ck, vectors, vocabulary_names, tokenizer, added, chat_tokenizer, settings)
+        plans = plan_tensors(cp_ck, inputs, [v.ratio for v in vectors], settings.rules, vocabulary_names,
+                             vocabulary.rows if vocabulary else 0)
+        merger = _Merger(cp_ck, vectors[0].tuned, vectors, vocabulary, settings)
+        with atomic_dir(out) as staging:
+            reports, files = _stream(plans, merger, staging, settings.max_shard_size, f"merge alpha={ratio}")
+            _write_tokenizer_and_configs(tokenizer, chat_tokenizer, cp, chat, vocabulary.rows if vocabulary else None,
+                                         staging)
+    report = MergeReport(ratio, settings.method, settings.embedding_rows, [v.name for v in vectors],
+                         _vocabulary_summary(vocabulary), files, reports)
+    if report_path is not None:
+        write_json_atomic(report_path, asdict(report))
+    return report
+
+
+def _plan_vocabulary(cp: SafetensorsCheckpoint, vectors: list[TaskVector], names: set[str],
+                     tokenizer: PreTrainedTokenizerBase, added: list[str], chat_tokenizer: PreTrainedTokenizerBase,
+                     settings: MergeSettings) -> VocabularyPlan | None:
+    present = sorted(names & set(cp.names()))
+    if not present:
+        return None
+    name = present[0]
+    chat_ck = vectors[0].tuned
+    plan = plan_vocabulary(tokenizer, added, row_tokens(load_tokenizer(cp.model_dir), cp.get(name).shape[0]),
+                           row_tokens(chat_tokenizer, chat_ck.get(name).shape[0]))
+    specials = set(chat_special_tokens(chat_tokenizer))
+    for vector in vectors:
+        vector.rows = plan.delta_rows(row_tokens(load_tokenizer(vector.base.model_dir), vector.base.get(name).shape[0]),
+                                      row_tokens(load_tokenizer(vector.tuned.model_dir), vector.tuned.get(name).shape[0]),
+                                      settings.embedding_rows, specials)
+    return plan
+
+
+def _stream(plans: list[TensorPlan], merger: _Merger, staging: Path, max_shard_size: str,
+            label: str) -> tuple[list[TensorReport], list[str]]:
+    by_name = {plan.name: plan for plan in plans}
+    writer = ShardedSafetensorsWriter(staging, {p.name: p.meta for p in plans}, max_shard_size)
+    total = sum(p.meta.numel() * p.meta.element_size() for p in plans)
+    reports = []
+    try:
+        with tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024) as progress:
+            for done, name in enumerate(writer.order(), start=1):
+                reports.append(merger.tensor(by_name[name], writer.write, progress))
+                progress.set_postfix_str(f"{done}/{len(plans)} tensors", refresh=False)
+        files = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    order = {name: i for i, name in enumerate(by_name)}
+    return sorted(reports, key=lambda r: order[r.name]), files
+
+
+def _vocabulary_summary(vocabulary: VocabularyPlan | None) -> dict[str, object]:
+    if vocabulary is None:
+        return {}
+    return {"rows": vocabulary.rows, "rows_from_cp": int((vocabulary.cp != NO_ROW).sum()),
+            "rows_from_chat": int((vocabulary.chat != NO_ROW).sum()), "added_tokens": vocabulary.added_tokens}

@@ -36,7 +36,7 @@ def test_real_upstream_paths_come_in_pairs() -> None:
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
-    with pytest.raises(ParamsError, match="no such params file"):
+    with pytest.raises(ParamsError, match="no such file"):
         load_params(tmp_path / "params.yaml")
     (tmp_path / "params.yaml").write_text("cp: [1, 2\n")
     with pytest.raises(ParamsError, match="not valid YAML"):

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from pipelines.config import MergeSettings
 from pipelines.merge import CheckpointError, merge_chat_vector
 from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
 
@@ -47,7 +48,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _merge(trio: dict[str, Path], out: Path, ratio: float = 0.7, rows: str = "overlap") -> None:
-    merge_chat_vector(trio["base"], trio["chat"], trio["cp"], out, ratio, rows, out.parent / f"{out.name}.json")
+    merge_chat_vector(trio["base"], trio["chat"], trio["cp"], out, ratio, MergeSettings(embedding_rows=rows),
+                      out.parent / f"{out.name}.json")
 
 
 def test_overlap_equals_reference_merge(trio: dict[str, Path], tmp_path: Path) -> None:
@@ -89,7 +91,7 @@ def test_output_is_a_chat_model(trio: dict[str, Path], tmp_path: Path) -> None:
 def test_shape_mismatch_names_the_tensor_and_writes_nothing(trio: dict[str, Path], tmp_path: Path) -> None:
     wider = _perturbed(LlamaForCausalLM.from_pretrained(trio["base"]), 3, intermediate_size=48)
     _save(wider, AutoTokenizer.from_pretrained(trio["chat"]), trio["chat"])
-    with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.0\.mlp\..*shapes differ: cp \(16, 32\), base \(16, 32\), chat \(16, 48\)"):
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.0\.mlp\..*shapes differ: cp \(16, 32\), chat \(16, 48\)"):
         _merge(trio, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".merged")] == []

@@ -1,0 +1,107 @@
+"""Rows of the vocabulary matrices (embeddings, lm_head) matched by token string, not by index.
+
+The merged model speaks with CP's tokenizer plus the chat model's template and end-of-turn tokens. For each
+row of the output matrices this module says where the row starts from (a CP row, or a chat row for a token CP
+lacks) and which base/tuned rows give its delta under the row policy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+RowPolicy = Literal["overlap", "specials", "skip"]
+NO_ROW = -1
+
+
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model; the error names the directory when there is none."""
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{model_dir}: no usable tokenizer: {error}") from None
+
+
+def chat_special_tokens(chat: PreTrainedTokenizerBase) -> list[str]:
+    """The chat model's special and chat-template tokens (its added special tokens and named specials)."""
+    added = [token.content for token in chat.added_tokens_decoder.values() if token.special]
+    return list(dict.fromkeys(added + list(chat.all_special_tokens)))
+
+
+def merged_tokenizer(cp: PreTrainedTokenizerBase, chat: PreTrainedTokenizerBase) -> tuple[PreTrainedTokenizerBase, list[str]]:
+    """CP's tokenizer with the chat model's template, EOS and special tokens; returns it and the tokens it gained."""
+    missing = [token for token in chat_special_tokens(chat) if token not in cp.get_vocab()]
+    if missing:
+        cp.add_tokens(missing, special_tokens=True)
+    cp.chat_template = chat.chat_template
+    cp.eos_token = chat.eos_token
+    if cp.pad_token is None and chat.pad_token is not None:
+        cp.pad_token = chat.pad_token
+    return cp, missing
+
+
+def row_tokens(tokenizer: PreTrainedTokenizerBase, rows: int) -> list[str | None]:
+    """Token string of each matrix row; None for rows past the tokenizer (padding rows some models carry)."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(min(rows, len(tokenizer)))))
+    return list(tokens) + [None] * (rows - len(tokens))
+
+
+def _lookup(tokens: list[str | None], in_rows: list[str | None]) -> torch.Tensor:
+    """For each token, its row in `in_rows` (unnamed rows match by index), or NO_ROW."""
+    where = {token: row for row, token in enumerate(in_rows) if token is not None}
+    return torch.tensor([
+        where.get(token, NO_ROW) if token is not None else (row if row < len(in_rows) and in_rows[row] is None else NO_ROW)
+        for row, token in enumerate(tokens)
+    ], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class DeltaRows:
+    """Rows of one task vector's base and tuned matrices that give each output row its delta (NO_ROW: none)."""
+
+    base: torch.Tensor
+    tuned: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return (self.base != NO_ROW) & (self.tuned != NO_ROW)
+
+
+@dataclass(frozen=True)
+class VocabularyPlan:
+    """Where each output row of a vocabulary matrix comes from."""
+
+    tokens: list[str | None]
+    cp: torch.Tensor  # CP row per output row; NO_ROW where the token is new to CP
+    chat: torch.Tensor  # chat-model row for the tokens new to CP; NO_ROW elsewhere
+    added_tokens: list[str]
+
+    @property
+    def rows(self) -> int:
+        return len(self.tokens)
+
+    def delta_rows(self, base_tokens: list[str | None], tuned_tokens: list[str | None], policy: RowPolicy,
+                   specials: set[str]) -> DeltaRows:
+        """The base/tuned rows whose difference each output row receives under `policy`."""
+        base, tuned = _lookup(self.tokens, base_tokens), _lookup(self.tokens, tuned_tokens)
+        keep = self.cp != NO_ROW  # rows new to CP take the chat row as it is, no delta on top
+        if policy == "skip":
+            keep = torch.zeros_like(keep)
+        elif policy == "specials":
+            keep &= torch.tensor([token in specials for token in self.tokens], dtype=torch.bool)
+        return DeltaRows(torch.where(keep, base, NO_ROW), torch.where(keep, tuned, NO_ROW))
+
+
+def plan_vocabulary(out_tokenizer: PreTrainedTokenizerBase, added: list[str], cp_tokens: list[str | None],
+                    chat_tokens: list[str | None]) -> VocabularyPlan:
+    """Output rows: CP's rows (padding rows included), then any tokens the merged tokenizer gained."""
+    tokens = row_tokens(out_tokenizer, max(len(cp_tokens), len(out_tokenizer)))
+    cp = _lookup(tokens, cp_tokens)
+    chat = torch.where(cp == NO_ROW, _lookup(tokens, chat_tokens), NO_ROW)
+    orphans = [tokens[row] for row in range(len(tokens)) if cp[row] == NO_ROW and chat[row] == NO_ROW]
+    if orphans:
+        raise ValueError(f"tokens in neither the CP nor the chat vocabulary: {orphans[:5]}")
+    return VocabularyPlan(tokens, cp, chat, added)
