@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test ui clean
+.PHONY: install run test ui clean bench-merge bench-merge-mergekit
 
 install: $(STAMP)
 
@@ -20,6 +20,21 @@ run: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# Benchmarks print figures and ratios against baselines measured in the same run (never timed tests).
+bench-merge: install
+	$(PY) -m benchmarks.merge
+
+# The same, with mergekit in a virtualenv of its own (it wants other transformers versions than chatgraft pins).
+MERGEKIT_VENV ?= .venv-mergekit
+$(MERGEKIT_VENV)/.installed:
+	python3 -m venv $(MERGEKIT_VENV)
+	$(MERGEKIT_VENV)/bin/pip install -q torch==2.13.0
+	$(MERGEKIT_VENV)/bin/pip install -q mergekit==0.1.5
+	touch $@
+
+bench-merge-mergekit: install $(MERGEKIT_VENV)/.installed
+	MERGEKIT_PYTHON=$(MERGEKIT_VENV)/bin/python $(PY) -m benchmarks.merge
 
 ui: install
 	$(VENV)/bin/chatgraft ui

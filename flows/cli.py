@@ -35,6 +35,34 @@ def run(
 
 
 @app.command()
+def merge(
+    base: Path = typer.Option(..., help="base model directory (the one chat was tuned from)", exists=True),
+    chat: Path = typer.Option(..., help="chat model directory", exists=True),
+    cp: Path = typer.Option(..., help="continually pretrained model directory (full weights or a peft adapter)",
+                            exists=True),
+    out: Path = typer.Option(..., help="output directory; replaced atomically when the merge succeeds"),
+    ratio: float = typer.Option(1.0, help="weight of the chat vector (chat - base)"),
+    config: Path | None = typer.Option(None, help="merge.yaml with the keys of params.yaml's merge section"),
+    report: Path | None = typer.Option(None, help="per-tensor report json (default: <out>.merge-report.json)"),
+    allow_pickle: bool = typer.Option(False, help="read pickle (.bin) checkpoints; only for files you trust"),
+) -> None:
+    """Merge only: write CP + ratio * (chat - base) as a Hugging Face chat model."""
+    from pipelines.config import MergeSettings, ParamsError, load_merge_settings
+    from pipelines.merge import merge_chat_vector
+
+    try:
+        settings = load_merge_settings(config) if config else MergeSettings()
+        if allow_pickle:
+            settings = settings.model_copy(update={"allow_pickle": True})
+        report_path = report or out.with_name(f"{out.name}.merge-report.json")
+        result = merge_chat_vector(base, chat, cp, out, ratio, settings, report_path)
+    except (ParamsError, ValueError) as error:  # CheckpointError is a ValueError
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"wrote {out} ({len(result.files)} file(s), {len(result.tensors)} tensors); report {report_path}")
+
+
+@app.command()
 def ui(
     project_dir: Path = typer.Option(Path("."), help="project directory holding the embedded store"),
     port: int = typer.Option(5000, help="port of the UI"),

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from flows.environment import apply_offline_defaults
+from pipelines.config import MergeParams
 
 REPO = Path(__file__).resolve().parents[1]
 apply_offline_defaults()
@@ -23,7 +24,8 @@ TINY_PARAMS = {
         "chat_tune": {"steps": 20, "batch_size": 8, "block_size": 32, "learning_rate": 1.0e-3},
     },
     "cp": {"steps": 20, "batch_size": 8, "block_size": 32, "learning_rate": 1.0e-3},
-    "merge": {"ratios": [0.5, 1.0], "embedding_rows": "specials"},
+    # dvc.yaml names each merge key (so a ratio change reruns only its branch): all must be in params.yaml
+    "merge": {**MergeParams().model_dump(), "ratios": [0.5, 1.0], "embedding_rows": "specials"},
     "eval": {"max_new_tokens": 8, "max_questions": 8, "block_size": 32},
     "promote": {"guardrails": {}},
 }

@@ -1,69 +1,71 @@
-"""The chat-vector merge against a plain-torch reference, its row policies, and its errors on bad input."""
+"""The chat-vector merge against a plain-torch reference, its rules and outputs, and its errors on bad input."""
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
 
-from pipelines.config import MergeSettings
-from pipelines.merge import CheckpointError, merge_chat_vector
-from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
-
-VOCAB_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
-
-
-def _save(model: LlamaForCausalLM, tokenizer, path: Path) -> Path:
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def _perturbed(model: LlamaForCausalLM, seed: int, **config_changes) -> LlamaForCausalLM:
-    config = LlamaConfig(**{**model.config.to_dict(), **config_changes})
-    torch.manual_seed(seed)
-    other = LlamaForCausalLM(config)
-    if not config_changes:
-        other.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()})
-    return other
+from pipelines.config import MergeSettings, TensorRule
+from pipelines.merge import CheckpointError
+from tests.unit.merge_models import VOCAB_MATRICES, make_trio, merge, reference, save, weights
 
 
 @pytest.fixture
 def trio(tmp_path: Path) -> dict[str, Path]:
-    tokenizer = build_word_tokenizer(["the city of kato is oslo .", "what is the city of kato ?"])
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                        tie_word_embeddings=False))
-    chat_tokenizer = as_chat_tokenizer(AutoTokenizer.from_pretrained(_save(base, tokenizer, tmp_path / "base")))
-    return {
-        "base": tmp_path / "base",
-        "chat": _save(_perturbed(base, 1), chat_tokenizer, tmp_path / "chat"),
-        "cp": _save(_perturbed(base, 2), tokenizer, tmp_path / "cp"),
-    }
+    return make_trio(tmp_path)
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path / "model.safetensors")
-
-
-def _merge(trio: dict[str, Path], out: Path, ratio: float = 0.7, rows: str = "overlap") -> None:
-    merge_chat_vector(trio["base"], trio["chat"], trio["cp"], out, ratio, MergeSettings(embedding_rows=rows),
-                      out.parent / f"{out.name}.json")
+def _assert_reference(trio: dict[str, Path], merged_dir: Path, ratio: float = 0.7) -> None:
+    base, chat, cp, merged = (weights(p) for p in (trio["base"], trio["chat"], trio["cp"], merged_dir))
+    assert merged.keys() == cp.keys()
+    for name in cp:
+        assert torch.equal(merged[name], reference(cp[name], [(ratio, chat[name], base[name])])), name
 
 
 def test_overlap_equals_reference_merge(trio: dict[str, Path], tmp_path: Path) -> None:
-    _merge(trio, tmp_path / "merged")
-    base, chat, cp, merged = (_weights(p) for p in (trio["base"], trio["chat"], trio["cp"], tmp_path / "merged"))
-    assert merged.keys() == cp.keys()
+    merge(trio, tmp_path / "merged")
+    _assert_reference(trio, tmp_path / "merged")
+
+
+def test_bf16_sharded_inputs_and_outputs_equal_reference(tmp_path: Path) -> None:
+    trio = make_trio(tmp_path, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(trio["cp"])
+    save(model, AutoTokenizer.from_pretrained(trio["cp"]), trio["cp"], max_shard_size="10KB")
+    (trio["cp"] / "model.safetensors").unlink()
+    assert (trio["cp"] / "model.safetensors.index.json").exists()
+
+    report = merge(trio, tmp_path / "merged", max_shard_size="8KB")
+    files = sorted(p.name for p in (tmp_path / "merged").glob("*.safetensors"))
+    assert len(files) > 1 and files == sorted(report.files)
+    index = json.loads((tmp_path / "merged" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(weights(trio["cp"]))
+    assert all(t.dtype == torch.bfloat16 for t in weights(tmp_path / "merged").values())
+    _assert_reference(trio, tmp_path / "merged")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert torch.equal(loaded.model.norm.weight, weights(tmp_path / "merged")["model.norm.weight"])
+
+
+def test_rules_first_match_wins(trio: dict[str, Path], tmp_path: Path) -> None:
+    rules = [TensorRule(pattern="*.mlp.*", ratio=0.25), TensorRule(pattern="*norm*", action="skip"),
+             TensorRule(pattern="*.mlp.up_proj.*", action="skip")]
+    report = merge(trio, tmp_path / "merged", rules=rules)
+    base, chat, cp, merged = (weights(p) for p in (trio["base"], trio["chat"], trio["cp"], tmp_path / "merged"))
+    actions = {t.name: (t.action, t.ratio) for t in report.tensors}
     for name in cp:
-        reference = (cp[name].float() + 0.7 * (chat[name].float() - base[name].float())).to(cp[name].dtype)
-        assert torch.equal(merged[name], reference), name
+        if ".mlp." in name:  # the first rule, even for up_proj
+            assert torch.equal(merged[name], reference(cp[name], [(0.25, chat[name], base[name])])), name
+            assert actions[name] == ("add", 0.25)
+        elif "norm" in name:
+            assert torch.equal(merged[name], cp[name]) and actions[name][0] == "skip", name
+        else:
+            assert torch.equal(merged[name], reference(cp[name], [(0.7, chat[name], base[name])])), name
 
 
 def test_specials_policy_moves_only_special_token_rows(trio: dict[str, Path], tmp_path: Path) -> None:
-    _merge(trio, tmp_path / "merged", rows="specials")
-    cp, merged = _weights(trio["cp"]), _weights(tmp_path / "merged")
+    merge(trio, tmp_path / "merged", embedding_rows="specials")
+    cp, merged = weights(trio["cp"]), weights(tmp_path / "merged")
     specials = sorted(i for i, t in AutoTokenizer.from_pretrained(trio["chat"]).added_tokens_decoder.items()
                       if t.special)
     for name in VOCAB_MATRICES:
@@ -73,49 +75,90 @@ def test_specials_policy_moves_only_special_token_rows(trio: dict[str, Path], tm
 
 
 def test_skip_policy_leaves_vocabulary_matrices_as_cp(trio: dict[str, Path], tmp_path: Path) -> None:
-    _merge(trio, tmp_path / "merged", rows="skip")
-    cp, merged = _weights(trio["cp"]), _weights(tmp_path / "merged")
+    merge(trio, tmp_path / "merged", embedding_rows="skip")
+    cp, merged = weights(trio["cp"]), weights(tmp_path / "merged")
     assert all(torch.equal(merged[name], cp[name]) for name in VOCAB_MATRICES)
 
 
-def test_output_is_a_chat_model(trio: dict[str, Path], tmp_path: Path) -> None:
-    _merge(trio, tmp_path / "merged")
+def test_output_is_a_chat_model_with_a_report(trio: dict[str, Path], tmp_path: Path) -> None:
+    merge(trio, tmp_path / "merged")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
     assert tokenizer.chat_template == AutoTokenizer.from_pretrained(trio["chat"]).chat_template
     assert tokenizer.eos_token == "<|end|>"
-    assert LlamaForCausalLM.from_pretrained(tmp_path / "merged").config.eos_token_id == tokenizer.eos_token_id
-    report = (tmp_path / "merged.json").read_text()
-    assert '"delta_norm"' in report and '"relative_change"' in report
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.eos_token_id == tokenizer.eos_token_id
+    report = json.loads((tmp_path / "merged.json").read_text())
+    norm = next(t for t in report["tensors"] if t["name"] == "model.norm.weight")
+    cp, chat, base = (weights(trio[r])["model.norm.weight"] for r in ("cp", "chat", "base"))
+    assert norm["delta_norm"] == pytest.approx(float((0.7 * (chat - base)).norm()), rel=1e-5)
+    assert norm["relative_change"] == pytest.approx(norm["delta_norm"] / float(cp.norm()), rel=1e-5)
+    assert report["vocabulary"]["rows"] == weights(trio["cp"])["model.embed_tokens.weight"].shape[0]
 
 
-def test_shape_mismatch_names_the_tensor_and_writes_nothing(trio: dict[str, Path], tmp_path: Path) -> None:
-    wider = _perturbed(LlamaForCausalLM.from_pretrained(trio["base"]), 3, intermediate_size=48)
-    _save(wider, AutoTokenizer.from_pretrained(trio["chat"]), trio["chat"])
-    with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.0\.mlp\..*shapes differ: cp \(16, 32\), chat \(16, 48\)"):
-        _merge(trio, tmp_path / "merged")
+def _assert_no_output(tmp_path: Path) -> None:
     assert not (tmp_path / "merged").exists()
+    assert not (tmp_path / "merged.json").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".merged")] == []
 
 
-def test_missing_tensor_is_named(trio: dict[str, Path], tmp_path: Path) -> None:
-    weights = _weights(trio["chat"])
-    del weights["model.norm.weight"]
-    save_file(weights, trio["chat"] / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=r"has no tensor 'model\.norm\.weight'"):
-        _merge(trio, tmp_path / "merged")
-    assert not (tmp_path / "merged").exists()
+def test_architecture_mismatch_is_refused(trio: dict[str, Path], tmp_path: Path) -> None:
+    config = MistralConfig(**{k: v for k, v in AutoModelForCausalLM.from_pretrained(trio["cp"]).config.to_dict().items()
+                              if k not in ("model_type", "architectures")})
+    save(MistralForCausalLM(config), AutoTokenizer.from_pretrained(trio["cp"]), trio["cp"])
+    with pytest.raises(CheckpointError, match=r"architectures differ: cp mistral \['MistralForCausalLM'\], base llama"):
+        merge(trio, tmp_path / "merged")
+    _assert_no_output(tmp_path)
+
+
+def test_shape_mismatch_names_the_tensor_and_writes_nothing(trio: dict[str, Path], tmp_path: Path) -> None:
+    chat = weights(trio["chat"])
+    chat["model.layers.1.mlp.up_proj.weight"] = torch.zeros(48, 16)
+    save_file(chat, trio["chat"] / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.1\.mlp\.up_proj\.weight': shapes differ: "
+                                              r"cp \(32, 16\), chat \(48, 16\)"):
+        merge(trio, tmp_path / "merged")
+    _assert_no_output(tmp_path)
+
+
+@pytest.mark.parametrize("role", ["chat", "cp"])
+def test_missing_tensor_is_named(trio: dict[str, Path], tmp_path: Path, role: str) -> None:
+    tensors = weights(trio[role])
+    del tensors["model.norm.weight"]
+    save_file(tensors, trio[role] / "model.safetensors", metadata={"format": "pt"})
+    expected = r"has no tensor 'model\.norm\.weight'" if role == "chat" else r"has tensor 'model\.norm\.weight' that cp lacks"
+    with pytest.raises(CheckpointError, match=expected):
+        merge(trio, tmp_path / "merged")
+    _assert_no_output(tmp_path)
 
 
 def test_nan_in_the_result_is_refused(trio: dict[str, Path], tmp_path: Path) -> None:
-    weights = _weights(trio["cp"])
-    weights["model.norm.weight"][0] = float("nan")
-    save_file(weights, trio["cp"] / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=r"tensor 'model\.norm\.weight': the merge produced NaN"):
-        _merge(trio, tmp_path / "merged")
-    assert not (tmp_path / "merged").exists()
+    tensors = weights(trio["cp"])
+    tensors["model.layers.1.post_attention_layernorm.weight"][3] = float("nan")
+    save_file(tensors, trio["cp"] / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.1\.post_attention_layernorm\.weight': "
+                                              r"the merge produced NaN"):
+        merge(trio, tmp_path / "merged")
+    _assert_no_output(tmp_path)
 
 
 def test_corrupt_file_is_named(trio: dict[str, Path], tmp_path: Path) -> None:
     (trio["base"] / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match=r"base/model\.safetensors: unreadable"):
-        _merge(trio, tmp_path / "merged")
+        merge(trio, tmp_path / "merged")
+    _assert_no_output(tmp_path)
+
+
+def test_pickle_checkpoints_need_an_opt_in(trio: dict[str, Path], tmp_path: Path) -> None:
+    torch.save(weights(trio["chat"]), trio["chat"] / "pytorch_model.bin")
+    (trio["chat"] / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"chat: only pickle \(\.bin\) weights.*allow_pickle"):
+        merge(trio, tmp_path / "merged")
+    _assert_no_output(tmp_path)
+    merge(trio, tmp_path / "merged", allow_pickle=True)
+    base, cp, merged = weights(trio["base"]), weights(trio["cp"]), weights(tmp_path / "merged")
+    chat = torch.load(trio["chat"] / "pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(merged[n], reference(cp[n], [(0.7, chat[n], base[n])])) for n in cp)
+
+
+def test_settings_reject_a_vector_named_chat() -> None:
+    with pytest.raises(ValueError, match="not 'chat'"):
+        MergeSettings(vectors=[{"name": "chat", "base": "b", "tuned": "t"}])

@@ -1,0 +1,49 @@
+"""`chatgraft merge`: the merge on its own, configured by a merge.yaml; bad input exits non-zero and writes nothing."""
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tests.unit.merge_models import make_trio, reference, weights
+
+
+def _invoke(trio: dict[str, Path], out: Path, *extra: str):
+    args = ["merge", "--base", str(trio["base"]), "--chat", str(trio["chat"]), "--cp", str(trio["cp"]),
+            "--out", str(out), *extra]
+    return CliRunner().invoke(app, args)
+
+
+def test_merge_command_with_a_config_file(tmp_path: Path) -> None:
+    trio = make_trio(tmp_path)
+    config = tmp_path / "merge.yaml"
+    config.write_text("embedding_rows: skip\nrules:\n  - {pattern: '*norm*', action: skip}\n")
+    result = _invoke(trio, tmp_path / "merged", "--ratio", "0.5", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    base, chat, cp, merged = (weights(p) for p in (trio["base"], trio["chat"], trio["cp"], tmp_path / "merged"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(merged[name], reference(cp[name], [(0.5, chat[name], base[name])]))
+    assert torch.equal(merged["model.norm.weight"], cp["model.norm.weight"])
+    assert torch.equal(merged["lm_head.weight"], cp["lm_head.weight"])
+    report = json.loads((tmp_path / "merged.merge-report.json").read_text())
+    assert report["ratio"] == 0.5 and report["embedding_rows"] == "skip"
+
+
+def test_bad_config_key_is_named(tmp_path: Path) -> None:
+    trio = make_trio(tmp_path)
+    config = tmp_path / "merge.yaml"
+    config.write_text("rules:\n  - {pattern: '*norm*', actoin: skip}\n")
+    result = _invoke(trio, tmp_path / "merged", "--config", str(config))
+    assert result.exit_code == 1
+    assert "merge.yaml: invalid params" in result.output and "rules.0.actoin: unknown key" in result.output
+    assert not (tmp_path / "merged").exists()
+
+
+def test_bad_checkpoint_exits_non_zero_and_writes_nothing(tmp_path: Path) -> None:
+    trio = make_trio(tmp_path)
+    (trio["chat"] / "model.safetensors").write_bytes(b"\x00" * 16)
+    result = _invoke(trio, tmp_path / "merged")
+    assert result.exit_code == 1
+    assert "chat/model.safetensors: unreadable safetensors file" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "chat", "cp"]
