@@ -7,6 +7,7 @@ when every tensor was written and checked.
 """
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from contextlib import ExitStack
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import MergeSettings
@@ -23,7 +24,7 @@ from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint
 from pipelines.merge.lora import fold_adapter, is_peft_adapter
 from pipelines.merge.methods import WHOLE_TENSOR_METHODS, combine
 from pipelines.merge.plan import (
-    TensorPlan, check_architectures, load_config, plan_tensors, vocabulary_tensor_names,
+    CONFIG, TensorPlan, check_architectures, plan_tensors, read_config, vocabulary_tensor_names,
 )
 from pipelines.merge.vocabulary import (
     NO_ROW, DeltaRows, VocabularyPlan, chat_special_tokens, load_tokenizer, merged_tokenizer, plan_vocabulary,
@@ -31,6 +32,7 @@ from pipelines.merge.vocabulary import (
 )
 from pipelines.merge.writer import ShardedSafetensorsWriter
 
+GENERATION_CONFIG = "generation_config.json"
 CHUNK_ELEMENTS = 1 << 18  # fp32 blocks of 1 MiB stay in cache across the few passes of the arithmetic
 
 
@@ -81,15 +83,20 @@ def _as_rows(tensor: torch.Tensor, vocabulary: bool) -> torch.Tensor:
     return tensor if vocabulary else tensor.reshape(-1, 1)
 
 
-def _take(matrix: torch.Tensor, index: torch.Tensor | None, block: slice) -> torch.Tensor:
-    """Rows `block` (or rows index[block], all present) as a new fp32 tensor."""
+def _rows(matrix: torch.Tensor, index: torch.Tensor | None, block: slice) -> torch.Tensor:
+    """Rows `block`, or rows index[block] (all present): a view of the mapped file when they are contiguous,
+    else a gathered copy; in the file's dtype either way, so callers must not write into it."""
     if index is None:
-        return matrix[block].to(torch.float32, copy=True)
+        return matrix[block]
     rows = index[block]
     start = int(rows[0]) if rows.numel() else 0
     if torch.equal(rows, torch.arange(start, start + rows.numel())):
-        return matrix[start:start + rows.numel()].to(torch.float32, copy=True)
-    return matrix.index_select(0, rows).float()
+        return matrix[start:start + rows.numel()]
+    return matrix.index_select(0, rows)
+
+
+def _fp32(rows: torch.Tensor) -> torch.Tensor:
+    return rows.to(torch.float32, copy=True)
 
 
 def _blocks(rows: int, row_len: int, whole: bool) -> list[slice]:
@@ -105,58 +112,71 @@ class _Merger:
         self.cp, self.chat, self.vectors, self.vocabulary, self.settings = cp, chat, vectors, vocabulary, settings
 
     def _start_rows(self, plan: TensorPlan, block: slice) -> torch.Tensor:
+        """The CP values of a block (read-only), with the chat model's rows for tokens new to CP."""
         cp = _as_rows(self.cp.get(plan.name), plan.vocabulary)
         if not plan.vocabulary:
-            return _take(cp, None, block)
+            return _rows(cp, None, block)
         source = self.vocabulary.cp[block]  # type: ignore[union-attr]
         from_cp = source != NO_ROW
         if bool(from_cp.all()):
-            return _take(cp, self.vocabulary.cp, block)  # type: ignore[union-attr]
-        rows = torch.empty((source.numel(), *cp.shape[1:]), dtype=torch.float32)
-        rows[from_cp] = cp[source[from_cp]].float()
-        chat_rows = self.vocabulary.chat[block][~from_cp]  # type: ignore[union-attr]
-        rows[~from_cp] = self.chat.get(plan.name)[chat_rows].float()
+            return _rows(cp, self.vocabulary.cp, block)  # type: ignore[union-attr]
+        rows = torch.empty((source.numel(), *cp.shape[1:]), dtype=cp.dtype)
+        rows[from_cp] = cp[source[from_cp]]
+        rows[~from_cp] = self.chat.get(plan.name)[self.vocabulary.chat[block][~from_cp]]  # type: ignore[union-attr]
         return rows
 
     def _delta(self, vector: TaskVector, plan: TensorPlan, block: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tuned - base in fp32 for a block, and which rows have one (vocabulary matrices only)."""
         base = _as_rows(vector.base.get(plan.name), plan.vocabulary)
         tuned = _as_rows(vector.tuned.get(plan.name), plan.vocabulary)
         if not plan.vocabulary:
-            return _take(tuned, None, block).sub_(_take(base, None, block)), None
+            # in-place ops with a bf16/fp16 operand compute in fp32 (exact upcast): no second fp32 copy
+            return _fp32(_rows(tuned, None, block)).sub_(_rows(base, None, block)), None
         rows = vector.rows
         mask = rows.mask[block]  # type: ignore[union-attr]
         if bool(mask.all()):
-            return _take(tuned, rows.tuned, block).sub_(_take(base, rows.base, block)), mask  # type: ignore[union-attr]
+            return _fp32(_rows(tuned, rows.tuned, block)).sub_(_rows(base, rows.base, block)), mask  # type: ignore[union-attr]
         delta = torch.zeros((mask.numel(), *tuned.shape[1:]), dtype=torch.float32)
-        delta[mask] = tuned[rows.tuned[block][mask]].float() - base[rows.base[block][mask]].float()  # type: ignore[union-attr]
+        delta[mask] = _fp32(tuned[rows.tuned[block][mask]]).sub_(base[rows.base[block][mask]])  # type: ignore[union-attr]
         return delta, mask
+
+    def _merged_block(self, plan: TensorPlan, block: slice, stats: dict[str, float]) -> torch.Tensor:
+        """CP + delta for one block, in fp32 (or CP's own values when nothing is added)."""
+        start = self._start_rows(plan, block)
+        if start.is_floating_point():
+            stats["cp_sq"] += float(torch.linalg.vector_norm(start, dtype=torch.float32)) ** 2
+        if not plan.adds:
+            return start
+        delta, touched = self._combined_delta(plan, block)
+        stats["delta_sq"] += float(delta.norm()) ** 2
+        if touched is not None:
+            stats["rows"] += int(touched.sum())
+        if touched is None or bool(touched.all()):
+            return delta.add_(start)  # = cp + delta: fp32 addition commutes bit for bit
+        merged = _fp32(start)
+        merged[touched] += delta[touched]
+        return merged
 
     def tensor(self, plan: TensorPlan, write, progress: tqdm) -> TensorReport:
         """Merge one tensor, handing each finished block to `write`."""
         rows, row_len = (plan.meta.shape[0], math.prod(plan.meta.shape[1:])) if plan.vocabulary \
             else (plan.meta.numel(), 1)
         whole = self.settings.method in WHOLE_TENSOR_METHODS
-        delta_sq = cp_sq = 0.0
-        touched = 0
+        stats = {"cp_sq": 0.0, "delta_sq": 0.0, "rows": 0}
+        limit = torch.finfo(plan.meta.dtype).max if plan.meta.is_floating_point() else None
         for block in _blocks(rows, row_len, whole):
-            merged = self._start_rows(plan, block)
-            cp_sq += float(merged.norm()) ** 2
-            if plan.adds:
-                delta, touched_rows = self._combined_delta(plan, block)
-                if touched_rows is None or bool(touched_rows.all()):
-                    merged.add_(delta)
-                else:
-                    merged[touched_rows] += delta[touched_rows]
-                delta_sq += float(delta.norm()) ** 2
-                touched += int(touched_rows.sum()) if touched_rows is not None else 0
-            if not bool(torch.isfinite(merged).all()):
-                raise CheckpointError(f"tensor {plan.name!r}: the merge produced NaN or Inf")
+            merged = self._merged_block(plan, block, stats)
+            if limit is not None and merged.numel():
+                low, high = torch.aminmax(merged)  # NaN propagates; beyond the output dtype's range casts to Inf
+                if not (-limit <= float(low) and float(high) <= limit):
+                    raise CheckpointError(f"tensor {plan.name!r}: the merge produced NaN or Inf")
             out = merged.to(plan.meta.dtype)
             write(plan.name, out)
             progress.update(out.numel() * out.element_size())
-        delta_norm = math.sqrt(delta_sq)
+        delta_norm = math.sqrt(stats["delta_sq"])
+        rows_with_delta = int(stats["rows"]) if plan.vocabulary else None
         return TensorReport(plan.name, plan.action if plan.adds else "skip", plan.weights[0], delta_norm,
-                            delta_norm / max(math.sqrt(cp_sq), 1e-12), touched if plan.vocabulary else None)
+                            delta_norm / max(math.sqrt(stats["cp_sq"]), 1e-12), rows_with_delta)
 
     def _combined_delta(self, plan: TensorPlan, block: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
         deltas, weights, masks = [], [], []
@@ -173,19 +193,17 @@ def _write_tokenizer_and_configs(tokenizer: PreTrainedTokenizerBase, chat_tokeni
                                  cp: Path, chat: Path, rows: int | None, out: Path) -> None:
     """CP's config and the merged tokenizer; the chat model's generation config with its token ids remapped."""
     tokenizer.save_pretrained(out)
-    config = load_config(cp)
+    config = read_config(cp)
     if rows is not None:
-        config.vocab_size = rows
-    config.eos_token_id = tokenizer.eos_token_id
-    config.save_pretrained(out)
-    if (chat / "generation_config.json").exists():
-        generation = GenerationConfig.from_pretrained(chat)
+        config["vocab_size"] = rows
+    config["eos_token_id"] = tokenizer.eos_token_id
+    (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if (chat / GENERATION_CONFIG).exists():
+        generation = json.loads((chat / GENERATION_CONFIG).read_text())
         for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
-            ids = getattr(generation, key)
-            if ids is not None:
-                mapped = tokenizer.convert_tokens_to_ids(chat_tokenizer.convert_ids_to_tokens(ids))
-                setattr(generation, key, mapped)
-        generation.save_pretrained(out)
+            if generation.get(key) is not None:  # ids of the chat vocabulary, as ids of the merged one
+                generation[key] = tokenizer.convert_tokens_to_ids(chat_tokenizer.convert_ids_to_tokens(generation[key]))
+        (out / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
 
 
 def _task_vectors(base: Path, chat: Path, ratio: float, settings: MergeSettings, stack: ExitStack) -> list[TaskVector]:
@@ -206,9 +224,9 @@ def merge_chat_vector(base: Path, chat: Path, cp: Path, out: Path, ratio: float,
             cp = fold_adapter(cp, base, folded)
         vectors = _task_vectors(base, chat, ratio, settings, stack)
         inputs = {role: ck for v in vectors for role, ck in v.checkpoints().items()}
-        check_architectures({"cp": load_config(cp), **{role: load_config(ck.model_dir) for role, ck in inputs.items()}})
+        check_architectures({"cp": read_config(cp), **{role: read_config(ck.model_dir) for role, ck in inputs.items()}})
         cp_ck = stack.enter_context(SafetensorsCheckpoint(cp, settings.allow_pickle))
-        vocabulary_names = vocabulary_tensor_names(load_config(cp))
+        vocabulary_names = vocabulary_tensor_names(cp_ck, read_config(cp))
         chat_tokenizer = load_tokenizer(chat)
         tokenizer, added = merged_tokenizer(load_tokenizer(cp), chat_tokenizer)
         vocabulary = _plan_vocabulary(cp_ck, vectors, vocabulary_names, tokenizer, added, chat_tokenizer, settings)
@@ -233,14 +251,18 @@ def _plan_vocabulary(cp: SafetensorsCheckpoint, vectors: list[TaskVector], names
     if not present:
         return None
     name = present[0]
-    chat_ck = vectors[0].tuned
-    plan = plan_vocabulary(tokenizer, added, row_tokens(load_tokenizer(cp.model_dir), cp.get(name).shape[0]),
-                           row_tokens(chat_tokenizer, chat_ck.get(name).shape[0]))
+    tokens: dict[Path, list[str | None]] = {}  # base and CP often share one tokenizer: read each once
+
+    def tokens_of(checkpoint: SafetensorsCheckpoint) -> list[str | None]:
+        key = checkpoint.model_dir.resolve()
+        if key not in tokens:
+            tokens[key] = row_tokens(load_tokenizer(checkpoint.model_dir), checkpoint.get(name).shape[0])
+        return tokens[key]
+
+    plan = plan_vocabulary(tokenizer, added, tokens_of(cp), tokens_of(vectors[0].tuned))
     specials = set(chat_special_tokens(chat_tokenizer))
     for vector in vectors:
-        vector.rows = plan.delta_rows(row_tokens(load_tokenizer(vector.base.model_dir), vector.base.get(name).shape[0]),
-                                      row_tokens(load_tokenizer(vector.tuned.model_dir), vector.tuned.get(name).shape[0]),
-                                      settings.embedding_rows, specials)
+        vector.rows = plan.delta_rows(tokens_of(vector.base), tokens_of(vector.tuned), settings.embedding_rows, specials)
     return plan
 
 

@@ -41,6 +41,7 @@ class SafetensorsCheckpoint:
         self.model_dir = model_dir
         self._stack = ExitStack()
         self._files: dict[Path, Any] = {}
+        self._last: tuple[str, torch.Tensor] | None = None
         self.pickle = False
         weight_map = _weight_map(model_dir, *SAFETENSORS)
         if weight_map is None:
@@ -74,6 +75,7 @@ class SafetensorsCheckpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._last = None
         self._stack.close()
         self._files.clear()
 
@@ -83,10 +85,14 @@ class SafetensorsCheckpoint:
 
     def get(self, name: str) -> torch.Tensor:
         """One tensor, backed by the memory-mapped file (no copy); a missing name raises CheckpointError naming it."""
+        if self._last is not None and self._last[0] == name:  # the merge asks for one tensor once per block
+            return self._last[1]
         if name not in self.weight_map:
             raise CheckpointError(f"{self.model_dir}: has no tensor {name!r}")
         handle = self._open(self.weight_map[name])
         try:
-            return handle[name] if self.pickle else handle.get_tensor(name)
+            tensor = handle[name] if self.pickle else handle.get_tensor(name)
         except (SafetensorError, KeyError) as error:
             raise CheckpointError(f"{self.weight_map[name]}: cannot read tensor {name!r}: {error}") from None
+        self._last = (name, tensor)
+        return tensor

@@ -20,10 +20,10 @@ WHOLE_TENSOR_METHODS = {"ties", "dare_linear"}
 
 
 def task_arithmetic(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """sum_k weight_k * delta_k, reusing the first delta's memory."""
-    total = deltas[0].mul_(weights[0])
+    """sum_k weight_k * delta_k, reusing the first delta's memory (x * 1.0 is x: that pass is skipped)."""
+    total = deltas[0] if weights[0] == 1.0 else deltas[0].mul_(weights[0])
     for delta, weight in zip(deltas[1:], weights[1:]):
-        total.add_(delta.mul_(weight))
+        total.add_(delta if weight == 1.0 else delta.mul_(weight))
     return total
 
 

@@ -1,39 +1,52 @@
 """Before any value is written: check that the inputs fit together, and decide what happens to each tensor."""
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from pipelines.config import TensorRule
 from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint
 
+CONFIG = "config.json"
+IN_A_BLOCK = re.compile(r"\.\d+\.")  # tensors of the repeated layers: model.layers.3.mlp...
 
-def load_config(model_dir: Path) -> PretrainedConfig:
-    """A model's config.json; the error names the directory."""
+# config.json is read as JSON, not through AutoConfig: importing an architecture's config class costs seconds,
+# more than merging a 1B model, and the merge needs only these few keys.
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """A model's config.json as a dict; the error names the file."""
+    path = model_dir / CONFIG
     try:
-        return AutoConfig.from_pretrained(model_dir)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{model_dir}: no usable config.json: {error}") from None
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: no usable model config: {error}") from None
 
 
-def check_architectures(configs: dict[str, PretrainedConfig]) -> None:
+def vocab_size(config: dict[str, Any]) -> int | None:
+    """The vocabulary size of a config (of its text model for multimodal configs)."""
+    return config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+
+
+def check_architectures(configs: dict[str, dict[str, Any]]) -> None:
     """All models share one architecture (model type and class), or the error lists each."""
-    kinds = {role: (config.model_type, tuple(config.architectures or ())) for role, config in configs.items()}
+    kinds = {role: (c.get("model_type"), tuple(c.get("architectures") or ())) for role, c in configs.items()}
     if len(set(kinds.values())) != 1:
         listed = ", ".join(f"{role} {kind[0]} {list(kind[1])}" for role, kind in kinds.items())
         raise CheckpointError(f"architectures differ: {listed}")
 
 
-def vocabulary_tensor_names(config: PretrainedConfig) -> set[str]:
-    """Names of the input and output embedding weights (one name for both when they are tied)."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    matrices = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
-    return {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) in matrices}
+def vocabulary_tensor_names(checkpoint: SafetensorsCheckpoint, config: dict[str, Any]) -> set[str]:
+    """The embedding and lm_head weights: 2-D tensors outside the repeated layers with one row per token."""
+    rows = vocab_size(config)
+    return {name for name in checkpoint.names()
+            if not IN_A_BLOCK.search(name) and checkpoint.get(name).ndim == 2 and checkpoint.get(name).shape[0] == rows}
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,21 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 RowPolicy = Literal["overlap", "specials", "skip"]
 NO_ROW = -1
 
 
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer saved with a model; the error names the directory when there is none."""
+    """The tokenizer saved with a model; the error names the directory when there is none.
+
+    A tokenizer.json is loaded as a fast tokenizer directly: AutoTokenizer would first import the
+    architecture's config class, which takes longer than the whole merge of a small model.
+    """
     try:
+        if (model_dir / "tokenizer.json").exists():
+            return PreTrainedTokenizerFast.from_pretrained(model_dir)
         return AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as error:
         raise ValueError(f"{model_dir}: no usable tokenizer: {error}") from None
@@ -101,7 +107,7 @@ def plan_vocabulary(out_tokenizer: PreTrainedTokenizerBase, added: list[str], cp
     tokens = row_tokens(out_tokenizer, max(len(cp_tokens), len(out_tokenizer)))
     cp = _lookup(tokens, cp_tokens)
     chat = torch.where(cp == NO_ROW, _lookup(tokens, chat_tokens), NO_ROW)
-    orphans = [tokens[row] for row in range(len(tokens)) if cp[row] == NO_ROW and chat[row] == NO_ROW]
+    orphans = [tokens[row] for row in ((cp == NO_ROW) & (chat == NO_ROW)).nonzero().flatten().tolist()]
     if orphans:
         raise ValueError(f"tokens in neither the CP nor the chat vocabulary: {orphans[:5]}")
     return VocabularyPlan(tokens, cp, chat, added)

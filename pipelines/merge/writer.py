@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import struct
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
-from huggingface_hub import split_torch_state_dict_into_shards
+from huggingface_hub import constants
+from huggingface_hub.serialization import split_state_dict_into_shards_factory
 
 SAFETENSORS_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -21,6 +24,8 @@ SAFETENSORS_DTYPES = {
     torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
 }
 INDEX_NAME = "model.safetensors.index.json"
+SYNC_EVERY = 256 << 20  # flush to disk as we go, so the final fsync has little left to wait for
+PENDING_BLOCKS = 2  # blocks queued for the writing thread: bounds the memory they hold
 
 
 def _header(layout: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -37,7 +42,10 @@ def _header(layout: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
 
 
 class ShardedSafetensorsWriter:
-    """Streams tensors, in `order()`, into the shards of `out_dir`; `close()` fsyncs and writes the index."""
+    """Streams tensors, in `order()`, into the shards of `out_dir`; `close()` fsyncs and writes the index.
+
+    A thread does the file writes and syncs (they release the GIL), so disk time overlaps the arithmetic.
+    """
 
     def __init__(self, out_dir: Path, layout: dict[str, torch.Tensor], max_shard_size: str,
                  metadata: dict[str, str] | None = None) -> None:
@@ -48,18 +56,43 @@ class ShardedSafetensorsWriter:
         self.out_dir = out_dir
         self.layout = layout
         self.metadata = {"format": "pt", **(metadata or {})}
-        self.split = split_torch_state_dict_into_shards(layout, max_shard_size=max_shard_size)
+        # the generic splitter, given plain sizes: the torch one imports torch.distributed (most of a second)
+        self.split = split_state_dict_into_shards_factory(
+            layout, get_storage_size=lambda meta: meta.numel() * meta.element_size(),
+            filename_pattern=constants.SAFETENSORS_WEIGHTS_FILE_PATTERN, max_shard_size=max_shard_size)
         self._pending = [(file, name) for file, names in self.split.filename_to_tensors.items() for name in names]
+        self._order = [name for _, name in self._pending]
         self._file: BinaryIO | None = None
         self._file_name = ""
         self._left = 0  # bytes still owed to the current tensor
+        self._unsynced = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=PENDING_BLOCKS)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="safetensors-writer", daemon=True)
+        self._thread.start()
 
     def order(self) -> list[str]:
         """The tensor names in the order they must be written."""
-        return [name for _, name in self._pending]
+        return list(self._order)
 
     def write(self, name: str, chunk: torch.Tensor) -> None:
-        """Append the next chunk of tensor `name` (contiguous, in the planned dtype)."""
+        """Queue the next chunk of tensor `name` (in the planned dtype); raises what the writing thread hit."""
+        self._raise_pending()
+        self._queue.put((name, chunk))
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as error:  # handed to the producer on its next call
+                    self._error = error
+
+    def _write(self, name: str, chunk: torch.Tensor) -> None:
         if self._left == 0:
             self._start(name)
         data = chunk.contiguous().view(torch.uint8).numpy()
@@ -68,6 +101,11 @@ class ShardedSafetensorsWriter:
                              f"({self.layout[name].dtype}, {self._left} bytes left)")
         self._file.write(data)  # type: ignore[union-attr]
         self._left -= data.nbytes
+        self._unsynced += data.nbytes
+        if self._unsynced >= SYNC_EVERY:
+            self._file.flush()  # type: ignore[union-attr]
+            os.fdatasync(self._file.fileno())  # type: ignore[union-attr]
+            self._unsynced = 0
 
     def _start(self, name: str) -> None:
         if not self._pending or self._pending[0][1] != name:
@@ -90,8 +128,15 @@ class ShardedSafetensorsWriter:
             self._file.close()
             self._file = None
 
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
     def close(self) -> list[str]:
-        """Check that every planned byte was written, fsync, write the index when sharded; return the file names."""
+        """Wait for the writes, check every planned byte arrived, fsync, write the index when sharded."""
+        self._stop()
+        self._raise_pending()
         if self._left or self._pending:
             missing = self._pending[0][1] if self._pending else "the last tensor"
             raise ValueError(f"output incomplete: {missing!r} was not written in full")
@@ -102,7 +147,9 @@ class ShardedSafetensorsWriter:
         return list(self.split.filename_to_tensors)
 
     def abort(self) -> None:
-        """Close the open file without checks (the caller discards the directory)."""
+        """Stop the writing thread and close the open file without checks (the caller discards the directory)."""
+        self._error = self._error or RuntimeError("aborted")
+        self._stop()
         if self._file is not None:
             self._file.close()
             self._file = None
