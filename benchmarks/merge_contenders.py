@@ -1,6 +1,7 @@
 """One merge per process, so the benchmark measures each contender's own memory:
 `python -m benchmarks.merge_contenders {engine,naive,io_floor,mergekit} BASE CHAT CP OUT`.
-Prints the seconds the merge itself took (interpreter start and imports excluded) as its last line.
+Prints the seconds the merge itself took (interpreter start and the contender's module imports excluded) as its
+last line; the benchmark also times the whole process, which is what `time chatgraft merge ...` shows a user.
 """
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 RATIO = 1.0
 BUFFER = 64 << 20
@@ -26,6 +25,7 @@ def engine(base: Path, chat: Path, cp: Path, out: Path) -> None:
 
 def naive(base: Path, chat: Path, cp: Path, out: Path) -> None:
     """The seed recipe: three whole models in memory, state dicts added, save_pretrained."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     models = {role: AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,10 +111,18 @@ class _Merger:
     def __init__(self, cp: SafetensorsCheckpoint, chat: SafetensorsCheckpoint, vectors: list[TaskVector],
                  vocabulary: VocabularyPlan | None, settings: MergeSettings) -> None:
         self.cp, self.chat, self.vectors, self.vocabulary, self.settings = cp, chat, vectors, vocabulary, settings
+        self._views: dict[tuple[int, str], torch.Tensor] = {}
+
+    def _matrix(self, checkpoint: SafetensorsCheckpoint, plan: TensorPlan) -> torch.Tensor:
+        """The tensor as rows, made once per tensor (reshaping a mapped tensor is not free)."""
+        key = (id(checkpoint), plan.name)
+        if key not in self._views:
+            self._views[key] = _as_rows(checkpoint.get(plan.name), plan.vocabulary)
+        return self._views[key]
 
     def _start_rows(self, plan: TensorPlan, block: slice) -> torch.Tensor:
         """The CP values of a block (read-only), with the chat model's rows for tokens new to CP."""
-        cp = _as_rows(self.cp.get(plan.name), plan.vocabulary)
+        cp = self._matrix(self.cp, plan)
         if not plan.vocabulary:
             return _rows(cp, None, block)
         source = self.vocabulary.cp[block]  # type: ignore[union-attr]
@@ -127,8 +136,7 @@ class _Merger:
 
     def _delta(self, vector: TaskVector, plan: TensorPlan, block: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
         """tuned - base in fp32 for a block, and which rows have one (vocabulary matrices only)."""
-        base = _as_rows(vector.base.get(plan.name), plan.vocabulary)
-        tuned = _as_rows(vector.tuned.get(plan.name), plan.vocabulary)
+        base, tuned = self._matrix(vector.base, plan), self._matrix(vector.tuned, plan)
         if not plan.vocabulary:
             # in-place ops with a bf16/fp16 operand compute in fp32 (exact upcast): no second fp32 copy
             return _fp32(_rows(tuned, None, block)).sub_(_rows(base, None, block)), None
@@ -163,6 +171,7 @@ class _Merger:
             else (plan.meta.numel(), 1)
         whole = self.settings.method in WHOLE_TENSOR_METHODS
         stats = {"cp_sq": 0.0, "delta_sq": 0.0, "rows": 0}
+        self._views = {}
         limit = torch.finfo(plan.meta.dtype).max if plan.meta.is_floating_point() else None
         for block in _blocks(rows, row_len, whole):
             merged = self._merged_block(plan, block, stats)
@@ -266,6 +275,19 @@ def _plan_vocabulary(cp: SafetensorsCheckpoint, vectors: list[TaskVector], names
     return plan
 
 
+@contextmanager
+def _compute_threads(method: str) -> Iterator[None]:
+    """One torch thread for streamed blocks: 1 MiB ops gain nothing from intra-op threads, which then compete
+    with the writing thread (measured: 1.3 s against 1.5-2.3 s for a 0.93 GB merge on 2 cores)."""
+    before = torch.get_num_threads()
+    if method not in WHOLE_TENSOR_METHODS:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _stream(plans: list[TensorPlan], merger: _Merger, staging: Path, max_shard_size: str,
             label: str) -> tuple[list[TensorReport], list[str]]:
     by_name = {plan.name: plan for plan in plans}
@@ -273,7 +295,8 @@ def _stream(plans: list[TensorPlan], merger: _Merger, staging: Path, max_shard_s
     total = sum(p.meta.numel() * p.meta.element_size() for p in plans)
     reports = []
     try:
-        with tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024) as progress:
+        with _compute_threads(merger.settings.method), \
+                tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024) as progress:
             for done, name in enumerate(writer.order(), start=1):
                 reports.append(merger.tensor(by_name[name], writer.write, progress))
                 progress.set_postfix_str(f"{done}/{len(plans)} tensors", refresh=False)
