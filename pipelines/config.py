@@ -120,13 +120,18 @@ class MergeSettings(Section):
     @field_validator("max_shard_size")
     @classmethod
     def _size(cls, size: str) -> str:
-        from transformers.utils.hub import convert_file_size_to_int
-
         try:
-            convert_file_size_to_int(size)
+            cls.shard_bytes(size)
         except ValueError:
             raise ValueError(f"not a size like 500MB or 5GB: {size!r}") from None
         return size
+
+    @staticmethod
+    def shard_bytes(size: str) -> int:
+        """A size like 500MB (10**6 bytes) or 2GiB (2**30 bytes) in bytes."""
+        from transformers.utils.hub import convert_file_size_to_int
+
+        return convert_file_size_to_int(size)
 
 
 class MergeParams(MergeSettings):

@@ -243,7 +243,8 @@ def merge_chat_vector(base: Path, chat: Path, cp: Path, out: Path, ratio: float,
                              vocabulary.rows if vocabulary else 0)
         merger = _Merger(cp_ck, vectors[0].tuned, vectors, vocabulary, settings)
         with atomic_dir(out) as staging:
-            reports, files = _stream(plans, merger, staging, settings.max_shard_size, f"merge alpha={ratio}")
+            reports, files = _stream(plans, merger, staging, settings.shard_bytes(settings.max_shard_size),
+                                     f"merge alpha={ratio}")
             _write_tokenizer_and_configs(tokenizer, chat_tokenizer, cp, chat, vocabulary.rows if vocabulary else None,
                                          staging)
     report = MergeReport(ratio, settings.method, settings.embedding_rows, [v.name for v in vectors],
@@ -288,7 +289,7 @@ def _compute_threads(method: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _stream(plans: list[TensorPlan], merger: _Merger, staging: Path, max_shard_size: str,
+def _stream(plans: list[TensorPlan], merger: _Merger, staging: Path, max_shard_size: int,
             label: str) -> tuple[list[TensorReport], list[str]]:
     by_name = {plan.name: plan for plan in plans}
     writer = ShardedSafetensorsWriter(staging, {p.name: p.meta for p in plans}, max_shard_size)

@@ -47,7 +47,7 @@ class ShardedSafetensorsWriter:
     A thread does the file writes and syncs (they release the GIL), so disk time overlaps the arithmetic.
     """
 
-    def __init__(self, out_dir: Path, layout: dict[str, torch.Tensor], max_shard_size: str,
+    def __init__(self, out_dir: Path, layout: dict[str, torch.Tensor], max_shard_size: int | str,
                  metadata: dict[str, str] | None = None) -> None:
         """`layout` maps each tensor name to a meta tensor of its output dtype and shape."""
         unsupported = {name: str(m.dtype) for name, m in layout.items() if m.dtype not in SAFETENSORS_DTYPES}
