@@ -2,7 +2,9 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -40,10 +42,29 @@ def test_bad_config_key_is_named(tmp_path: Path) -> None:
     assert not (tmp_path / "merged").exists()
 
 
-def test_bad_checkpoint_exits_non_zero_and_writes_nothing(tmp_path: Path) -> None:
-    trio = make_trio(tmp_path)
+def _corrupt(trio: dict[str, Path]) -> str:
     (trio["chat"] / "model.safetensors").write_bytes(b"\x00" * 16)
+    return "chat/model.safetensors: unreadable safetensors file"
+
+
+def _other_architecture(trio: dict[str, Path]) -> str:
+    config = json.loads((trio["cp"] / "config.json").read_text())
+    (trio["cp"] / "config.json").write_text(json.dumps({**config, "model_type": "mistral"}))
+    return "architectures differ: cp mistral"
+
+
+def _infinite(trio: dict[str, Path]) -> str:
+    tensors = weights(trio["base"])
+    tensors["model.norm.weight"][0] = float("inf")
+    save_file(tensors, trio["base"] / "model.safetensors", metadata={"format": "pt"})
+    return "tensor 'model.norm.weight': the merge produced NaN or Inf"
+
+
+@pytest.mark.parametrize("spoil", [_corrupt, _other_architecture, _infinite])
+def test_bad_input_exits_non_zero_and_writes_nothing(tmp_path: Path, spoil) -> None:
+    trio = make_trio(tmp_path)
+    expected = spoil(trio)
     result = _invoke(trio, tmp_path / "merged")
     assert result.exit_code == 1
-    assert "chat/model.safetensors: unreadable safetensors file" in result.output
+    assert expected in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "chat", "cp"]
