@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test ui clean bench-merge bench-merge-mergekit
+.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ $(MERGEKIT_VENV)/.installed:
 
 bench-merge-mergekit: install $(MERGEKIT_VENV)/.installed
 	MERGEKIT_PYTHON=$(MERGEKIT_VENV)/bin/python $(PY) -m benchmarks.merge
+
+# Batched against one-at-a-time generation on merged-1.0 (built first through DVC when missing).
+bench-eval: install
+	test -d models/merged/alpha-1.0 || $(VENV)/bin/dvc repro merge@1.0
+	$(PY) -m benchmarks.eval
 
 ui: install
 	$(VENV)/bin/chatgraft ui
