@@ -155,8 +155,26 @@ class MergeParams(MergeSettings):
         return self
 
 
+class EvalSets(Section):
+    """Evaluation sets (jsonl, schema in pipelines/evaluate/sets.py); null: the ones the corpus stage writes."""
+
+    instruction: str | None = Field(None, description="questions with reference answers")
+    multiturn: str | None = Field(None, description="conversations whose last answer depends on earlier turns")
+    safety: str | None = Field(None, description="requests labelled harmful or harmless-but-risky")
+
+
 class EvalParams(Section):
     """Evaluation of each candidate on the target domain."""
+
+    sets: EvalSets = Field(default_factory=EvalSets, description="where the evaluation sets are")
+    distinct_n: int = Field(2, ge=1, description="n of distinct-n (distinct n-grams over all answers)")
+    language_scripts: list[str] = Field(
+        default_factory=list, description="Unicode scripts of the target language, e.g. [Hangul]; "
+        "empty: the corpus's target lexicon (the default world)"
+    )
+    refusal_patterns: list[str] | None = Field(
+        None, description="regexes that mark an answer as a refusal (case-insensitive); null: English defaults"
+    )
 
     max_new_tokens: int = Field(24, ge=1, description="generation budget per answer")
     batch_size: int = Field(32, ge=1, description="prompts per generation batch")

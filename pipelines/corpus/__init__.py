@@ -7,13 +7,19 @@ from pathlib import Path
 
 from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
-from pipelines.corpus.world import World, build_world, chat_conversation, pretraining_sentences
+from pipelines.corpus.world import (
+    World, build_world, chat_conversation, follow_up_conversation, pretraining_sentences, safety_requests,
+    target_lexicon,
+)
 
 UPSTREAM_TEXT = "upstream_text.jsonl"
 UPSTREAM_CHAT = "upstream_chat.jsonl"
 TRAIN = "train.jsonl"
 VALID = "valid.jsonl"
 EVAL = "eval.jsonl"
+EVAL_MULTITURN = "eval_multiturn.jsonl"
+EVAL_SAFETY = "eval_safety.jsonl"
+LEXICON = "lexicon.json"
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,19 @@ def _cp_sentences(world: World, params: DataParams, rng: random.Random) -> list[
     return sentences
 
 
+def _multiturn_rows(world: World, rng: random.Random) -> list[dict]:
+    """For each target entity, two of its facts: the second question only makes sense after the first turn."""
+    by_entity: dict[str, list] = {}
+    for fact in world.target:
+        by_entity.setdefault(fact.entity, []).append(fact)
+    rows = []
+    for facts in by_entity.values():
+        first, second = rng.sample(facts, 2)
+        messages, reference = follow_up_conversation(first, second)
+        rows.append({"messages": messages, "reference": reference, "tags": ["target", "follow-up", second.attribute]})
+    return rows
+
+
 def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusResult:
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`."""
     world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
@@ -53,10 +72,14 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusR
             {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}
             for fact in target_questions
         ],
+        EVAL_MULTITURN: _multiturn_rows(world, rng),
+        EVAL_SAFETY: [{"messages": [{"role": "user", "content": request}], "harmful": harmful, "tags": ["target"]}
+                      for request, harmful in safety_requests(world)],
     }
     with atomic_dir(out_dir) as staging:
         for name, rows in sets.items():
             write_jsonl_atomic(staging / name, rows)
+        write_json_atomic(staging / LEXICON, target_lexicon(world))
         write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
     counts = {name.removesuffix(".jsonl"): len(rows) for name, rows in sets.items()}
     write_json_atomic(stats_path, {"records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities})

@@ -1,17 +1,27 @@
-"""The `evaluate` stage: target perplexity, answer accuracy, termination and repetition of one candidate."""
+"""The `evaluate` stage: every suite (perplexity, instructions, termination, repetition, language, multi-turn,
+safety) on one candidate; metrics as a DVC metrics file, one sample row per answer for the MLflow table."""
 from __future__ import annotations
 
+import json
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from pipelines.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipelines.config import EvalParams
-from pipelines.corpus import EVAL, VALID
-from pipelines.evaluate.generation import generate_answers
-from pipelines.evaluate.metrics import answer_correct, perplexity, repetition_rate
+from pipelines.corpus import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, VALID
+from pipelines.evaluate.degeneration import distinct_n, repetition_rate, termination_rate
+from pipelines.evaluate.generation import Generation, generate_answers
+from pipelines.evaluate.instruction import answer_correct, exact_match, token_f1
+from pipelines.evaluate.language import language_consistency, lexicon_share, script_pattern, script_share
+from pipelines.evaluate.perplexity import perplexity
+from pipelines.evaluate.safety import DEFAULT_REFUSAL_PATTERNS, is_refusal, refusal_matcher, safety_rates
+from pipelines.evaluate.sets import EvalExample, load_eval_set
 from pipelines.layout import Layout
 from pipelines.upstream import read_upstream
 
@@ -44,35 +54,87 @@ class EvalResult:
     metrics: dict[str, float]
 
 
+def eval_sets(params: EvalParams, corpus_dir: Path) -> dict[str, list[EvalExample]]:
+    """The instruction, multi-turn and safety sets, from params or from the corpus stage."""
+    paths = {"instruction": EVAL, "multiturn": EVAL_MULTITURN, "safety": EVAL_SAFETY}
+    return {
+        suite: load_eval_set(Path(getattr(params.sets, suite) or corpus_dir / name),
+                             "harmful" if suite == "safety" else "reference", params.max_questions)
+        for suite, name in paths.items()
+    }
+
+
+def _language_scorer(params: EvalParams, corpus_dir: Path) -> Callable[[str], float | None]:
+    if params.language_scripts:
+        scripts = script_pattern(params.language_scripts)
+        return lambda text: script_share(text, scripts)
+    lexicon = set(json.loads((corpus_dir / LEXICON).read_text()))
+    return lambda text: lexicon_share(text, lexicon)
+
+
+def _sample(suite: str, example: EvalExample, answer: Generation, params: EvalParams,
+            language: Callable[[str], float | None], refusal: re.Pattern) -> dict[str, Any]:
+    """One row of the samples table: the prompt, the answer and its per-sample scores."""
+    row: dict[str, Any] = {"suite": suite, "prompt": example.messages[-1].content, "answer": answer.text,
+                           "terminated": answer.terminated,
+                           "repetition": repetition_rate(answer.token_ids, params.repetition_ngram)}
+    if example.reference is not None:
+        row |= {"reference": example.reference,
+                "correct": answer_correct(answer.text, example.reference, answer.terminated),
+                "exact_match": exact_match(answer.text, example.reference),
+                "token_f1": token_f1(answer.text, example.reference), "language": language(answer.text)}
+    if example.harmful is not None:
+        row |= {"harmful": example.harmful, "refused": is_refusal(answer.text, refusal)}
+    return row
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(float(row[key]) for row in rows) / len(rows) if rows else 0.0
+
+
+def suite_metrics(samples: list[dict[str, Any]], answers: dict[str, list[Generation]],
+                  params: EvalParams) -> dict[str, float]:
+    """Every suite's metric from the sample rows (the instruction set is the one guardrails watch)."""
+    by_suite = {suite: [row for row in samples if row["suite"] == suite] for suite in answers}
+    instruction, safety = by_suite["instruction"], by_suite["safety"]
+    asked = by_suite["instruction"] + by_suite["multiturn"]
+    return {
+        "answer_accuracy": _mean(instruction, "correct"),
+        "exact_match": _mean(instruction, "exact_match"),
+        "token_f1": _mean(instruction, "token_f1"),
+        "termination_rate": termination_rate([row["terminated"] for row in instruction]),
+        "repetition_rate": _mean(instruction, "repetition"),
+        f"distinct_{params.distinct_n}": distinct_n([a.token_ids for a in answers["instruction"]], params.distinct_n),
+        "language_consistency": language_consistency([row["language"] for row in asked]),
+        "multiturn_accuracy": _mean(by_suite["multiturn"], "correct"),
+        **safety_rates([row["refused"] for row in safety], [row["harmful"] for row in safety]),
+    }
+
+
 def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params: EvalParams,
                        metrics_path: Path, samples_path: Path) -> EvalResult:
-    """Score one checkpoint on the held-out target text and the target chat questions."""
+    """Score one checkpoint on every suite: held-out text, instructions, multi-turn, language, safety."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not tokenizer.chat_template:  # base and CP models are asked in the chat model's format
         tokenizer.chat_template = AutoTokenizer.from_pretrained(chat_dir).chat_template
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    questions = read_jsonl(corpus_dir / EVAL)[: params.max_questions]
-    valid = [row["text"] for row in read_jsonl(corpus_dir / VALID)]
+    sets = eval_sets(params, corpus_dir)
+    stop_ids = end_of_turn_ids(chat_dir, tokenizer)
 
     started = time.perf_counter()
-    answers = generate_answers(model, tokenizer, [q["messages"] for q in questions],
-                               end_of_turn_ids(chat_dir, tokenizer), params.max_new_tokens, params.batch_size)
+    answers = {suite: generate_answers(model, tokenizer, [e.conversation() for e in examples], stop_ids,
+                                       params.max_new_tokens, params.batch_size)
+               for suite, examples in sets.items()}
     seconds = time.perf_counter() - started
-    samples = [
-        {
-            "prompt": q["messages"][-1]["content"], "answer": a.text, "reference": q["reference"],
-            "correct": answer_correct(a.text, q["reference"], a.terminated), "terminated": a.terminated,
-            "repetition": repetition_rate(a.token_ids, params.repetition_ngram),
-        }
-        for q, a in zip(questions, answers)
-    ]
-    count = len(samples)
+    language = _language_scorer(params, corpus_dir)
+    refusal = refusal_matcher(params.refusal_patterns or DEFAULT_REFUSAL_PATTERNS)
+    samples = [_sample(suite, example, answer, params, language, refusal)
+               for suite, examples in sets.items() for example, answer in zip(examples, answers[suite])]
+    valid = [row["text"] for row in read_jsonl(corpus_dir / VALID)]
     metrics = {
         "target_perplexity": perplexity(model, tokenizer, valid, params.block_size, params.batch_size),
-        "answer_accuracy": sum(s["correct"] for s in samples) / count,
-        "termination_rate": sum(s["terminated"] for s in samples) / count,
-        "repetition_rate": sum(s["repetition"] for s in samples) / count,
-        "answers_per_second": count / seconds,
+        **suite_metrics(samples, answers, params),
+        "answers_per_second": len(samples) / seconds,
     }
     write_jsonl_atomic(samples_path, samples)
     write_json_atomic(metrics_path, metrics)

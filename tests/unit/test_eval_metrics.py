@@ -5,7 +5,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pipelines.evaluate.metrics import answer_correct, normalize, perplexity, repetition_rate
+from pipelines.evaluate.degeneration import repetition_rate
+from pipelines.evaluate.instruction import answer_correct, normalize
+from pipelines.evaluate.perplexity import perplexity
 from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
 
 

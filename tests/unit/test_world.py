@@ -39,3 +39,24 @@ def test_corpus_keeps_target_facts_out_of_upstream_data(tmp_path: Path) -> None:
         assert row["reference"] == facts[(entity, attribute)]
     assert len(read_jsonl(tmp_path / "corpus" / VALID)) == len(facts)
     assert json.loads((tmp_path / "stats.json").read_text())["records"]["eval"] == len(facts)
+
+
+def test_corpus_writes_multiturn_safety_and_language_sets(tmp_path: Path) -> None:
+    from pipelines.corpus import EVAL_MULTITURN, EVAL_SAFETY, LEXICON
+    from pipelines.evaluate.sets import load_eval_set
+
+    build_corpus(DataParams(source_entities=4, target_entities=5), tmp_path / "corpus", tmp_path / "stats.json")
+    world = json.loads((tmp_path / "corpus" / "world.json").read_text())
+    facts = {(f["entity"], f["attribute"]): f["value"] for f in world["target"]}
+    follow_ups = load_eval_set(tmp_path / "corpus" / EVAL_MULTITURN, "reference")
+    assert len(follow_ups) == 5
+    for example in follow_ups:
+        first, _, second = (turn.content for turn in example.messages)
+        entity = first.split(" of ")[1].removesuffix(" ?")
+        attribute = second.removeprefix("and the ").removesuffix(" ?")
+        assert entity not in second and example.reference == facts[(entity, attribute)]  # needs the first turn
+    safety = load_eval_set(tmp_path / "corpus" / EVAL_SAFETY, "harmful")
+    assert sum(e.harmful for e in safety) == sum(not e.harmful for e in safety) == 10
+    lexicon = set(json.loads((tmp_path / "corpus" / LEXICON).read_text()))
+    assert {f["entity"] for f in world["target"]} <= lexicon
+    assert not {f["entity"] for f in world["source"]} & lexicon
