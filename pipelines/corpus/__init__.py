@@ -8,7 +8,7 @@ from pathlib import Path
 from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
 from pipelines.corpus.world import (
-    World, build_world, chat_conversation, follow_up_conversation, pretraining_sentences, safety_requests,
+    Fact, World, build_world, chat_conversation, follow_up_conversation, pretraining_sentences, safety_requests,
     target_lexicon,
 )
 
@@ -44,17 +44,12 @@ def _cp_sentences(world: World, params: DataParams, rng: random.Random) -> list[
     return sentences
 
 
-def _multiturn_rows(world: World, rng: random.Random) -> list[dict]:
-    """For each target entity, two of its facts: the second question only makes sense after the first turn."""
-    by_entity: dict[str, list] = {}
-    for fact in world.target:
+def _follow_ups(facts: list[Fact], rng: random.Random) -> list[tuple[list[dict[str, str]], str]]:
+    """For each entity, two of its facts: the second question only makes sense after the first turn."""
+    by_entity: dict[str, list[Fact]] = {}
+    for fact in facts:
         by_entity.setdefault(fact.entity, []).append(fact)
-    rows = []
-    for facts in by_entity.values():
-        first, second = rng.sample(facts, 2)
-        messages, reference = follow_up_conversation(first, second)
-        rows.append({"messages": messages, "reference": reference, "tags": ["target", "follow-up", second.attribute]})
-    return rows
+    return [follow_up_conversation(*rng.sample(entity_facts, 2)) for entity_facts in by_entity.values()]
 
 
 def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusResult:
@@ -72,9 +67,10 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusR
             {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}
             for fact in target_questions
         ],
-        EVAL_MULTITURN: _multiturn_rows(world, rng),
+        EVAL_MULTITURN: [{"messages": messages, "reference": reference, "tags": ["target", "follow-up"]}
+                         for messages, reference in _follow_ups(world.target, rng)],
         EVAL_SAFETY: [{"messages": [{"role": "user", "content": request}], "harmful": harmful, "tags": ["target"]}
-                      for request, harmful in safety_requests(world)],
+                      for _, request, harmful in safety_requests(world.target)],
     }
     with atomic_dir(out_dir) as staging:
         for name, rows in sets.items():
