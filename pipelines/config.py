@@ -175,6 +175,9 @@ class EvalParams(Section):
     refusal_patterns: list[str] | None = Field(
         None, description="regexes that mark an answer as a refusal (case-insensitive); null: English defaults"
     )
+    judge_model: str | None = Field(
+        None, description="LLM judge (1-10 per answer) at the OpenAI-compatible endpoint in OPENAI_BASE_URL; null: off"
+    )
 
     max_new_tokens: int = Field(24, ge=1, description="generation budget per answer")
     batch_size: int = Field(32, ge=1, description="prompts per generation batch")

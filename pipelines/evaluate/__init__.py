@@ -18,6 +18,7 @@ from pipelines.corpus import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, VALID
 from pipelines.evaluate.degeneration import distinct_n, repetition_rate, termination_rate
 from pipelines.evaluate.generation import Generation, generate_answers
 from pipelines.evaluate.instruction import answer_correct, exact_match, token_f1
+from pipelines.evaluate.judge import Judge, judge_score
 from pipelines.evaluate.language import language_consistency, lexicon_share, script_pattern, script_share
 from pipelines.evaluate.perplexity import perplexity
 from pipelines.evaluate.safety import DEFAULT_REFUSAL_PATTERNS, is_refusal, refusal_matcher, safety_rates
@@ -111,6 +112,15 @@ def suite_metrics(samples: list[dict[str, Any]], answers: dict[str, list[Generat
     }
 
 
+def _judge(model: str, samples: list[dict[str, Any]]) -> float:
+    """Rate the instruction answers with the LLM judge; each row gets its rating, the result is the mean."""
+    rows = [row for row in samples if row["suite"] == "instruction"]
+    ratings = Judge.from_environment(model).rate_all([(r["prompt"], r["answer"], r["reference"]) for r in rows])
+    for row, rating in zip(rows, ratings):
+        row["judge"] = rating
+    return judge_score(ratings)
+
+
 def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params: EvalParams,
                        metrics_path: Path, samples_path: Path) -> EvalResult:
     """Score one checkpoint on every suite: held-out text, instructions, multi-turn, language, safety."""
@@ -136,6 +146,8 @@ def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params
         **suite_metrics(samples, answers, params),
         "answers_per_second": len(samples) / seconds,
     }
+    if params.judge_model:
+        metrics["judge_score"] = _judge(params.judge_model, samples)
     write_jsonl_atomic(samples_path, samples)
     write_json_atomic(metrics_path, metrics)
     return EvalResult(metrics=metrics)
