@@ -175,6 +175,13 @@ class EvalParams(Section):
     refusal_patterns: list[str] | None = Field(
         None, description="regexes that mark an answer as a refusal (case-insensitive); null: English defaults"
     )
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list, description="lm-evaluation-harness tasks to run on each candidate, e.g. "
+        "[target_facts] (the default world's); empty: off"
+    )
+    lm_eval_include_path: str | None = Field(
+        None, description="folder of extra task YAMLs on local datasets; null: the corpus stage's data/corpus/lm_eval"
+    )
     judge_model: str | None = Field(
         None, description="LLM judge (1-10 per answer) at the OpenAI-compatible endpoint in OPENAI_BASE_URL; null: off"
     )

@@ -1,6 +1,7 @@
 """The `corpus` stage: writes the upstream, CP and evaluation data sets of the default world."""
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,8 +9,8 @@ from pathlib import Path
 from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
 from pipelines.corpus.world import (
-    Fact, World, build_world, chat_conversation, follow_up_conversation, pretraining_sentences, safety_requests,
-    target_lexicon,
+    Fact, World, build_world, chat_conversation, fact_choices, follow_up_conversation, pretraining_sentences,
+    safety_requests, target_lexicon,
 )
 
 UPSTREAM_TEXT = "upstream_text.jsonl"
@@ -20,6 +21,20 @@ EVAL = "eval.jsonl"
 EVAL_MULTITURN = "eval_multiturn.jsonl"
 EVAL_SAFETY = "eval_safety.jsonl"
 LEXICON = "lexicon.json"
+LM_EVAL = "lm_eval"  # an lm-evaluation-harness task on the target facts (eval.lm_eval_tasks: [target_facts])
+LM_EVAL_TASK = """task: target_facts
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data_file}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+"""
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,19 @@ def _follow_ups(facts: list[Fact], rng: random.Random) -> list[tuple[list[dict[s
     return [follow_up_conversation(*rng.sample(entity_facts, 2)) for entity_facts in by_entity.values()]
 
 
+def _write_lm_eval_task(world: World, params: DataParams, staging: Path, final: Path) -> None:
+    """Multiple choice over each target fact's possible values; the data path is relative to the project root,
+    where stages run (lm-eval reads it relative to the working directory)."""
+    rows = []
+    for fact in world.target:
+        choices, answer = fact_choices(fact, params.values_per_attribute)
+        rows.append({"question": fact.question(), "choices": choices, "answer": answer})
+    staging.mkdir()
+    write_jsonl_atomic(staging / "target_facts.jsonl", rows)
+    data_file = os.path.relpath(final / "target_facts.jsonl")
+    (staging / "target_facts.yaml").write_text(LM_EVAL_TASK.format(data_file=data_file))
+
+
 def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusResult:
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`."""
     world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
@@ -76,6 +104,7 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusR
         for name, rows in sets.items():
             write_jsonl_atomic(staging / name, rows)
         write_json_atomic(staging / LEXICON, target_lexicon(world))
+        _write_lm_eval_task(world, params, staging / LM_EVAL, out_dir / LM_EVAL)
         write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
     counts = {name.removesuffix(".jsonl"): len(rows) for name, rows in sets.items()}
     write_json_atomic(stats_path, {"records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities})

@@ -108,3 +108,9 @@ def target_lexicon(world: World) -> list[str]:
     """Every word of the target domain's statements and questions: the default world's "target language"."""
     words = {word for fact in world.target for text in (fact.statement(), fact.question()) for word in text.split()}
     return sorted(words)
+
+
+def fact_choices(fact: Fact, values_per_attribute: int) -> tuple[list[str], int]:
+    """The values the fact's attribute can take in this world, and the index of the true one."""
+    choices = ATTRIBUTES[fact.attribute][:values_per_attribute]
+    return choices, choices.index(fact.value)

@@ -14,9 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from pipelines.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipelines.config import EvalParams
-from pipelines.corpus import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, VALID
+from pipelines.corpus import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, LM_EVAL, VALID
 from pipelines.evaluate.degeneration import distinct_n, repetition_rate, termination_rate
 from pipelines.evaluate.generation import Generation, generate_answers
+from pipelines.evaluate.harness import run_harness
 from pipelines.evaluate.instruction import answer_correct, exact_match, token_f1
 from pipelines.evaluate.judge import Judge, judge_score
 from pipelines.evaluate.language import language_consistency, lexicon_share, script_pattern, script_share
@@ -146,6 +147,9 @@ def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params
         **suite_metrics(samples, answers, params),
         "answers_per_second": len(samples) / seconds,
     }
+    if params.lm_eval_tasks:
+        include = Path(params.lm_eval_include_path) if params.lm_eval_include_path else corpus_dir / LM_EVAL
+        metrics |= run_harness(model_dir, params.lm_eval_tasks, include, params.batch_size)
     if params.judge_model:
         metrics["judge_score"] = _judge(params.judge_model, samples)
     write_jsonl_atomic(samples_path, samples)
