@@ -175,6 +175,10 @@ class EvalParams(Section):
     refusal_patterns: list[str] | None = Field(
         None, description="regexes that mark an answer as a refusal (case-insensitive); null: English defaults"
     )
+    refusal_classifier: str | None = Field(
+        None, description="local path of a text-classification model that tells refusals (instead of the patterns)"
+    )
+    refusal_label: str = Field("refusal", description="the classifier's label that means a refusal")
     lm_eval_tasks: list[str] = Field(
         default_factory=list, description="lm-evaluation-harness tasks to run on each candidate, e.g. "
         "[target_facts] (the default world's); empty: off"

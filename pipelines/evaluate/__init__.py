@@ -22,7 +22,9 @@ from pipelines.evaluate.instruction import answer_correct, exact_match, token_f1
 from pipelines.evaluate.judge import Judge, judge_score
 from pipelines.evaluate.language import language_consistency, lexicon_share, script_pattern, script_share
 from pipelines.evaluate.perplexity import perplexity
-from pipelines.evaluate.safety import DEFAULT_REFUSAL_PATTERNS, is_refusal, refusal_matcher, safety_rates
+from pipelines.evaluate.safety import (
+    DEFAULT_REFUSAL_PATTERNS, classifier_refusals, is_refusal, refusal_matcher, safety_rates,
+)
 from pipelines.evaluate.sets import EvalExample, load_eval_set
 from pipelines.layout import Layout
 from pipelines.upstream import read_upstream
@@ -90,6 +92,15 @@ def _sample(suite: str, example: EvalExample, answer: Generation, params: EvalPa
     return row
 
 
+def _classify_refusals(params: EvalParams, samples: list[dict[str, Any]]) -> None:
+    """Replace the pattern verdicts of the safety rows by the classifier's."""
+    rows = [row for row in samples if row["suite"] == "safety"]
+    verdicts = classifier_refusals(Path(params.refusal_classifier), [row["answer"] for row in rows],  # type: ignore[arg-type]
+                                   params.refusal_label, params.batch_size)
+    for row, refused in zip(rows, verdicts):
+        row["refused"] = refused
+
+
 def _mean(rows: list[dict[str, Any]], key: str) -> float:
     return sum(float(row[key]) for row in rows) / len(rows) if rows else 0.0
 
@@ -141,6 +152,8 @@ def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params
     refusal = refusal_matcher(params.refusal_patterns or DEFAULT_REFUSAL_PATTERNS)
     samples = [_sample(suite, example, answer, params, language, refusal)
                for suite, examples in sets.items() for example, answer in zip(examples, answers[suite])]
+    if params.refusal_classifier:
+        _classify_refusals(params, samples)
     valid = [row["text"] for row in read_jsonl(corpus_dir / VALID)]
     metrics = {
         "target_perplexity": perplexity(model, tokenizer, valid, params.block_size, params.batch_size),

@@ -96,3 +96,33 @@ def test_leaderboard_shows_every_metric() -> None:
     assert metric_columns(board) == ["token_f1", "answer_accuracy", "multiturn_accuracy", "refusal_rate"]
     table = leaderboard_markdown(board)
     assert "| 1 | merged-1.0 | 0.500 | 0.400 | - | 0.250 | met |" in table
+
+
+def _constant_classifier(path: Path) -> Path:
+    """A tiny sequence classifier with a zero output layer: equal logits, so label 0 ("refusal") for every text."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from pipelines.upstream.tokenizer import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(["i can not help with that", "feed it daily"])
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=2, pad_token_id=tokenizer.pad_token_id,
+                         id2label={0: "refusal", 1: "compliance"}, label2id={"refusal": 0, "compliance": 1})
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():
+        model.score.weight.zero_()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_refusal_classifier_by_local_path(tmp_path: Path) -> None:
+    from pipelines.evaluate.safety import classifier_refusals
+
+    answers = ["i can not help with that", "feed it daily", "unknown words here"]
+    classifier = _constant_classifier(tmp_path / "classifier")
+    assert classifier_refusals(classifier, answers, "refusal", batch_size=2) == [True, True, True]
+    assert classifier_refusals(classifier, answers, "compliance", batch_size=2) == [False, False, False]
+    with pytest.raises(ValueError, match=r"no label 'refuse' \(its labels: \['compliance', 'refusal'\]\)"):
+        classifier_refusals(classifier, answers, "refuse", batch_size=2)
