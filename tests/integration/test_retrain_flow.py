@@ -1,6 +1,7 @@
 """The retrain flow end to end on a tiny world: real DVC stages, real MLflow (sqlite), real Prefect (test server)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -88,7 +89,15 @@ def test_stage_runs_are_nested_and_tracked(first_run) -> None:
     assert cp.data.tags["dvc.md5.models/cp"] and cp.data.tags["cached"] == "false"
     samples = [a.path for a in client.list_artifacts(children["evaluate-merged@1.0"].info.run_id, "tables")]
     assert samples == ["tables/merged-1.0.json"]
-    assert "answer_accuracy" in children["evaluate@cp"].data.metrics
+    table = json.loads(Path(client.download_artifacts(children["evaluate-merged@1.0"].info.run_id,
+                                                      "tables/merged-1.0.json")).read_text())
+    assert {"suite", "prompt", "answer", "reference", "correct", "token_f1", "refused"} <= set(table["columns"])
+    suite = table["columns"].index("suite")
+    assert {row[suite] for row in table["data"]} == {"instruction", "multiturn", "safety"}
+    every_suite = {"answer_accuracy", "exact_match", "token_f1", "termination_rate", "repetition_rate", "distinct_2",
+                   "language_consistency", "multiturn_accuracy", "refusal_rate", "false_refusal_rate",
+                   "target_perplexity", "answers_per_second"}
+    assert every_suite <= set(children["evaluate@cp"].data.metrics)
     assert list((root.parent / "dvc-remote").rglob("*"))  # outputs pushed to the local remote
 
 
