@@ -11,11 +11,20 @@ from pipelines.atomic import write_text_atomic
 from pipelines.config import ParamsError, validate_params
 
 
+def _round_trip_editor() -> YAML:
+    """ruamel in round-trip mode that leaves untouched lines as they were: no wrapping, `null` kept as `null`."""
+    editor = YAML()
+    editor.width = 4096
+    editor.representer.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return editor
+
+
 def apply_overrides(path: Path, overrides: list[str]) -> None:
     """Set each `a.b.c=value` (value in YAML) in the params file; the file changes only if the result is valid."""
     if not overrides:
         return
-    editor = YAML()
+    editor = _round_trip_editor()
     document = editor.load(path.read_text())
     for override in overrides:
         key, sep, text = override.partition("=")
@@ -27,7 +36,7 @@ def apply_overrides(path: Path, overrides: list[str]) -> None:
             if not isinstance(node, dict) or part not in node:
                 raise ParamsError(f"--set {override!r}: {path} has no section {part!r} on the way to {key}")
             node = node[part]
-        node[leaf] = yaml.safe_load(text)
+        node[leaf] = editor.load(text)  # keeps the value's own style: [a, b] stays a flow list
     buffer = io.StringIO()
     editor.dump(document, buffer)
     validate_params(yaml.safe_load(buffer.getvalue()), f"{path} with --set {' '.join(overrides)}")

@@ -1,4 +1,5 @@
 """`chatgraft run --set key=value` edits params.yaml in place, only when the result is valid."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,14 @@ def test_invalid_override_names_the_key_and_leaves_the_file_alone(tmp_path: Path
     with pytest.raises(ParamsError, match=message):
         apply_overrides(path, [override])
     assert path.read_text() == TEXT
+
+
+def test_override_changes_only_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    shutil.copy(Path(__file__).resolve().parents[2] / "params.yaml", path)
+    before = path.read_text().splitlines()
+    apply_overrides(path, ["eval.lm_eval_tasks=[target_facts]"])
+    after = path.read_text().splitlines()
+    changed = [(old, new) for old, new in zip(before, after) if old != new]
+    assert len(before) == len(after) and len(changed) == 1
+    assert changed[0][1].startswith("  lm_eval_tasks: [target_facts]")
