@@ -45,4 +45,4 @@ ui: install
 	$(VENV)/bin/chatgraft ui
 
 clean:
-	rm -rf data models metrics plots reports mlflow/mlflow.db mlflow/artifacts .dvc/cache .dvc-storage dvc.lock
+	rm -rf data models checkpoints metrics plots reports mlflow/mlflow.db mlflow/artifacts .dvc/cache .dvc-storage dvc.lock

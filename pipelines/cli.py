@@ -49,7 +49,7 @@ def cp() -> None:
 
     params, layout = load_params(PARAMS), _layout()
     continual_pretrain(params.cp, layout.corpus, layout.upstream, layout.cp_model, layout.metrics / "cp.json",
-                       layout.plots / "cp_loss.csv")
+                       layout.plots / "cp_loss.csv", layout.cp_checkpoints)
 
 
 @app.command()

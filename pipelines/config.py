@@ -73,6 +73,9 @@ class UpstreamParams(Section):
 class CPParams(TrainParams):
     """Continual pretraining of the base on the target corpus (full parameters)."""
 
+    save_every: int = Field(100, ge=0, description="steps between resumable checkpoints (0: none); a rerun "
+                            "after a kill continues from the last complete one")
+
 
 class TensorRule(Section):
     """What the merge does to the tensors whose names match a glob pattern (the first matching rule wins)."""

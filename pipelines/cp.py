@@ -1,6 +1,7 @@
 """The `cp` stage: full-parameter continual pretraining of the base on the target corpus."""
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_colla
 from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic
 from pipelines.config import CPParams
 from pipelines.corpus import TRAIN, VALID
-from pipelines.training import TrainResult, pack_texts, train_causal_lm
+from pipelines.training import Checkpointing, TrainResult, pack_texts, train_causal_lm
+from pipelines.training.checkpoints import clear_checkpoints
 from pipelines.upstream import read_upstream
 
 
@@ -22,26 +24,44 @@ class CPResult:
     train: TrainResult
 
 
+def run_fingerprint(params: CPParams, corpus_dir: Path, base: Path) -> str:
+    """What identifies a CP run: its params, its training text, and the base model's config and weight sizes."""
+    digest = hashlib.sha256(params.model_dump_json().encode())
+    digest.update((corpus_dir / TRAIN).read_bytes())
+    digest.update((base / "config.json").read_bytes())
+    for weights in sorted(base.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
 def continual_pretrain(
-    params: CPParams, corpus_dir: Path, upstream_dir: Path, out_dir: Path, metrics_path: Path, curve_csv: Path
+    params: CPParams, corpus_dir: Path, upstream_dir: Path, out_dir: Path, metrics_path: Path, curve_csv: Path,
+    checkpoint_dir: Path,
 ) -> CPResult:
-    """Train the base on packed target text, keep its tokenizer, and write metrics and the loss curve."""
+    """Train the base on packed target text, keep its tokenizer, and write metrics and the loss curve.
+
+    Checkpoints go to `checkpoint_dir` every `save_every` steps; a rerun after a kill continues from the last
+    complete one, and they are removed once the model is written.
+    """
     base = read_upstream(upstream_dir).base
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
     train = pack_texts(tokenizer, [row["text"] for row in read_jsonl(corpus_dir / TRAIN)], params.block_size)
     valid = pack_texts(tokenizer, [row["text"] for row in read_jsonl(corpus_dir / VALID)], params.block_size)
     with atomic_dir(out_dir) as staging:
-        result = train_causal_lm(
-            model, train, params, default_data_collator, curve_csv, eval_examples=valid, live_tracking=True
-        )
+        checkpointing = Checkpointing(checkpoint_dir, params.save_every, run_fingerprint(params, corpus_dir, base))
+        result = train_causal_lm(model, train, params, default_data_collator, curve_csv, eval_examples=valid,
+                                 live_tracking=True, checkpointing=checkpointing)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+    clear_checkpoints(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a DVC out, persisted between runs
     write_json_atomic(metrics_path, {
         "train_loss": result.train_loss,
         "valid_loss": result.eval_loss,
         "valid_perplexity": math.exp(result.eval_loss) if result.eval_loss is not None else None,
         "tokens_per_second": result.tokens_per_second,
         "steps": result.steps,
+        "resumed_from_step": result.resumed_from,
     })
     return CPResult(model_dir=out_dir, train=result)

@@ -23,6 +23,10 @@ class Layout:
     def cp_model(self) -> Path:
         return self.root / "models" / "cp"
 
+    @property
+    def cp_checkpoints(self) -> Path:
+        return self.root / "checkpoints" / "cp"
+
     def merged_model(self, ratio: str) -> Path:
         return self.root / "models" / "merged" / f"alpha-{ratio}"
 

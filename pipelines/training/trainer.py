@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers import PreTrainedModel, Trainer, TrainerState, TrainingArguments, set_seed
 
 from pipelines.config import TrainParams
+from pipelines.training.checkpoints import MarkComplete, last_complete_checkpoint
+
+TRAINER_STATE = "trainer_state.json"
+
+
+def trainer_step(checkpoint: Path | None) -> int:
+    """The step a checkpoint folder was saved at (0 for none)."""
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,7 @@ class TrainResult:
     eval_loss: float | None
     tokens_per_second: float
     steps: int
+    resumed_from: int = 0  # the step of the checkpoint the run continued from (0: a fresh start)
 
 
 def _live_tracking() -> list[str] | str:
@@ -42,6 +51,15 @@ def _write_curve(log_history: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows[step] for step in sorted(rows))
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and how often a resumable run saves, and what identifies the run."""
+
+    directory: Path
+    every: int
+    fingerprint: str
+
+
 def train_causal_lm(
     model: PreTrainedModel,
     train_examples: list[dict[str, Any]],
@@ -50,13 +68,20 @@ def train_causal_lm(
     curve_csv: Path,
     eval_examples: list[dict[str, Any]] | None = None,
     live_tracking: bool = False,
+    checkpointing: Checkpointing | None = None,
 ) -> TrainResult:
-    """Train `model` in place for `params.steps` steps (AdamW, cosine decay after warmup) and write its loss curve."""
+    """Train `model` in place for `params.steps` steps (AdamW, cosine decay after warmup) and write its loss curve.
+
+    With `checkpointing`, the run saves every `every` steps and continues from its last complete checkpoint.
+    """
     set_seed(params.seed)
     log_every = max(1, params.steps // 50)
-    with tempfile.TemporaryDirectory(prefix="chatgraft-train-") as work_dir:
+    with tempfile.TemporaryDirectory(prefix="chatgraft-train-") as scratch:
+        work_dir = checkpointing.directory if checkpointing else Path(scratch)
+        resume = last_complete_checkpoint(work_dir, checkpointing.fingerprint) if checkpointing else None
+        saving = checkpointing is not None and checkpointing.every > 0
         args = TrainingArguments(
-            output_dir=work_dir,
+            output_dir=str(work_dir),
             max_steps=params.steps,
             per_device_train_batch_size=params.batch_size,
             per_device_eval_batch_size=params.batch_size,
@@ -67,7 +92,9 @@ def train_causal_lm(
             logging_steps=log_every,
             eval_strategy="steps" if eval_examples else "no",
             eval_steps=max(1, params.steps // 10),
-            save_strategy="no",
+            save_strategy="steps" if saving else "no",
+            save_steps=checkpointing.every if saving else 500,  # type: ignore[union-attr]
+            save_total_limit=2,
             report_to=_live_tracking() if live_tracking else "none",
             seed=params.seed,
             data_seed=params.seed,
@@ -76,15 +103,20 @@ def train_causal_lm(
             dataloader_num_workers=0,
         )
         trainer = Trainer(
-            model=model, args=args, train_dataset=train_examples, eval_dataset=eval_examples, data_collator=collator
+            model=model, args=args, train_dataset=train_examples, eval_dataset=eval_examples, data_collator=collator,
+            callbacks=[MarkComplete(checkpointing.fingerprint)] if saving else None,  # type: ignore[union-attr]
         )
-        output = trainer.train()
+        tokens_before = TrainerState.load_from_json(str(resume / TRAINER_STATE)).num_input_tokens_seen if resume else 0
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
         _write_curve(trainer.state.log_history, curve_csv)
     runtime = output.metrics.get("train_runtime", 0.0) or 1e-9
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainResult(
-        train_loss=float(output.training_loss),
+        # the last logged loss: the Trainer's own mean is wrong after a resume (it divides by every step)
+        train_loss=float(losses[-1]) if losses else float(output.training_loss),
         eval_loss=None if eval_loss is None else float(eval_loss),
-        tokens_per_second=float(trainer.state.num_input_tokens_seen) / runtime,
+        tokens_per_second=float(trainer.state.num_input_tokens_seen - tokens_before) / runtime,
         steps=trainer.state.global_step,
+        resumed_from=trainer_step(resume),
     )
