@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval
+.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval bench-cp
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ bench-merge-mergekit: install $(MERGEKIT_VENV)/.installed
 bench-eval: install
 	test -d models/merged/alpha-1.0 || $(VENV)/bin/dvc repro merge@1.0
 	$(PY) -m benchmarks.eval
+
+# Packed against padded training batches of the same documents, same tiny model.
+bench-cp: install
+	$(PY) -m benchmarks.cp
 
 ui: install
 	$(VENV)/bin/chatgraft ui

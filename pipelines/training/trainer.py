@@ -99,7 +99,8 @@ def train_causal_lm(
             seed=params.seed,
             data_seed=params.seed,
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            include_num_input_tokens_seen=True,
+            # real tokens only, where padding is marked (packed blocks have none)
+            include_num_input_tokens_seen="non_padding" if "attention_mask" in train_examples[0] else "all",
             dataloader_num_workers=0,
         )
         trainer = Trainer(
