@@ -70,8 +70,24 @@ class UpstreamParams(Section):
         return self
 
 
+class LoraParams(Section):
+    """LoRA adapters (peft) instead of full fine-tuning; the adapter is folded into full weights at the end."""
+
+    rank: int = Field(16, ge=1, description="rank r of the low-rank update")
+    alpha: int = Field(32, ge=1, description="scaling: the update is multiplied by alpha / rank")
+    dropout: StrictFloat = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="names of the linear layers that get adapters",
+    )
+    train_embeddings: bool = Field(False, description="also train the embeddings and lm_head fully "
+                                   "(needed when the vocabulary was extended)")
+
+
 class CPParams(TrainParams):
-    """Continual pretraining of the base on the target corpus (full parameters)."""
+    """Continual pretraining of the base on the target corpus: full parameters, or LoRA when `lora` is set."""
+
+    lora: LoraParams | None = Field(None, description="train LoRA adapters instead of every weight; null: full")
 
     save_every: int = Field(100, ge=0, description="steps between resumable checkpoints (0: none); a rerun "
                             "after a kill continues from the last complete one")

@@ -6,10 +6,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, default_data_collator
 
 from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic
-from pipelines.config import CPParams
+from pipelines.config import CPParams, LoraParams
 from pipelines.corpus import TRAIN, VALID
 from pipelines.training import Checkpointing, TrainResult, pack_texts, train_causal_lm
 from pipelines.training.checkpoints import clear_checkpoints
@@ -22,6 +22,16 @@ class CPResult:
 
     model_dir: Path
     train: TrainResult
+
+
+def with_lora(model: PreTrainedModel, params: LoraParams) -> PreTrainedModel:
+    """The model wrapped with trainable LoRA adapters (peft); everything else frozen but the opted-in embeddings."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
+                        target_modules=params.target_modules, task_type="CAUSAL_LM",
+                        modules_to_save=["embed_tokens", "lm_head"] if params.train_embeddings else None)
+    return get_peft_model(model, config)
 
 
 def run_fingerprint(params: CPParams, corpus_dir: Path, base: Path) -> str:
@@ -48,10 +58,14 @@ def continual_pretrain(
     model = AutoModelForCausalLM.from_pretrained(base)
     train = pack_texts(tokenizer, [row["text"] for row in read_jsonl(corpus_dir / TRAIN)], params.block_size)
     valid = pack_texts(tokenizer, [row["text"] for row in read_jsonl(corpus_dir / VALID)], params.block_size)
+    if params.lora is not None:
+        model = with_lora(model, params.lora)
     with atomic_dir(out_dir) as staging:
         checkpointing = Checkpointing(checkpoint_dir, params.save_every, run_fingerprint(params, corpus_dir, base))
         result = train_causal_lm(model, train, params, default_data_collator, curve_csv, eval_examples=valid,
                                  live_tracking=True, checkpointing=checkpointing)
+        if params.lora is not None:
+            model = model.merge_and_unload()  # downstream stages, and the chat vector, need full weights
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     clear_checkpoints(checkpoint_dir)

@@ -102,6 +102,7 @@ def train_causal_lm(
             # real tokens only, where padding is marked (packed blocks have none)
             include_num_input_tokens_seen="non_padding" if "attention_mask" in train_examples[0] else "all",
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
         )
         trainer = Trainer(
             model=model, args=args, train_dataset=train_examples, eval_dataset=eval_examples, data_collator=collator,

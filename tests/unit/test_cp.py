@@ -1,0 +1,35 @@
+"""Continual pretraining with LoRA: only the adapted layers change, folded into full weights for the next stages."""
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from pipelines.atomic import read_jsonl
+from pipelines.config import CPParams, DataParams, LoraParams
+from pipelines.corpus import TRAIN, VALID, build_corpus
+from pipelines.cp import continual_pretrain
+from tests.unit.merge_models import save, tiny_model, word_tokenizer
+
+
+def _upstream(root: Path, corpus: Path) -> Path:
+    texts = [row["text"] for name in (TRAIN, VALID) for row in read_jsonl(corpus / name)]
+    tokenizer = word_tokenizer(texts)
+    save(tiny_model(len(tokenizer)), tokenizer, root / "upstream" / "base")
+    (root / "upstream" / "upstream.json").write_text(json.dumps({"base": "base", "chat": "base"}))
+    return root / "upstream"
+
+
+def test_lora_cp_changes_only_adapted_layers(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    build_corpus(DataParams(source_entities=4, target_entities=4), corpus, tmp_path / "corpus.json")
+    upstream = _upstream(tmp_path, corpus)
+    params = CPParams(steps=6, batch_size=4, block_size=16, learning_rate=1e-2, save_every=0,
+                      lora=LoraParams(rank=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    continual_pretrain(params, corpus, upstream, tmp_path / "cp", tmp_path / "cp.json", tmp_path / "cp.csv",
+                       tmp_path / "checkpoints")
+    base, cp = load_file(upstream / "base" / "model.safetensors"), load_file(tmp_path / "cp" / "model.safetensors")
+    assert cp.keys() == base.keys()  # full weights, no adapter tensors
+    changed = {name for name in base if not torch.equal(base[name], cp[name])}
+    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)
+    assert json.loads((tmp_path / "cp.json").read_text())["steps"] == 6
