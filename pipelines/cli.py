@@ -46,8 +46,11 @@ def upstream() -> None:
 def cp() -> None:
     """Continually pretrain the base on the target corpus into models/cp."""
     from pipelines.cp import continual_pretrain
+    from pipelines.training.distributed import relaunch, under_launcher
 
     params, layout = load_params(PARAMS), _layout()
+    if params.cp.distributed.nproc_per_node > 1 and not under_launcher():
+        raise typer.Exit(relaunch(params.cp.distributed.nproc_per_node, ["cp"]))
     continual_pretrain(params.cp, layout.corpus, layout.upstream, layout.cp_model, layout.metrics / "cp.json",
                        layout.plots / "cp_loss.csv", layout.cp_checkpoints)
 

@@ -84,8 +84,26 @@ class LoraParams(Section):
                                    "(needed when the vocabulary was extended)")
 
 
+class DistributedParams(Section):
+    """Data-parallel training: the stage relaunches itself under torchrun with this many processes."""
+
+    nproc_per_node: int = Field(1, ge=1, description="processes (one per GPU; on CPU they use gloo); 1: no launcher")
+
+
 class CPParams(TrainParams):
-    """Continual pretraining of the base on the target corpus: full parameters, or LoRA when `lora` is set."""
+    """Continual pretraining of the base on the target corpus: full parameters, or LoRA when `lora` is set.
+
+    `batch_size` is the global batch: with N processes each takes batch_size / N sequences a step.
+    """
+
+    distributed: DistributedParams = Field(default_factory=DistributedParams, description="data parallelism")
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "CPParams":
+        if self.batch_size % self.distributed.nproc_per_node:
+            raise ValueError(f"batch_size {self.batch_size} does not split over "
+                             f"{self.distributed.nproc_per_node} processes")
+        return self
 
     lora: LoraParams | None = Field(None, description="train LoRA adapters instead of every weight; null: full")
 

@@ -13,6 +13,7 @@ from pipelines.config import CPParams, LoraParams
 from pipelines.corpus import TRAIN, VALID
 from pipelines.training import Checkpointing, TrainResult, pack_texts, train_causal_lm
 from pipelines.training.checkpoints import clear_checkpoints
+from pipelines.training.distributed import is_main_process
 from pipelines.upstream import read_upstream
 
 
@@ -60,10 +61,12 @@ def continual_pretrain(
     valid = pack_texts(tokenizer, [row["text"] for row in read_jsonl(corpus_dir / VALID)], params.block_size)
     if params.lora is not None:
         model = with_lora(model, params.lora)
+    checkpointing = Checkpointing(checkpoint_dir, params.save_every, run_fingerprint(params, corpus_dir, base))
+    result = train_causal_lm(model, train, params, default_data_collator, curve_csv, eval_examples=valid,
+                             live_tracking=True, checkpointing=checkpointing)
+    if not is_main_process():  # the other data-parallel processes only train
+        return CPResult(model_dir=out_dir, train=result)
     with atomic_dir(out_dir) as staging:
-        checkpointing = Checkpointing(checkpoint_dir, params.save_every, run_fingerprint(params, corpus_dir, base))
-        result = train_causal_lm(model, train, params, default_data_collator, curve_csv, eval_examples=valid,
-                                 live_tracking=True, checkpointing=checkpointing)
         if params.lora is not None:
             model = model.merge_and_unload()  # downstream stages, and the chat vector, need full weights
         model.save_pretrained(staging)

@@ -25,6 +25,8 @@ class MarkComplete(TrainerCallback):
         self.fingerprint = fingerprint
 
     def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201 (the Trainer's callback signature)
+        if not state.is_world_process_zero:  # only the first process saves checkpoints
+            return control
         folder = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
         write_json_atomic(folder / MARKER, {"step": state.global_step, "fingerprint": self.fingerprint})
         return control
@@ -37,15 +39,16 @@ def _marker(folder: Path) -> dict | None:
         return None
 
 
-def last_complete_checkpoint(checkpoint_dir: Path, fingerprint: str) -> Path | None:
-    """The newest complete checkpoint of this run; partial ones and other runs' are deleted."""
+def last_complete_checkpoint(checkpoint_dir: Path, fingerprint: str, cleanup: bool = True) -> Path | None:
+    """The newest complete checkpoint of this run; partial ones and other runs' are deleted when `cleanup`."""
     if not checkpoint_dir.exists():
         return None
     usable = []
     for folder in checkpoint_dir.glob(f"{PREFIX}*"):
         marker = _marker(folder)
         if marker is None or marker.get("fingerprint") != fingerprint:
-            shutil.rmtree(folder)
+            if cleanup:
+                shutil.rmtree(folder, ignore_errors=True)
         else:
             usable.append((int(marker["step"]), folder))
     return max(usable)[1] if usable else None

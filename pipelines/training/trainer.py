@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, Trainer, TrainerState, TrainingArgumen
 
 from pipelines.config import TrainParams
 from pipelines.training.checkpoints import MarkComplete, last_complete_checkpoint
+from pipelines.training.distributed import is_main_process, world_size
 
 TRAINER_STATE = "trainer_state.json"
 
@@ -78,13 +79,17 @@ def train_causal_lm(
     log_every = max(1, params.steps // 50)
     with tempfile.TemporaryDirectory(prefix="chatgraft-train-") as scratch:
         work_dir = checkpointing.directory if checkpointing else Path(scratch)
-        resume = last_complete_checkpoint(work_dir, checkpointing.fingerprint) if checkpointing else None
+        resume = last_complete_checkpoint(work_dir, checkpointing.fingerprint, cleanup=is_main_process()) \
+            if checkpointing else None
         saving = checkpointing is not None and checkpointing.every > 0
         args = TrainingArguments(
             output_dir=str(work_dir),
             max_steps=params.steps,
+            # batch_size is the global batch; with several processes the loader draws it as one process would and
+            # gives each process its slice (split_batches), so the run sees the same batches as a single process
             per_device_train_batch_size=params.batch_size,
             per_device_eval_batch_size=params.batch_size,
+            accelerator_config={"split_batches": world_size() > 1},
             learning_rate=params.learning_rate,
             lr_scheduler_type="cosine",
             warmup_steps=int(params.warmup_ratio * params.steps),
@@ -103,6 +108,10 @@ def train_causal_lm(
             include_num_input_tokens_seen="non_padding" if "attention_mask" in train_examples[0] else "all",
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
+            ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,
+            # each process averages over its own tokens and DDP averages the gradients: with equal blocks per
+            # process that is the one-process mean, and the logged losses stay per-token
+            average_tokens_across_devices=False,
         )
         trainer = Trainer(
             model=model, args=args, train_dataset=train_examples, eval_dataset=eval_examples, data_collator=collator,
@@ -111,7 +120,8 @@ def train_causal_lm(
         tokens_before = TrainerState.load_from_json(str(resume / TRAINER_STATE)).num_input_tokens_seen if resume else 0
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
-        _write_curve(trainer.state.log_history, curve_csv)
+        if is_main_process():
+            _write_curve(trainer.state.log_history, curve_csv)
     runtime = output.metrics.get("train_runtime", 0.0) or 1e-9
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainResult(
