@@ -46,6 +46,8 @@ class TrainParams(Section):
     warmup_ratio: StrictFloat = Field(0.05, ge=0, le=1, description="share of steps spent warming up")
     weight_decay: StrictFloat = Field(0.0, ge=0, description="AdamW weight decay")
     seed: int = Field(0, description="seed of init, data order and dropout")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
+                                         "less memory for long blocks and big models, about a third more compute")
 
 
 class UpstreamParams(Section):

@@ -106,6 +106,7 @@ def train_causal_lm(
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
             # real tokens only, where padding is marked (packed blocks have none)
             include_num_input_tokens_seen="non_padding" if "attention_mask" in train_examples[0] else "all",
+            gradient_checkpointing=params.gradient_checkpointing,
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
             ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,

@@ -4,11 +4,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from transformers import default_data_collator
 
 from pipelines.atomic import read_jsonl
 from pipelines.config import CPParams, DataParams, LoraParams
 from pipelines.corpus import TRAIN, VALID, build_corpus
 from pipelines.cp import continual_pretrain
+from pipelines.training import pack_texts, train_causal_lm
 from tests.unit.merge_models import save, tiny_model, word_tokenizer
 
 
@@ -25,7 +27,7 @@ def test_lora_cp_changes_only_adapted_layers(tmp_path: Path) -> None:
     build_corpus(DataParams(source_entities=4, target_entities=4), corpus, tmp_path / "corpus.json")
     upstream = _upstream(tmp_path, corpus)
     params = CPParams(steps=6, batch_size=4, block_size=16, learning_rate=1e-2, save_every=0,
-                      lora=LoraParams(rank=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+                      gradient_checkpointing=True, lora=LoraParams(rank=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     continual_pretrain(params, corpus, upstream, tmp_path / "cp", tmp_path / "cp.json", tmp_path / "cp.csv",
                        tmp_path / "checkpoints")
     base, cp = load_file(upstream / "base" / "model.safetensors"), load_file(tmp_path / "cp" / "model.safetensors")
@@ -33,3 +35,13 @@ def test_lora_cp_changes_only_adapted_layers(tmp_path: Path) -> None:
     changed = {name for name in base if not torch.equal(base[name], cp[name])}
     assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)
     assert json.loads((tmp_path / "cp.json").read_text())["steps"] == 6
+
+
+def test_gradient_checkpointing_is_switched_on_by_params(tmp_path: Path) -> None:
+    tokenizer = word_tokenizer()
+    model = tiny_model(len(tokenizer))
+    examples = pack_texts(tokenizer, ["the city of kato is oslo ."] * 20, 8)
+    params = CPParams(steps=2, batch_size=2, block_size=8, learning_rate=1e-3, gradient_checkpointing=True)
+    assert not model.is_gradient_checkpointing
+    train_causal_lm(model, examples, params, default_data_collator, tmp_path / "curve.csv")
+    assert model.is_gradient_checkpointing
