@@ -1,9 +1,12 @@
-"""The `chatgraft` command: run the retrain flow, open the MLflow UI."""
+"""The `chatgraft` command: run or serve the retrain flow, merge, move the champion, open the MLflow UI."""
 from __future__ import annotations
 
+import getpass
 import subprocess
 import sys
 from pathlib import Path
+
+from collections.abc import Callable
 
 import typer
 
@@ -60,6 +63,93 @@ def merge(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1)
     typer.echo(f"wrote {out} ({len(result.files)} file(s), {len(result.tensors)} tensors); report {report_path}")
+
+
+@app.command()
+def serve(
+    project_dir: Path = typer.Option(Path("."), help="project directory holding prefect.yaml, dvc.yaml, params.yaml"),
+) -> None:
+    """Serve the `retrain` deployment of prefect.yaml here: runs on its cron schedule or when triggered."""
+    from flows.schedule import serve_retrain
+
+    serve_retrain(project_dir)
+
+
+@app.command()
+def intake(
+    project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
+) -> None:
+    """Take new corpus files from `flow.inbox` into data/incoming and version it with DVC (the flow's first task)."""
+    from flows.context import open_project
+    from flows.tasks import take_new_data
+
+    intake_ = take_new_data(open_project(project_dir))
+    typer.echo(f"{len(intake_.taken)} new file(s) in data/incoming; left in the inbox: {intake_.skipped or 'none'}")
+
+
+def _registry(project_dir: Path) -> tuple:
+    from flows.context import open_project
+
+    ctx = open_project(project_dir)
+    return ctx.store, ctx.params.promote.registered_model
+
+
+def _person(command: str) -> str:
+    return f"{getpass.getuser()} (chatgraft {command})"
+
+
+def _moved(action: Callable[[], str]) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from flows.promotion import PromotionError
+
+    try:
+        typer.echo(action())
+    except (PromotionError, MlflowException) as error:
+        typer.echo(f"error: {getattr(error, 'message', error)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(help="model version to make champion"),
+    reason: str = typer.Option("promoted by hand", help="why: recorded on the version"),
+    project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
+) -> None:
+    """Make VERSION the champion now, whatever the policy says (recorded with your user name)."""
+    from flows.promotion import promote_by_hand
+
+    store, model = _registry(project_dir)
+    _moved(lambda: f"{model} champion: version {promote_by_hand(store, model, version, _person('promote'), reason)}"
+                   f" -> {version}")
+
+
+@app.command()
+def rollback(
+    project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
+) -> None:
+    """Give champion back to the version that held it before the current one."""
+    from flows.promotion import rollback as roll_back
+
+    store, model = _registry(project_dir)
+    _moved(lambda: "{} champion: version {} -> {}".format(model, *roll_back(store, model, _person("rollback"))))
+
+
+@app.command()
+def pin(
+    version: str = typer.Argument(help="model version"),
+    off: bool = typer.Option(False, "--off", help="unpin instead"),
+    project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
+) -> None:
+    """Pin VERSION (tag pinned=true): while it is champion, the policy never moves champion away from it."""
+    from flows.promotion import set_pinned
+
+    store, model = _registry(project_dir)
+
+    def action() -> str:
+        set_pinned(store, model, version, not off)
+        return f"{model} version {version}: pinned={str(not off).lower()}"
+    _moved(action)
 
 
 @app.command()

@@ -99,6 +99,10 @@ class DvcProject:
                     return out.get("md5")
         return None
 
+    def add(self, path: Path) -> None:
+        """Version a folder the project owns outside any stage (`dvc add`); cheap when nothing changed."""
+        self._dvc("add", "--quiet", str(path.relative_to(self.root)))
+
     def push(self) -> str:
         """Push every cached output to the default remote."""
         return self._dvc("push")

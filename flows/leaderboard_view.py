@@ -31,3 +31,11 @@ def leaderboard_markdown(board: dict[str, Any], decision: str = "") -> str:
     if decision:
         lines.append(f"**promotion:** {decision}")
     return "\n".join(lines)
+
+
+def promotion_markdown(version: str | None, decision: Any) -> str:
+    """The promotion decision and each reason, one per line (a Decision, or None when nothing was registered)."""
+    if version is None or decision is None:
+        return "## Promotion\n\nNo candidate met the guardrails: nothing registered, nothing promoted."
+    verdict = "promoted to **champion**" if decision.promote else "**not promoted**"
+    return "\n".join([f"## Promotion\n\nVersion {version}: {verdict}.\n", *(f"- {r}" for r in decision.reasons)])

@@ -1,6 +1,6 @@
 """The `retrain` flow: the DESIGN diagram, top to bottom.
 
-corpus -> upstream -> cp -> merge@ratio -> evaluate@model -> leaderboard -> register -> promote -> push
+intake -> corpus -> upstream -> cp -> merge@ratio -> evaluate@model -> leaderboard -> register -> promote -> push
 """
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.context import open_project
-from flows.leaderboard_view import leaderboard_markdown
+from flows.leaderboard_view import leaderboard_markdown, promotion_markdown
 from flows.lineage import lineage_tags
-from flows.tasks import promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage
+from flows.promotion import ensure_concurrency_limits
+from flows.tasks import (
+    promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data,
+)
 from flows.tracking.stage_runs import end_run, log_text, start_run
 from pipelines.evaluate import REFERENCE_CANDIDATES
 
@@ -29,15 +32,18 @@ class RetrainResult:
     reasons: list[str]
     reproduced: list[str]
     leaderboard: str
+    new_files: list[str]
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(project_dir: str = ".") -> RetrainResult:
     """Reproduce every stage through DVC, track each in MLflow, register the winner and apply the promotion policy."""
     ctx = open_project(Path(project_dir))
+    ensure_concurrency_limits(ctx.params.flow.gpu_slots)
     ctx = replace(ctx, parent_run_id=start_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)))
     try:
         ratios = ctx.params.merge.ratios
+        intake = take_new_data(ctx)
         outcomes = [run_stage(ctx, stage) for stage in ("corpus", "upstream", "cp")]
         outcomes += [run_stage(ctx, f"merge@{ratio}") for ratio in ratios]
         outcomes += [run_stage(ctx, f"evaluate@{name}") for name in REFERENCE_CANDIDATES]
@@ -55,7 +61,10 @@ def retrain(project_dir: str = ".") -> RetrainResult:
                f"({'; '.join(decision.reasons)})") if decision else "nothing registered"
     markdown = leaderboard_markdown(board, summary)
     create_markdown_artifact(markdown, key="leaderboard", description="retrain leaderboard")
+    create_markdown_artifact(promotion_markdown(version, decision), key="promotion",
+                             description="why the challenger was or was not promoted")
     log_text(ctx.store, ctx.parent_run_id, markdown, "leaderboard.md")
     end_run(ctx.store, ctx.parent_run_id)
     return RetrainResult(board["winner"], version, bool(decision and decision.promote),
-                         decision.reasons if decision else [], [o.stage for o in outcomes if not o.cached], markdown)
+                         decision.reasons if decision else [], [o.stage for o in outcomes if not o.cached], markdown,
+                         intake.taken)

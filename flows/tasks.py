@@ -8,12 +8,17 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.context import RunContext
+from flows.inbox import Intake, inbox_files, take_inbox
+from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
 from flows.lineage import lineage_tags
+from flows.promotion import GPU_TAG, apply_policy
 from flows.tracking import registry
 from flows.tracking.stage_runs import end_run, log_metrics, log_stage_outputs, set_tags, start_run
 from pipelines.evaluate import MERGED_PREFIX, candidate_dir
-from pipelines.promotion import Decision, decide_promotion
+from pipelines.promotion import Decision
 from pipelines.upstream import read_upstream
+
+GPU_STAGES = ("cp", "merge")  # stage names before `@`: these hold a `gpu` slot while they run
 
 
 @dataclass(frozen=True)
@@ -25,8 +30,21 @@ class StageOutcome:
     cached: bool
 
 
+@task(name="intake", cache_policy=NO_CACHE)
+def take_new_data(ctx: RunContext) -> Intake:
+    """Take new corpus files from the inbox (`flow.inbox`) into data/incoming and version it with `dvc add`."""
+    source = ctx.params.flow.inbox
+    intake = take_inbox(inbox_files(source, ctx.root) if source else iter(()), ctx.layout.incoming)
+    ctx.dvc.add(ctx.layout.incoming)
+    logger = get_run_logger()
+    logger.info("inbox %s: %d new file(s) %s", source or "(none)", len(intake.taken), intake.taken or "")
+    if intake.skipped:
+        logger.warning("left in the inbox (not .txt, .jsonl or .parquet): %s", intake.skipped)
+    return intake
+
+
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
-def run_stage(ctx: RunContext, stage: str) -> StageOutcome:
+def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     """Reproduce one DVC stage (skipped when up to date) and log its files to a nested MLflow run."""
     cached = ctx.dvc.is_up_to_date(stage)
     run_id = start_run(ctx.store, stage, {"stage": stage, "cached": str(cached).lower()}, ctx.parent_run_id)
@@ -43,6 +61,12 @@ def run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     return StageOutcome(stage, run_id, cached)
 
 
+def run_stage(ctx: RunContext, stage: str) -> StageOutcome:
+    """The stage as a Prefect task; training and merge stages carry the `gpu` tag and its concurrency limit."""
+    tags = [GPU_TAG] if stage.split("@")[0] in GPU_STAGES else []
+    return _run_stage.with_options(tags=tags)(ctx, stage)
+
+
 def _version_tags(ctx: RunContext, winner: str, model_md5: str) -> dict[str, str]:
     upstream = read_upstream(ctx.layout.upstream)
     sources = {"base": upstream.base, "chat": upstream.chat, "cp": ctx.layout.cp_model}
@@ -51,6 +75,7 @@ def _version_tags(ctx: RunContext, winner: str, model_md5: str) -> dict[str, str
         registry.MODEL_MD5_TAG: model_md5,
         "dvc_data_md5": ctx.dvc.output_hash("data/corpus") or "unknown",
         "candidate": winner,
+        registry.EVAL_FINGERPRINT_TAG: current_fingerprint(ctx),
         **{f"source.{role}": str(p.relative_to(ctx.root) if p.is_relative_to(ctx.root) else p)
            for role, p in sources.items()},
     }
@@ -77,6 +102,8 @@ def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | 
         log_metrics(ctx.store, run_id, board["candidates"][winner])
         version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md)
         end_run(ctx.store, run_id)
+    elif registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG) != current_fingerprint(ctx):
+        record_version_metrics(ctx, version, board["candidates"][winner])  # same weights, new evaluation data
     registry.set_alias(ctx.store, model, registry.CHALLENGER, version)
     get_run_logger().info("%s is version %s of %s (challenger)", winner, version, model)
     return version
@@ -84,17 +111,14 @@ def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | 
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_challenger(ctx: RunContext, version: str, board: dict, actor: str) -> Decision:
-    """Move `champion` to the challenger when the policy says so; record the decision on the version."""
-    model, policy = ctx.params.promote.registered_model, ctx.params.promote
-    current = registry.champion(ctx.store, model)
-    if current is not None and current.version == version:
-        return Decision(False, [f"version {version} already is the champion"])
+    """Apply the policy to the challenger, against the champion scored on the current evaluation data."""
+    policy = ctx.params.promote
+    held = registry.champion(ctx.store, policy.registered_model)
+    if held is not None and held.version != version:
+        champion_on_current_data(ctx, held)  # the slow part, outside the promotion lock
     challenger = {k: v for k, v in board["candidates"][board["winner"]].items() if isinstance(v, float)}
-    decision = decide_promotion(challenger, current.metrics if current else None, policy)
-    if decision.promote:
-        registry.set_alias(ctx.store, model, registry.CHAMPION, version)
-    registry.record_decision(ctx.store, model, version, decision.promote, decision.reasons, actor,
-                             current.version if current else None)
+    decision = apply_policy(ctx.store, policy, version, challenger, actor,
+                            refresh=lambda current: champion_on_current_data(ctx, current))
     get_run_logger().info("version %s %s: %s", version, "promoted" if decision.promote else "not promoted",
                           "; ".join(decision.reasons))
     return decision

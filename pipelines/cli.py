@@ -26,11 +26,11 @@ def _offline() -> None:
 
 @app.command()
 def corpus() -> None:
-    """Generate the default world's data sets into data/corpus."""
+    """Generate the default world's data sets into data/corpus, with the documents in data/incoming."""
     from pipelines.corpus import build_corpus
 
     params, layout = load_params(PARAMS), _layout()
-    build_corpus(params.data, layout.corpus, layout.metrics / "corpus.json")
+    build_corpus(params.data, layout.corpus, layout.metrics / "corpus.json", layout.incoming)
 
 
 @app.command()

@@ -243,6 +243,13 @@ class Bound(Section):
     max: float | None = Field(None, description="the metric must be at most this")
 
 
+class RatioBound(Section):
+    """A guardrail relative to the champion's value of the same metric."""
+
+    min_ratio: float | None = Field(None, gt=0, description="the metric must be at least this times the champion's")
+    max_ratio: float | None = Field(None, gt=0, description="the metric must be at most this times the champion's")
+
+
 class PromoteParams(Section):
     """How candidates are ranked, and when the winner becomes champion."""
 
@@ -252,6 +259,18 @@ class PromoteParams(Section):
     higher_is_better: bool = Field(True, description="direction of the primary metric")
     min_margin: float = Field(0.0, ge=0, description="a challenger must beat the champion by more than this")
     guardrails: dict[str, Bound] = Field(default_factory=dict, description="bounds every winner must meet")
+    champion_guardrails: dict[str, RatioBound] = Field(
+        default_factory=dict, description="bounds relative to the champion a challenger must meet to replace it"
+    )
+
+
+class FlowParams(Section):
+    """How the Prefect flow runs the stages (no stage reads these, so changing them reruns nothing)."""
+
+    gpu_slots: int = Field(1, ge=1, description="Prefect `gpu` tag limit: CP and merge tasks running at once")
+    inbox: str | None = Field(
+        None, description="new corpus files: a folder (relative to the project) or s3://bucket/prefix; null: none"
+    )
 
 
 class Params(Section):
@@ -263,6 +282,7 @@ class Params(Section):
     merge: MergeParams = Field(default_factory=MergeParams)
     eval: EvalParams = Field(default_factory=EvalParams)
     promote: PromoteParams = Field(default_factory=PromoteParams)
+    flow: FlowParams = Field(default_factory=FlowParams)
 
 
 class ParamsError(ValueError):

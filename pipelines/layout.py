@@ -16,6 +16,11 @@ class Layout:
         return self.root / "data" / "corpus"
 
     @property
+    def incoming(self) -> Path:
+        """The inbox snapshot: corpus files the flow took in, versioned with `dvc add`."""
+        return self.root / "data" / "incoming"
+
+    @property
     def upstream(self) -> Path:
         return self.root / "models" / "upstream"
 

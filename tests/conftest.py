@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.dvc_project import DvcProject
 from flows.environment import apply_offline_defaults
+from flows.inbox import take_inbox
 from pipelines.config import MergeParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +49,10 @@ def make_project(root: Path, params: dict) -> Path:
     run(["git", "init", "-q"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
     run([sys.executable, "-m", "dvc", "remote", "add", "-q", "-d", "local", str(root.parent / "dvc-remote")], root)
+    take_inbox(iter(()), root / "data" / "incoming")  # the (empty) inbox snapshot the corpus stage reads
+    DvcProject(root).add(root / "data" / "incoming")
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "init"], root)
     return root

@@ -1,4 +1,4 @@
-"""The MLflow Model Registry side: register a winner once per content hash, read and move aliases."""
+"""The MLflow Model Registry side: register a winner once per content hash, read and move aliases, audit tags."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,18 +10,13 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from flows.tracking.store import Store
+from pipelines.promotion import Champion
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_MD5_TAG = "dvc_model_md5"
-
-
-@dataclass(frozen=True)
-class Champion:
-    """The version holding `champion` and the metrics it was registered with."""
-
-    version: str
-    metrics: dict[str, float]
-
+PINNED_TAG = "pinned"  # `true` (set in the UI or by `chatgraft pin`): only a person moves `champion` away
+EVAL_FINGERPRINT_TAG = "eval_fingerprint"  # what the version's metrics were measured on
+EVAL_RUN_TAG = "eval_run_id"  # the run holding those metrics, when not the one that registered the version
 
 def _requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "transformers", "accelerate", "safetensors")]
@@ -44,19 +39,47 @@ def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags
             registered_model_name=model, pip_requirements=_requirements(),
         )
     registered = str(info.registered_model_version)
-    for key, value in tags.items():
-        store.client.set_model_version_tag(model, registered, key, value)
+    set_version_tags(store, model, registered, tags)
     store.client.update_model_version(model, registered, description=description)
     return registered
 
 
-def champion(store: Store, model: str) -> Champion | None:
-    """The current champion, or None when no version holds the alias."""
+def version_tags(store: Store, model: str, version: str) -> dict[str, str]:
+    """The tags of one model version."""
+    return dict(store.client.get_model_version(model, version).tags)
+
+
+def alias_holder(store: Store, model: str, alias: str) -> str | None:
+    """The version `alias` points at, or None."""
     try:
-        holder = store.client.get_model_version_by_alias(model, CHAMPION)
+        return str(store.client.get_model_version_by_alias(model, alias).version)
     except MlflowException:
         return None
-    return Champion(str(holder.version), store.client.get_run(holder.run_id).data.metrics)
+
+
+def champion(store: Store, model: str) -> Champion | None:
+    """The current champion with its latest metrics and pin, or None when no version holds the alias."""
+    version = alias_holder(store, model, CHAMPION)
+    if version is None:
+        return None
+    held = store.client.get_model_version(model, version)
+    run_id = held.tags.get(EVAL_RUN_TAG, held.run_id)
+    return Champion(version, store.client.get_run(run_id).data.metrics,
+                    held.tags.get(PINNED_TAG, "").lower() == "true")
+
+
+def set_version_tags(store: Store, model: str, version: str, tags: dict[str, str]) -> None:
+    """Set tags on one model version."""
+    for key, value in tags.items():
+        store.client.set_model_version_tag(model, version, key, value)
+
+
+def download_checkpoint(store: Store, model: str, version: str, out: Path) -> Path:
+    """Write a registered version as a Hugging Face checkpoint (weights, tokenizer, chat template) into `out`."""
+    parts = mlflow.transformers.load_model(f"models:/{model}/{version}", return_type="components")
+    parts["model"].save_pretrained(out)
+    parts["tokenizer"].save_pretrained(out)
+    return out
 
 
 def set_alias(store: Store, model: str, alias: str, version: str) -> None:
@@ -64,15 +87,17 @@ def set_alias(store: Store, model: str, alias: str, version: str) -> None:
     store.client.set_registered_model_alias(model, alias, version)
 
 
-def record_decision(store: Store, model: str, version: str, promoted: bool, reasons: list[str], actor: str,
-                    previous: str | None) -> None:
-    """Audit trail on the version: the decision, why, who or what made it, the previous champion, when."""
+def record_decision(store: Store, model: str, version: str, decision: str, reasons: list[str], actor: str,
+                    previous: str | None, rollback_to: str | None = None) -> None:
+    """Audit trail on the version: the decision, why, who or what made it, the previous champion, when, and
+    the version `chatgraft rollback` returns to while this one is champion."""
     tags = {
-        "promotion.decision": "promoted" if promoted else "not promoted",
+        "promotion.decision": decision,
         "promotion.reasons": "; ".join(reasons),
         "promotion.actor": actor,
         "promotion.previous_champion": previous or "none",
         "promotion.at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    for key, value in tags.items():
-        store.client.set_model_version_tag(model, version, key, value)
+    if rollback_to is not None:
+        tags["promotion.rollback_to"] = rollback_to
+    set_version_tags(store, model, version, tags)

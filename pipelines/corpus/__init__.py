@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
+from pipelines.corpus.documents import read_documents
 from pipelines.corpus.world import (
     Fact, World, build_world, chat_conversation, fact_choices, follow_up_conversation, pretraining_sentences,
     safety_requests, target_lexicon,
@@ -80,16 +81,19 @@ def _write_lm_eval_task(world: World, params: DataParams, staging: Path, final: 
     (staging / "target_facts.yaml").write_text(LM_EVAL_TASK.format(data_file=data_file))
 
 
-def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusResult:
-    """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`."""
+def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None) -> CorpusResult:
+    """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`; the
+    documents in `incoming` (the inbox snapshot) join the CP training text."""
     world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
     rng = random.Random(params.seed + 1)
+    delivered = read_documents(incoming) if incoming else {}
     target_questions = list(world.target)
     rng.shuffle(target_questions)
     sets: dict[str, list[dict]] = {
         UPSTREAM_TEXT: [{"text": s} for s in _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)],
         UPSTREAM_CHAT: [{"messages": chat_conversation(fact)} for fact in world.source],
-        TRAIN: [{"text": s} for s in _cp_sentences(world, params, rng)],
+        TRAIN: [{"text": s} for s in _cp_sentences(world, params, rng)] + [
+            {"text": text} for texts in delivered.values() for text in texts],
         VALID: [{"text": fact.statement()} for fact in world.target],
         EVAL: [
             {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}
@@ -107,5 +111,8 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path) -> CorpusR
         _write_lm_eval_task(world, params, staging / LM_EVAL, out_dir / LM_EVAL)
         write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
     counts = {name.removesuffix(".jsonl"): len(rows) for name, rows in sets.items()}
-    write_json_atomic(stats_path, {"records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities})
+    write_json_atomic(stats_path, {
+        "records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities,
+        "incoming": {"files": len(delivered), "documents": sum(map(len, delivered.values()))},
+    })
     return CorpusResult(counts=counts)

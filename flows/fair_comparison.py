@@ -1,0 +1,47 @@
+"""A fair comparison: the champion's metrics measured on the same evaluation data as the challenger's."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import get_run_logger
+
+from flows.context import RunContext
+from flows.tracking import registry
+from flows.tracking.stage_runs import end_run, log_metrics, start_run
+from pipelines.evaluate import evaluate_candidate
+from pipelines.evaluate.fingerprint import evaluation_fingerprint
+from pipelines.promotion import Champion
+from pipelines.upstream import read_upstream
+
+
+def current_fingerprint(ctx: RunContext) -> str:
+    """The fingerprint of the evaluation data and params in the project now."""
+    return evaluation_fingerprint(ctx.params.eval, ctx.layout.corpus)
+
+
+def champion_on_current_data(ctx: RunContext, held: Champion) -> Champion:
+    """`held` unchanged when it was evaluated on the current data; otherwise its registered weights are scored
+    again, the metrics logged to a run of their own, and the version's tags point at that run."""
+    model = ctx.params.promote.registered_model
+    fingerprint = current_fingerprint(ctx)
+    if registry.version_tags(ctx.store, model, held.version).get(registry.EVAL_FINGERPRINT_TAG) == fingerprint:
+        return held
+    get_run_logger().info("evaluation data changed since version %s was scored: re-evaluating it", held.version)
+    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+        checkpoint = registry.download_checkpoint(ctx.store, model, held.version, Path(tmp) / "model")
+        result = evaluate_candidate(checkpoint, read_upstream(ctx.layout.upstream).chat, ctx.layout.corpus,
+                                    ctx.params.eval, Path(tmp) / "metrics.json", Path(tmp) / "samples.jsonl")
+    record_version_metrics(ctx, held.version, result.metrics)
+    return Champion(held.version, result.metrics, held.pinned)
+
+
+def record_version_metrics(ctx: RunContext, version: str, metrics: dict[str, float]) -> None:
+    """Log a version's metrics on the current data to a run of their own; the version's tags point at it."""
+    fingerprint = current_fingerprint(ctx)
+    run_id = start_run(ctx.store, f"re-evaluate v{version}",
+                       {"model_version": version, registry.EVAL_FINGERPRINT_TAG: fingerprint}, ctx.parent_run_id)
+    log_metrics(ctx.store, run_id, metrics)
+    end_run(ctx.store, run_id)
+    registry.set_version_tags(ctx.store, ctx.params.promote.registered_model, version,
+                              {registry.EVAL_FINGERPRINT_TAG: fingerprint, registry.EVAL_RUN_TAG: run_id})

@@ -1,0 +1,112 @@
+"""The flow's first task: new corpus files from a folder or an S3 prefix (moto's server) into the DVC snapshot."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from boto3.s3.transfer import TransferConfig
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.context import open_project
+from flows.tasks import take_new_data
+from tests.conftest import TINY_PARAMS, make_project
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> str:
+    """moto's S3 server on 127.0.0.1, stopped by its process id."""
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def project_with_inbox(tmp_path: Path, inbox: str) -> Path:
+    return make_project(tmp_path / "project", {**TINY_PARAMS, "flow": {"inbox": inbox}})
+
+
+def snapshot_files(root: Path) -> int:
+    return yaml.safe_load((root / "data" / "incoming.dvc").read_text())["outs"][0]["nfiles"]
+
+
+def test_local_inbox_feeds_the_corpus_and_an_unchanged_inbox_is_a_no_op(tmp_path: Path) -> None:
+    root = project_with_inbox(tmp_path, "inbox")
+    inbox = root / "inbox"
+    inbox.mkdir()
+    (inbox / "kato.txt").write_text("the harbour of kato is green .")
+    (inbox / "more.jsonl").write_text('{"text": "the river of kato is long ."}\n{"text": "kato has a bell ."}\n')
+    (inbox / "readme.md").write_text("not a corpus file")
+    ctx = open_project(root)
+
+    first = take_new_data(ctx)
+    assert first.taken == ["kato.txt", "more.jsonl"] and first.skipped == ["readme.md"]
+    assert snapshot_files(root) == 2
+    ctx.dvc.reproduce("corpus")
+    stats = json.loads((root / "metrics" / "corpus.json").read_text())
+    assert stats["incoming"] == {"files": 2, "documents": 3}
+    train = (root / "data" / "corpus" / "train.jsonl").read_text()
+    assert "the harbour of kato is green ." in train and "kato has a bell ." in train
+
+    again = take_new_data(ctx)
+    assert again.taken == [] and ctx.dvc.is_up_to_date("corpus")  # no new data, no param change: nothing to do
+
+    (inbox / "kato.txt").write_text("the harbour of kato is red .")
+    assert take_new_data(ctx).taken == ["kato.txt"]
+    assert not ctx.dvc.is_up_to_date("corpus")
+
+
+def test_s3_inbox_takes_each_object_once(tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="corpus")
+    s3.put_object(Bucket="corpus", Key="weekly/2026-11-16/news.txt", Body=b"kato opened a school .")
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"text": f"kato fact {i} ."}) + "\n" for i in range(400_000)))
+    # a multipart upload: its ETag is not an md5, so the intake compares the bytes themselves
+    s3.upload_file(str(big), "corpus", "weekly/2026-11-16/big.jsonl",
+                   Config=TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
+    assert "-" in s3.head_object(Bucket="corpus", Key="weekly/2026-11-16/big.jsonl")["ETag"]
+    root = project_with_inbox(tmp_path, "s3://corpus/weekly")
+    ctx = open_project(root)
+
+    assert take_new_data(ctx).taken == ["2026-11-16/big.jsonl", "2026-11-16/news.txt"]
+    assert (root / "data" / "incoming" / "2026-11-16" / "big.jsonl").read_bytes() == big.read_bytes()
+    assert take_new_data(ctx).taken == []
+    s3.put_object(Bucket="corpus", Key="weekly/2026-11-23/news.txt", Body=b"kato closed the school .")
+    assert take_new_data(ctx).taken == ["2026-11-23/news.txt"]
+    assert snapshot_files(root) == 3
