@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -17,10 +18,14 @@ import requests
 import yaml
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect import flow
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, TaskRunFilter, TaskRunFilterTags
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.context import open_project
+from flows.fair_comparison import champion_on_current_data, current_fingerprint
 from flows.params_file import apply_overrides
+from flows.tracking import registry
 from flows.retrain import retrain
 from flows.tracking.store import embedded_uri
 from tests.conftest import TINY_PARAMS, make_project
@@ -56,12 +61,22 @@ def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
     assert "| rank | candidate |" in result.leaderboard
 
 
-def test_leaderboard_is_a_prefect_artifact(first_run) -> None:
+def test_leaderboard_and_promotion_are_prefect_artifacts(first_run) -> None:
     _, result, _ = first_run
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["leaderboard"])))
+        promotion = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["promotion"])))
     assert artifacts and artifacts[0].type == "markdown"
     assert "| rank | candidate |" in artifacts[0].data and result.winner in artifacts[0].data
+    assert "Version 1: promoted to **champion**" in promotion[0].data and "- no champion yet" in promotion[0].data
+
+
+def test_training_and_merge_tasks_hold_gpu_slots(first_run) -> None:
+    with get_client(sync_client=True) as client:
+        gpu_runs = client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
+        limit = client.read_global_concurrency_limit_by_name("tag:gpu")
+    assert {run.name for run in gpu_runs} == {"cp", "merge@0.5", "merge@1.0"}
+    assert limit.limit == 1  # flow.gpu_slots
 
 
 def test_version_carries_lineage(first_run) -> None:
@@ -149,3 +164,24 @@ def test_chatgraft_ui_serves_the_registry(first_run) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_champion_is_scored_again_when_the_evaluation_data_changed(first_run) -> None:
+    root, _, client = first_run
+    ctx = open_project(root)
+    held = registry.champion(ctx.store, MODEL)
+    shorter = ctx.params.eval.model_copy(update={"max_new_tokens": 2})  # answers cut short: other scores
+    changed = replace(ctx, params=ctx.params.model_copy(update={"eval": shorter}))
+
+    @flow
+    def compare_fairly(context):
+        return champion_on_current_data(context, held)
+
+    assert compare_fairly(ctx) is held  # evaluated on these very data: nothing to do
+    fresh = compare_fairly(changed)
+    scores = lambda metrics: {k: v for k, v in metrics.items() if k != "answers_per_second"}  # noqa: E731 (timing)
+    assert fresh.version == held.version and scores(fresh.metrics) != scores(held.metrics)
+    tags = client.get_model_version(MODEL, held.version).tags
+    assert tags["eval_fingerprint"] == current_fingerprint(changed) != current_fingerprint(ctx)
+    assert client.get_run(tags["eval_run_id"]).data.metrics == fresh.metrics
+    assert registry.champion(ctx.store, MODEL).metrics == fresh.metrics
