@@ -67,46 +67,54 @@ def run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     return _run_stage.with_options(tags=tags)(ctx, stage)
 
 
-def _version_tags(ctx: RunContext, winner: str, model_md5: str) -> dict[str, str]:
+def _version_tags(ctx: RunContext, candidate: str, model_md5: str) -> dict[str, str]:
     upstream = read_upstream(ctx.layout.upstream)
     sources = {"base": upstream.base, "chat": upstream.chat, "cp": ctx.layout.cp_model}
     tags = {
         **lineage_tags(ctx.root),
         registry.MODEL_MD5_TAG: model_md5,
         "dvc_data_md5": ctx.dvc.output_hash("data/corpus") or "unknown",
-        "candidate": winner,
+        "candidate": candidate,
         registry.EVAL_FINGERPRINT_TAG: current_fingerprint(ctx),
         **{f"source.{role}": str(p.relative_to(ctx.root) if p.is_relative_to(ctx.root) else p)
            for role, p in sources.items()},
     }
-    if winner.startswith(MERGED_PREFIX):
-        tags["merge_ratio"] = winner.removeprefix(MERGED_PREFIX)
+    if candidate.startswith(MERGED_PREFIX):
+        tags["merge_ratio"] = candidate.removeprefix(MERGED_PREFIX)
         tags["merge_embedding_rows"] = ctx.params.merge.embedding_rows
     return tags
 
 
-@task(name="register", cache_policy=NO_CACHE)
-def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | None:
-    """Register the leaderboard's winner (once per weights hash) and point `challenger` at it."""
-    winner = board["winner"]
-    if winner is None:
-        get_run_logger().warning("no candidate met the guardrails: nothing registered")
-        return None
+def _register(ctx: RunContext, candidate: str, board: dict, leaderboard_md: str) -> str:
+    """The version of `candidate`'s weights: registered now, or found (and its metrics brought up to date)."""
     model = ctx.params.promote.registered_model
-    checkpoint = candidate_dir(ctx.layout, winner)
+    checkpoint = candidate_dir(ctx.layout, candidate)
     model_md5 = ctx.dvc.output_hash(str(checkpoint.relative_to(ctx.root))) or "unknown"
     version = registry.find_version(ctx.store, model, model_md5)
     if version is None:
-        tags = _version_tags(ctx, winner, model_md5)
-        run_id = start_run(ctx.store, "register", {**tags, "candidate": winner}, ctx.parent_run_id)
-        log_metrics(ctx.store, run_id, board["candidates"][winner])
+        tags = _version_tags(ctx, candidate, model_md5)
+        run_id = start_run(ctx.store, "register", tags, ctx.parent_run_id)
+        log_metrics(ctx.store, run_id, board["candidates"][candidate])
         version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md)
         end_run(ctx.store, run_id)
     elif registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG) != current_fingerprint(ctx):
-        record_version_metrics(ctx, version, board["candidates"][winner])  # same weights, new evaluation data
-    registry.set_alias(ctx.store, model, registry.CHALLENGER, version)
-    get_run_logger().info("%s is version %s of %s (challenger)", winner, version, model)
+        record_version_metrics(ctx, version, board["candidates"][candidate])  # same weights, new evaluation data
+    get_run_logger().info("%s is version %s of %s", candidate, version, model)
     return version
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | None:
+    """Register the best `promote.register_top_k` eligible merged models (once per weights hash); the winner's
+    version becomes `challenger` and is returned."""
+    ranked = sorted(board["candidates"].items(), key=lambda item: item[1]["rank"])
+    eligible = [name for name, row in ranked if row["eligible"] and name.startswith(MERGED_PREFIX)]
+    if not eligible:
+        get_run_logger().warning("no candidate met the guardrails: nothing registered")
+        return None
+    versions = [_register(ctx, name, board, leaderboard_md) for name in eligible[:ctx.params.promote.register_top_k]]
+    registry.set_alias(ctx.store, ctx.params.promote.registered_model, registry.CHALLENGER, versions[0])
+    return versions[0]
 
 
 @task(name="promote", cache_policy=NO_CACHE)

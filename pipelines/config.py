@@ -259,6 +259,7 @@ class PromoteParams(Section):
     higher_is_better: bool = Field(True, description="direction of the primary metric")
     min_margin: float = Field(0.0, ge=0, description="a challenger must beat the champion by more than this")
     guardrails: dict[str, Bound] = Field(default_factory=dict, description="bounds every winner must meet")
+    register_top_k: int = Field(1, ge=1, description="eligible merged models registered per run, best first")
     champion_guardrails: dict[str, RatioBound] = Field(
         default_factory=dict, description="bounds relative to the champion a challenger must meet to replace it"
     )

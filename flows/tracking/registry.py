@@ -35,7 +35,9 @@ def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags
     """Log the checkpoint with the transformers flavor under `run_id` and register it; returns the version."""
     with mlflow.start_run(run_id=run_id):
         info = mlflow.transformers.log_model(
-            transformers_model=str(checkpoint), name="model", task="text-generation",
+            # llm/v1/chat: a text-generation pipeline for load_model, chat messages in and out (through the
+            # model's chat template) for pyfunc and `mlflow models serve`
+            transformers_model=str(checkpoint), name="model", task="llm/v1/chat",
             registered_model_name=model, pip_requirements=_requirements(),
         )
     registered = str(info.registered_model_version)

@@ -125,6 +125,28 @@ def test_champion_loads_with_mlflow_transformers(first_run) -> None:
     assert isinstance(pipeline("what is the city of kato ?", max_new_tokens=3)[0]["generated_text"], str)
 
 
+def test_champion_is_served_by_mlflow_models_serve(first_run) -> None:
+    root, _, _ = first_run
+    port = _free_port()
+    venv_bin = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH, as in an activated venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": embedded_uri(root), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                               f"models:/{MODEL}@champion", "--env-manager", "local", "-p", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, seconds=180)
+        question = {"messages": [{"role": "user", "content": "what is the city of kato ?"}], "max_tokens": 3}
+        answer = requests.post(f"{url}/invocations", json=question, timeout=60)
+        assert answer.ok, answer.text
+        (completion,) = answer.json()  # one OpenAI-style chat completion per request
+        (choice,) = completion["choices"]
+        assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) -> None:
     root, _, client = first_run
     again = retrain(project_dir=str(root))
@@ -135,6 +157,30 @@ def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) 
     apply_overrides(root / "params.yaml", ["merge.ratios=[0.5, 0.8]"])
     changed = retrain(project_dir=str(root))
     assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "leaderboard"]
+
+
+def test_top_k_registers_the_best_eligible_merged_models(first_run) -> None:
+    root, _, client = first_run
+    apply_overrides(root / "params.yaml", ["promote.register_top_k=2"])
+    result = retrain(project_dir=str(root))
+    assert result.reproduced == ["leaderboard"]
+    board = json.loads((root / "metrics" / "leaderboard.json").read_text())
+    best_two = sorted((n for n in board["candidates"] if n.startswith("merged-")),
+                      key=lambda n: board["candidates"][n]["rank"])[:2]
+    registered = {v.tags["candidate"] for v in client.search_model_versions(f"name = '{MODEL}'")}
+    assert set(best_two) <= registered
+    assert client.get_model_version_by_alias(MODEL, "challenger").tags["candidate"] == board["winner"] == best_two[0]
+
+
+def _wait_healthy(url: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer /health in {seconds} s")
 
 
 def _free_port() -> int:
@@ -151,13 +197,7 @@ def test_chatgraft_ui_serves_the_registry(first_run) -> None:
                               start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
+        _wait_healthy(url)
         found = requests.get(f"{url}/api/2.0/mlflow/registered-models/get", params={"name": MODEL}, timeout=10)
         aliases = {a["alias"] for a in found.json()["registered_model"]["aliases"]}
         assert {"champion", "challenger"} <= aliases
