@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval bench-cp
+.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval bench-cp stack-up stack-down
 
 install: $(STAMP)
 
@@ -47,6 +47,14 @@ bench-cp: install
 
 ui: install
 	$(VENV)/bin/chatgraft ui
+
+# The server stack as plain processes (PostgreSQL on 127.0.0.1:5432, moto S3, mlflow server, prefect server):
+# then `source .stack/env && chatgraft run`. STACK_ARGS=--basic-auth for MLflow's basic-auth app.
+stack-up: install
+	$(PY) infra/local/stack.py up $(STACK_ARGS)
+
+stack-down:
+	$(PY) infra/local/stack.py down $(STACK_ARGS)
 
 clean:
 	rm -rf data models checkpoints metrics plots reports mlflow/mlflow.db mlflow/artifacts .dvc/cache .dvc-storage dvc.lock

@@ -1,0 +1,141 @@
+"""The server stack for real, started as processes by infra/local/stack.py: the machine's PostgreSQL, moto as S3,
+`mlflow server`, `prefect server start`. The flow runs against it through the environment switch alone."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import psycopg2
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from tests.conftest import REPO, TINY_PARAMS, make_project, run
+
+pytestmark = pytest.mark.integration
+POSTGRES = os.environ.get("CHATGRAFT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+STACK = [sys.executable, str(REPO / "infra" / "local" / "stack.py")]
+
+
+def require_postgres() -> None:
+    """Skip (with the reason) where no PostgreSQL answers; fail instead where CI says one must."""
+    try:
+        psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
+    except psycopg2.OperationalError as error:
+        reason = f"no PostgreSQL at {POSTGRES} ({str(error).strip()}); the server-stack tests need one"
+        if os.environ.get("CHATGRAFT_REQUIRE_POSTGRES"):
+            pytest.fail(reason + " and CHATGRAFT_REQUIRE_POSTGRES is set")
+        pytest.skip(reason)
+
+
+def query(database: str, sql: str) -> list[tuple]:
+    with psycopg2.connect(f"{POSTGRES}/{database}") as connection, connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchall()
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines())
+
+
+def stack_up(name: str, state: Path, project: Path, *extra: str) -> dict[str, str]:
+    run([*STACK, "up", "--name", name, "--state", str(state), "--project", str(project), *extra], project)
+    return read_env(state / "env")
+
+
+def stack_down(name: str, state: Path, project: Path) -> None:
+    run([*STACK, "down", "--name", name, "--state", str(state), "--project", str(project), "--drop"], project)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str], str]]:
+    """A tiny project, the stack up for it, and `chatgraft run` done against the stack."""
+    require_postgres()
+    name = f"cgtest{os.getpid()}"
+    root = make_project(tmp_path_factory.mktemp("stack") / "project", TINY_PARAMS)
+    state = root.parent / "stack-state"
+    env = stack_up(name, state, root)
+    try:
+        client_env = {**os.environ, **env}
+        done = subprocess.run([str(Path(sys.executable).parent / "chatgraft"), "run", "--project-dir", str(root)],
+                              env=client_env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        yield root, env, name
+    finally:
+        stack_down(name, state, root)
+
+
+def s3(env: dict[str, str]):
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def keys(env: dict[str, str], bucket: str, prefix: str) -> list[str]:
+    pages = s3(env).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_runs_registry_and_flow_runs_live_in_postgres(stack) -> None:
+    root, env, name = stack
+    assert query(f"{name}_mlflow", "SELECT count(*) FROM runs")[0][0] >= 12  # the flow's run and one per stage
+    assert ("chatgraft-chat",) in query(f"{name}_mlflow", "SELECT name FROM registered_models")
+    assert ("champion",) in query(f"{name}_mlflow", "SELECT alias FROM registered_model_aliases")
+    assert ("COMPLETED",) in query(f"{name}_prefect", "SELECT state_type FROM flow_run WHERE name IS NOT NULL")
+    assert not (root / "mlflow" / "mlflow.db").exists()  # nothing went to the embedded store
+
+
+def test_model_artifacts_are_in_the_bucket(stack) -> None:
+    _, env, name = stack
+    stored = keys(env, name, "mlflow/")
+    assert any(key.endswith(".safetensors") for key in stored)
+    assert any(key.endswith("MLmodel") for key in stored)
+
+
+def test_credentials_are_never_logged(stack) -> None:
+    _, env, _ = stack
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("chatgraft")
+    for logged in client.search_runs([experiment.experiment_id]):
+        values = [*logged.data.params.values(), *logged.data.tags.values()]
+        assert not any(env["AWS_SECRET_ACCESS_KEY"] in value for value in values)
+    assert "stack-local-secret" not in (REPO / ".dvc" / "config").read_text()
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dvc_pull_in_a_fresh_clone_restores_the_models(stack, tmp_path: Path) -> None:
+    root, env, name = stack
+    assert any(key.startswith("dvc/") for key in keys(env, name, "dvc/"))  # the flow pushed
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "run"], root)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path)
+    (clone / ".dvc" / "config.local").write_text((root / ".dvc" / "config.local").read_text())  # not in git
+    done = subprocess.run([sys.executable, "-m", "dvc", "pull"], cwd=clone, env={**os.environ, **env},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tree_digest(clone / "models") == tree_digest(root / "models")
+    assert tree_digest(clone / "data") == tree_digest(root / "data")
+
+
+def test_basic_auth_refuses_a_client_without_credentials(tmp_path: Path) -> None:
+    require_postgres()
+    name = f"cgauth{os.getpid()}"
+    root = make_project(tmp_path / "project", TINY_PARAMS)
+    env = stack_up(name, tmp_path / "state", root, "--basic-auth", "--port-base", "9320")
+    try:
+        url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search"
+        assert requests.post(url, json={"max_results": 1}, timeout=10).status_code == 401
+        auth = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+        assert requests.post(url, json={"max_results": 1}, auth=auth, timeout=10).ok
+        assert requests.post(url, json={"max_results": 1}, auth=("admin", "wrong"), timeout=10).status_code == 401
+    finally:
+        stack_down(name, tmp_path / "state", root)
