@@ -16,7 +16,7 @@ from flows.leaderboard_view import leaderboard_markdown, promotion_markdown
 from flows.lineage import lineage_tags
 from flows.promotion import ensure_concurrency_limits
 from flows.tasks import (
-    promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data,
+    promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data, with_retries,
 )
 from flows.tracking.stage_runs import end_run, log_text, start_run
 from pipelines.evaluate import REFERENCE_CANDIDATES
@@ -51,9 +51,10 @@ def retrain(project_dir: str = ".") -> RetrainResult:
         outcomes.append(run_stage(ctx, "leaderboard"))
 
         board = read_leaderboard(ctx)
-        version = register_winner(ctx, board, leaderboard_markdown(board))
-        decision = promote_challenger(ctx, version, board, actor=f"retrain flow run {flow_run.id}") if version else None
-        push_outputs(ctx)
+        version = with_retries(ctx, register_winner)(ctx, board, leaderboard_markdown(board))
+        actor = f"retrain flow run {flow_run.id}"
+        decision = with_retries(ctx, promote_challenger)(ctx, version, board, actor) if version else None
+        with_retries(ctx, push_outputs)(ctx)
     except BaseException:
         end_run(ctx.store, ctx.parent_run_id, ok=False)
         raise

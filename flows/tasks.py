@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
 
 from flows.context import RunContext
+from flows.dvc_project import StageFailed
 from flows.inbox import Intake, inbox_files, take_inbox
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
 from flows.lineage import lineage_tags
@@ -61,10 +63,21 @@ def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     return StageOutcome(stage, run_id, cached)
 
 
+def _not_a_failed_stage(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry a stage task that failed on a service (MLflow, the Prefect API), never one whose stage failed."""
+    return not isinstance(state.result(raise_on_failure=False), StageFailed)
+
+
+def with_retries(ctx: RunContext, tracked: Task) -> Task:
+    """The task with the project's retry policy (`flow.retries`, `flow.retry_delay_seconds`)."""
+    return tracked.with_options(retries=ctx.params.flow.retries,
+                                retry_delay_seconds=ctx.params.flow.retry_delay_seconds)
+
+
 def run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     """The stage as a Prefect task; training and merge stages carry the `gpu` tag and its concurrency limit."""
     tags = [GPU_TAG] if stage.split("@")[0] in GPU_STAGES else []
-    return _run_stage.with_options(tags=tags)(ctx, stage)
+    return with_retries(ctx, _run_stage).with_options(tags=tags, retry_condition_fn=_not_a_failed_stage)(ctx, stage)
 
 
 def _version_tags(ctx: RunContext, candidate: str, model_md5: str) -> dict[str, str]:

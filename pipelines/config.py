@@ -269,6 +269,8 @@ class FlowParams(Section):
     """How the Prefect flow runs the stages (no stage reads these, so changing them reruns nothing)."""
 
     gpu_slots: int = Field(1, ge=1, description="Prefect `gpu` tag limit: CP and merge tasks running at once")
+    retries: int = Field(2, ge=0, description="retries of a task that failed on a service (MLflow, S3), not on a stage")
+    retry_delay_seconds: float = Field(10.0, ge=0, description="wait before each retry")
     inbox: str | None = Field(
         None, description="new corpus files: a folder (relative to the project) or s3://bucket/prefix; null: none"
     )

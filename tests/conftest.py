@@ -30,6 +30,7 @@ TINY_PARAMS = {
     "merge": {**MergeParams().model_dump(), "ratios": [0.5, 1.0], "embedding_rows": "specials"},
     "eval": {"max_new_tokens": 8, "max_questions": 8, "block_size": 32},
     "promote": {"guardrails": {}},
+    "flow": {"retries": 2, "retry_delay_seconds": 1.0},
 }
 
 

@@ -3,6 +3,7 @@ S3, `mlflow server` (Postgres backend, proxied S3 artifacts) and `prefect server
 
     python infra/local/stack.py up [--basic-auth]   # start, then: source .stack/env
     python infra/local/stack.py down [--drop]       # stop every process it started (by process group id)
+    python infra/local/stack.py restart mlflow --down-seconds 8   # an outage drill
 
 `up` writes `.stack/env` (the one switch: MLFLOW_TRACKING_URI, PREFECT_API_URL, S3 endpoint and test
 credentials) and points the project's DVC remote `stack` (default, in the git-ignored .dvc/config.local) at
@@ -11,6 +12,7 @@ s3://<name>/dvc on the local S3. Same services, same settings as infra/docker-co
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import secrets
@@ -25,6 +27,7 @@ import psycopg2
 import requests
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 POSTGRES = os.environ.get("CHATGRAFT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 PG_DRIVER = {"mlflow": "postgresql+psycopg2://", "prefect": "postgresql+asyncpg://"}
 
@@ -65,7 +68,37 @@ def _start(service: str, command: list[str], env: dict[str, str], state: Path) -
     pids_file = state / "pids.json"
     pids = json.loads(pids_file.read_text()) if pids_file.exists() else {}
     pids_file.write_text(json.dumps({**pids, service: process.pid}))
+    services = state / "services.json"  # how to start it again (`restart`); holds secrets: owner-only
+    services.touch(mode=0o600)
+    known = json.loads(services.read_text() or "{}")
+    services.write_text(json.dumps({**known, service: {"command": command, "env": env}}))
     return process
+
+
+def _stop(pid: int) -> None:
+    """SIGTERM the process group, SIGKILL it after 10 s."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(pid, signal.SIGKILL)
+
+
+def restart(service: str, state: Path, down_seconds: float) -> None:
+    """Stop one service, wait `down_seconds`, start it again as before (for outage drills and tests)."""
+    _stop(json.loads((state / "pids.json").read_text())[service])
+    time.sleep(down_seconds)
+    spec = json.loads((state / "services.json").read_text())[service]
+    process = _start(service, spec["command"], spec["env"], state)
+    health = {"mlflow": "/health", "prefect": "/api/health"}[service]
+    port = spec["command"][spec["command"].index("--port") + 1]
+    _wait(f"http://127.0.0.1:{port}{health}", process, state / f"{service}.log")
 
 
 def _wait(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
@@ -127,9 +160,11 @@ def _up(name: str, state: Path, project: Path, basic_auth: bool, port: dict[str,
     server_env = {**env, "MLFLOW_S3_ENDPOINT_URL": client_env["AWS_ENDPOINT_URL"]}
     if basic_auth:
         ini = state / "basic_auth.ini"
-        ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{state / 'auth.db'}\n"
-                       "admin_username = admin\nauthorization_function = "
-                       "mlflow.server.auth:authenticate_request_basic_auth\n")
+        auth = configparser.ConfigParser()
+        auth.read(REPO / "mlflow" / "basic_auth.ini")  # the compose stack's settings, users kept in <state>
+        auth["mlflow"]["database_uri"] = f"sqlite:///{state / 'auth.db'}"
+        with ini.open("w") as handle:
+            auth.write(handle)
         mlflow += ["--app-name", "basic-auth"]
         server_env |= {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
                        "MLFLOW_AUTH_ADMIN_PASSWORD": client_env["MLFLOW_TRACKING_PASSWORD"]}
@@ -158,18 +193,7 @@ def down(name: str, state: Path, project: Path, drop: bool) -> None:
     """Stop the processes `up` started (their whole process groups), unset the DVC remote, maybe drop databases."""
     pids_file = state / "pids.json"
     for pid in (json.loads(pids_file.read_text()) if pids_file.exists() else {}).values():
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        for _ in range(100):
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        _stop(pid)
     pids_file.unlink(missing_ok=True)
     subprocess.run([sys.executable, "-m", "dvc", "remote", "remove", "--local", "stack"], cwd=project,
                    capture_output=True)
@@ -179,7 +203,10 @@ def down(name: str, state: Path, project: Path, drop: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("action", choices=["up", "down", "restart"])
+    # (not s3: moto keeps its objects in memory, a restart would empty the bucket)
+    parser.add_argument("service", nargs="?", choices=["mlflow", "prefect"], help="restart: which one")
+    parser.add_argument("--down-seconds", type=float, default=0.0, help="restart: how long the service stays down")
     parser.add_argument("--name", default="chatgraft", help="bucket name and database prefix")
     parser.add_argument("--state", type=Path, default=Path(".stack"), help="pids, logs and the env file")
     parser.add_argument("--project", type=Path, default=Path("."), help="project whose DVC remote to point at S3")
@@ -190,6 +217,9 @@ def main() -> None:
     if args.action == "up":
         up(args.name, args.state.resolve(), args.project.resolve(), args.basic_auth, args.port_base)
         print(f"stack up: source {args.state / 'env'}")
+    elif args.action == "restart":
+        restart(args.service, args.state.resolve(), args.down_seconds)
+        print(f"{args.service} restarted")
     else:
         down(args.name, args.state.resolve(), args.project.resolve(), args.drop)
         print("stack down")

@@ -55,7 +55,7 @@ def s3_endpoint() -> str:
 
 
 def project_with_inbox(tmp_path: Path, inbox: str) -> Path:
-    return make_project(tmp_path / "project", {**TINY_PARAMS, "flow": {"inbox": inbox}})
+    return make_project(tmp_path / "project", {**TINY_PARAMS, "flow": {**TINY_PARAMS["flow"], "inbox": inbox}})
 
 
 def snapshot_files(root: Path) -> int:

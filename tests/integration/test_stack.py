@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import requests
 from mlflow import MlflowClient
 
 from tests.conftest import REPO, TINY_PARAMS, make_project, run
+from tests.integration.test_inbox import free_port
 
 pytestmark = pytest.mark.integration
 POSTGRES = os.environ.get("CHATGRAFT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -103,7 +105,9 @@ def test_credentials_are_never_logged(stack) -> None:
     for logged in client.search_runs([experiment.experiment_id]):
         values = [*logged.data.params.values(), *logged.data.tags.values()]
         assert not any(env["AWS_SECRET_ACCESS_KEY"] in value for value in values)
-    assert "stack-local-secret" not in (REPO / ".dvc" / "config").read_text()
+    root = stack[0]
+    assert env["AWS_SECRET_ACCESS_KEY"] not in (root / ".dvc" / "config").read_text()
+    assert "config.local" in (root / ".dvc" / ".gitignore").read_text()  # where an endpoint or key may go
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -124,6 +128,51 @@ def test_dvc_pull_in_a_fresh_clone_restores_the_models(stack, tmp_path: Path) ->
     assert done.returncode == 0, done.stdout + done.stderr
     assert tree_digest(clone / "models") == tree_digest(root / "models")
     assert tree_digest(clone / "data") == tree_digest(root / "data")
+
+
+def chatgraft_run(root: Path, env: dict[str, str], *overrides: str, log: Path) -> subprocess.Popen:
+    """`chatgraft run` against the stack in the background, output to `log`."""
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    return subprocess.Popen([str(Path(sys.executable).parent / "chatgraft"), "run", "--project-dir", str(root), *sets],
+                            env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def test_s3_down_during_push_fails_clearly_then_the_next_run_pushes(stack, tmp_path: Path) -> None:
+    root, env, _ = stack
+    config_local = root / ".dvc" / "config.local"
+    working = config_local.read_text()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: S3 is down for DVC
+    run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "stack", "endpointurl", dead], root)
+    log = tmp_path / "down.log"
+    failed = chatgraft_run(root, env, "merge.ratios=[0.5, 0.7]", log=log)
+    assert failed.wait(timeout=900) != 0
+    output = log.read_text()
+    assert "Retry 2/2" in output and "`dvc push` failed" in output
+    assert (root / "models" / "merged" / "alpha-0.7" / "model.safetensors").exists()  # local state intact
+    assert "up to date" in run([sys.executable, "-m", "dvc", "status"], root)
+
+    config_local.write_text(working)
+    log = tmp_path / "up.log"
+    assert chatgraft_run(root, env, log=log).wait(timeout=900) == 0, log.read_text()[-3000:]
+    in_sync = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud"], cwd=root, env={**os.environ, **env},
+                             capture_output=True, text=True)
+    assert in_sync.returncode == 0 and "in sync" in in_sync.stdout, in_sync.stdout + in_sync.stderr
+
+
+def test_mlflow_restart_mid_flow_is_retried_and_the_flow_completes(stack, tmp_path: Path) -> None:
+    root, env, _ = stack
+    log = tmp_path / "flow.log"
+    # no retries inside the MLflow client: the outage must reach the task, whose retry takes over
+    flow = chatgraft_run(root, {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}, "merge.ratios=[0.5, 0.6]",
+                         "flow.retry_delay_seconds=20.0", log=log)  # a restart takes ~15 s here
+    deadline = time.monotonic() + 300
+    while "Task run 'corpus'" not in log.read_text() and flow.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run([*STACK, "restart", "mlflow", "--state", str(root.parent / "stack-state"), "--down-seconds", "2"], root)
+    assert flow.wait(timeout=900) == 0, log.read_text()[-4000:]
+    output = log.read_text()
+    assert "Retry 1/2" in output
+    assert "Flow run" in output and "Finished in state Completed()" in output
 
 
 def test_basic_auth_refuses_a_client_without_credentials(tmp_path: Path) -> None:
