@@ -2,6 +2,7 @@
 `chatgraft serve`, a run triggered through the API, executed by serve, Completed with its MLflow runs."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -87,6 +89,19 @@ def test_prefect_yaml_deploys_to_a_process_pool(server_env: dict[str, str], tmp_
     assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(tmp_path)}}]
     (schedule,) = deployment.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * 1", "Europe/Berlin")
+
+
+def test_kubernetes_job_template_is_accepted_by_the_server(server_env: dict[str, str]) -> None:
+    template = json.loads((REPO / "infra" / "k8s" / "base-job-template.json").read_text())
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="chatgraft-k8s", type="kubernetes", base_job_template=template))
+        pool = client.read_work_pool("chatgraft-k8s")
+    variables = pool.base_job_template["variables"]["properties"]
+    assert variables["gpus"]["default"] == 1 and "nvidia.com/gpu" in json.dumps(variables["tolerations"])
+    with pytest.raises(Exception, match="variables"):  # the server checks every placeholder has a variable
+        broken = json.loads(json.dumps(template).replace('"{{ gpus }}"', '"{{ gpu_count }}"'))
+        with get_client(sync_client=True) as client:
+            client.create_work_pool(WorkPoolCreate(name="broken", type="kubernetes", base_job_template=broken))
 
 
 def test_served_deployment_runs_the_flow_to_completion(server_env: dict[str, str], tmp_path: Path) -> None:
