@@ -265,6 +265,22 @@ class PromoteParams(Section):
     )
 
 
+class CurationParams(Section):
+    """LIMA-style filters that turn a noisy SFT set into a small careful one (align.curation)."""
+
+    min_chars: int = Field(1, ge=0, description="answers shorter than this (characters, after cleaning) are dropped")
+    max_chars: int = Field(4096, ge=1, description="answers longer than this are dropped")
+    drop_first_person: bool = Field(True, description="drop answers written in the first person (I, my, me)")
+    drop_references: bool = Field(True, description="drop answers that refer to other answers or earlier posts")
+    strip_links: bool = Field(True, description="remove URLs and HTML tags from answers before the other checks")
+    near_duplicate_threshold: float | None = Field(
+        0.8, gt=0, le=1, description="MinHash Jaccard at which a prompt + answer counts as a near duplicate; null: off"
+    )
+    sample_size: int | None = Field(None, ge=1, description="keep at most this many, sampled across categories")
+    temperature: float = Field(1.0, gt=0, description="category weights are count^(1/temperature): >1 evens them out")
+    seed: int = Field(0, description="seed of the diversity sampling")
+
+
 class FlowParams(Section):
     """How the Prefect flow runs the stages (no stage reads these, so changing them reruns nothing)."""
 

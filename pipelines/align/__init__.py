@@ -1,0 +1,1 @@
+"""Post-merge alignment: curation of a small SFT set (LIMA) for fine-tuning the best merged model."""
