@@ -25,6 +25,10 @@ class DataParams(Section):
     pretrain_repeats: int = Field(24, ge=1, description="times each upstream pretraining sentence appears")
     cp_repeats: int = Field(12, ge=1, description="times each target fact statement appears in the CP corpus")
     cp_replay: float = Field(0.0, ge=0, description="upstream sentences replayed in the CP corpus, per target sentence")
+    dedup: Literal["none", "exact", "minhash"] = Field(
+        "exact", description="duplicate removal over the inbox documents: normalised exact match, or MinHash near"
+    )
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of a near duplicate")
 
 
 class TinyModelParams(Section):

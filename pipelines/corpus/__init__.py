@@ -9,6 +9,7 @@ from pathlib import Path
 from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
 from pipelines.corpus.documents import read_documents
+from pipelines.dedup import exact_duplicates, near_duplicates
 from pipelines.corpus.world import (
     Fact, World, build_world, chat_conversation, fact_choices, follow_up_conversation, pretraining_sentences,
     safety_requests, target_lexicon,
@@ -81,19 +82,31 @@ def _write_lm_eval_task(world: World, params: DataParams, staging: Path, final: 
     (staging / "target_facts.yaml").write_text(LM_EVAL_TASK.format(data_file=data_file))
 
 
+def _deduplicated(documents: list[str], params: DataParams) -> list[str]:
+    """The documents without repeats of earlier ones (`data.dedup`); exact runs first, near after it."""
+    if params.dedup == "none":
+        return documents
+    documents = [d for d, repeat in zip(documents, exact_duplicates(documents)) if not repeat]
+    if params.dedup == "minhash":
+        flags = near_duplicates(documents, params.near_duplicate_threshold)
+        documents = [d for d, repeat in zip(documents, flags) if not repeat]
+    return documents
+
+
 def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None) -> CorpusResult:
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`; the
     documents in `incoming` (the inbox snapshot) join the CP training text."""
     world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
     rng = random.Random(params.seed + 1)
     delivered = read_documents(incoming) if incoming else {}
+    received = [text for texts in delivered.values() for text in texts]
+    incoming_documents = _deduplicated(received, params)
     target_questions = list(world.target)
     rng.shuffle(target_questions)
     sets: dict[str, list[dict]] = {
         UPSTREAM_TEXT: [{"text": s} for s in _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)],
         UPSTREAM_CHAT: [{"messages": chat_conversation(fact)} for fact in world.source],
-        TRAIN: [{"text": s} for s in _cp_sentences(world, params, rng)] + [
-            {"text": text} for texts in delivered.values() for text in texts],
+        TRAIN: [{"text": s} for s in _cp_sentences(world, params, rng)] + [{"text": t} for t in incoming_documents],
         VALID: [{"text": fact.statement()} for fact in world.target],
         EVAL: [
             {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}
@@ -113,6 +126,9 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
     counts = {name.removesuffix(".jsonl"): len(rows) for name, rows in sets.items()}
     write_json_atomic(stats_path, {
         "records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities,
-        "incoming": {"files": len(delivered), "documents": sum(map(len, delivered.values()))},
+        "incoming": {"files": len(delivered), "documents": len(incoming_documents),
+                     "duplicates_removed": len(received) - len(incoming_documents),
+                     "characters": sum(map(len, incoming_documents)),
+                     "words": sum(len(t.split()) for t in incoming_documents)},
     })
     return CorpusResult(counts=counts)

@@ -67,7 +67,8 @@ def test_local_inbox_feeds_the_corpus_and_an_unchanged_inbox_is_a_no_op(tmp_path
     inbox = root / "inbox"
     inbox.mkdir()
     (inbox / "kato.txt").write_text("the harbour of kato is green .")
-    (inbox / "more.jsonl").write_text('{"text": "the river of kato is long ."}\n{"text": "kato has a bell ."}\n')
+    (inbox / "more.jsonl").write_text('{"text": "the river of kato is long ."}\n{"text": "kato has a bell ."}\n'
+                                      '{"text": "The harbour of Kato is green!"}\n')  # a repeat (exact dedup)
     (inbox / "readme.md").write_text("not a corpus file")
     ctx = open_project(root)
 
@@ -76,7 +77,7 @@ def test_local_inbox_feeds_the_corpus_and_an_unchanged_inbox_is_a_no_op(tmp_path
     assert snapshot_files(root) == 2
     ctx.dvc.reproduce("corpus")
     stats = json.loads((root / "metrics" / "corpus.json").read_text())
-    assert stats["incoming"] == {"files": 2, "documents": 3}
+    assert stats["incoming"] == {"files": 2, "documents": 3, "duplicates_removed": 1, "characters": 74, "words": 19}
     train = (root / "data" / "corpus" / "train.jsonl").read_text()
     assert "the harbour of kato is green ." in train and "kato has a bell ." in train
 
