@@ -61,8 +61,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     name = f"cgtest{os.getpid()}"
     root = make_project(tmp_path_factory.mktemp("stack") / "project", TINY_PARAMS)
     state = root.parent / "stack-state"
-    env = stack_up(name, state, root)
     try:
+        env = stack_up(name, state, root)
         client_env = {**os.environ, **env}
         done = subprocess.run([str(Path(sys.executable).parent / "chatgraft"), "run", "--project-dir", str(root)],
                               env=client_env, capture_output=True, text=True)
@@ -179,8 +179,8 @@ def test_basic_auth_refuses_a_client_without_credentials(tmp_path: Path) -> None
     require_postgres()
     name = f"cgauth{os.getpid()}"
     root = make_project(tmp_path / "project", TINY_PARAMS)
-    env = stack_up(name, tmp_path / "state", root, "--basic-auth", "--port-base", "9320")
     try:
+        env = stack_up(name, tmp_path / "state", root, "--basic-auth", "--port-base", "9320")
         url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search"
         assert requests.post(url, json={"max_results": 1}, timeout=10).status_code == 401
         auth = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
