@@ -10,8 +10,8 @@ from prefect.client.schemas.objects import State, TaskRun
 
 from flows.context import RunContext
 from flows.dvc_project import StageFailed
-from flows.inbox import Intake, inbox_files, take_inbox
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
+from flows.inbox import Intake, inbox_files, take_inbox
 from flows.lineage import lineage_tags
 from flows.promotion import GPU_TAG, apply_policy
 from flows.tracking import registry
