@@ -103,6 +103,18 @@ class DvcProject:
         """Version a folder the project owns outside any stage (`dvc add`); cheap when nothing changed."""
         self._dvc("add", "--quiet", str(path.relative_to(self.root)))
 
+    def set_local_remote(self, name: str, url: str, endpoint_url: str) -> None:
+        """Make `name` (an S3 `url` at `endpoint_url`) this clone's default remote, in git-ignored .dvc/config.local."""
+        self._dvc("remote", "add", "--local", "--default", "--force", name, url)
+        self._dvc("remote", "modify", "--local", name, "endpointurl", endpoint_url)
+
+    def remove_local_remote(self, name: str) -> None:
+        """Forget the remote `name` set by `set_local_remote`; nothing to do when there is none."""
+        try:
+            self._dvc("remote", "remove", "--local", name)
+        except StageFailed:
+            pass
+
     def push(self) -> str:
         """Push every cached output to the default remote."""
         return self._dvc("push")

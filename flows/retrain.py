@@ -1,6 +1,7 @@
 """The `retrain` flow: the DESIGN diagram, top to bottom.
 
-intake -> corpus -> upstream -> cp -> merge@ratio -> evaluate@model -> leaderboard -> register -> promote -> push
+intake -> corpus -> upstream -> cp -> merge@ratio -> evaluate@model -> curate -> align@method -> evaluate-aligned@method
+       -> leaderboard -> register -> promote -> push
 """
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def retrain(project_dir: str = ".") -> RetrainResult:
         outcomes += [run_stage(ctx, f"merge@{ratio}") for ratio in ratios]
         outcomes += [run_stage(ctx, f"evaluate@{name}") for name in REFERENCE_CANDIDATES]
         outcomes += [run_stage(ctx, f"evaluate-merged@{ratio}") for ratio in ratios]
+        outcomes.append(run_stage(ctx, "curate"))
+        methods = ctx.params.align.methods
+        outcomes += [run_stage(ctx, f"align@{method}") for method in methods]
+        outcomes += [run_stage(ctx, f"evaluate-aligned@{method}") for method in methods]
         outcomes.append(run_stage(ctx, "leaderboard"))
 
         board = read_leaderboard(ctx)

@@ -16,11 +16,12 @@ from flows.lineage import lineage_tags
 from flows.promotion import GPU_TAG, apply_policy
 from flows.tracking import registry
 from flows.tracking.stage_runs import end_run, log_metrics, log_stage_outputs, set_tags, start_run
-from pipelines.evaluate import MERGED_PREFIX, candidate_dir
+from pipelines.align.tune import MANIFEST as ALIGN_MANIFEST
+from pipelines.evaluate import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.promotion import Decision
 from pipelines.upstream import read_upstream
 
-GPU_STAGES = ("cp", "merge")  # stage names before `@`: these hold a `gpu` slot while they run
+GPU_STAGES = ("cp", "merge", "align")  # stage names before `@`: these hold a `gpu` slot while they run
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ def _version_tags(ctx: RunContext, candidate: str, model_md5: str) -> dict[str, 
     if candidate.startswith(MERGED_PREFIX):
         tags["merge_ratio"] = candidate.removeprefix(MERGED_PREFIX)
         tags["merge_embedding_rows"] = ctx.params.merge.embedding_rows
+    if candidate.startswith(ALIGNED_PREFIX):
+        manifest = json.loads((candidate_dir(ctx.layout, candidate) / ALIGN_MANIFEST).read_text())
+        tags |= {"align_method": manifest["method"], "aligned_from": manifest["from"]}
     return tags
 
 
@@ -118,10 +122,10 @@ def _register(ctx: RunContext, candidate: str, board: dict, leaderboard_md: str)
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | None:
-    """Register the best `promote.register_top_k` eligible merged models (once per weights hash); the winner's
-    version becomes `challenger` and is returned."""
+    """Register the best `promote.register_top_k` eligible merged or aligned models (once per weights hash); the
+    winner's version becomes `challenger` and is returned."""
     ranked = sorted(board["candidates"].items(), key=lambda item: item[1]["rank"])
-    eligible = [name for name, row in ranked if row["eligible"] and name.startswith(MERGED_PREFIX)]
+    eligible = [name for name, row in ranked if row["eligible"] and name.startswith(COMPETING_PREFIXES)]
     if not eligible:
         get_run_logger().warning("no candidate met the guardrails: nothing registered")
         return None

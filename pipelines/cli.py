@@ -70,7 +70,35 @@ def merge(ratio: str = typer.Argument(help="merge ratio, as written in merge.rat
 
 
 @app.command()
-def evaluate(candidate: str = typer.Argument(help="base, chat, cp or merged-<ratio>")) -> None:
+def curate() -> None:
+    """Curate the SFT set (align.data, or the corpus stage's) into data/sft, with its report."""
+    from pipelines.align import curate_sft_set
+    from pipelines.align.sft_set import SFT_FILE
+
+    params, layout = load_params(PARAMS), _layout()
+    source = Path(params.align.data) if params.align.data else layout.corpus / SFT_FILE
+    report = curate_sft_set(params.align, source, layout.sft_set, layout.align_metrics / "curation.json").report
+    typer.echo(f"curated {report['input']} examples: kept {report['kept']}, dropped {report['dropped']}")
+
+
+@app.command()
+def align(method: str = typer.Argument(help="an align method, as written in align.methods")) -> None:
+    """Fine-tune the best merged model on the curated SFT set into models/aligned/<method>."""
+    from pipelines.align import align_best_merged, best_merged
+    from pipelines.evaluate import candidate_dir
+
+    params, layout = load_params(PARAMS), _layout()
+    if method not in params.align.methods:
+        raise typer.BadParameter(f"{method} is not in align.methods {params.align.methods}")
+    merged = best_merged(params.merge, layout.root / "metrics" / "eval", params.promote)
+    typer.echo(f"aligning {merged} with {method}")
+    align_best_merged(method, params.align, layout.sft_set, merged, candidate_dir(layout, merged),
+                      layout.aligned_model(method), layout.align_metrics / f"train-{method}.json",
+                      layout.plots / f"align_{method}_loss.csv")
+
+
+@app.command()
+def evaluate(candidate: str = typer.Argument(help="base, chat, cp, merged-<ratio> or aligned-<method>")) -> None:
     """Score one candidate into metrics/eval/<candidate>.json and its samples."""
     from pipelines.evaluate import candidate_dir, evaluate_candidate
     from pipelines.upstream import read_upstream
@@ -86,6 +114,6 @@ def leaderboard() -> None:
     from pipelines.leaderboard import build_leaderboard, candidate_names
 
     params, layout = load_params(PARAMS), _layout()
-    board = build_leaderboard(candidate_names(params.merge), layout.metrics / "eval", params.promote,
+    board = build_leaderboard({name: layout.eval_metrics(name) for name in candidate_names(params)}, params.promote,
                               layout.leaderboard)
     typer.echo(f"winner: {board['winner']} ({board['reason']})")

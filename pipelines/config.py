@@ -29,6 +29,10 @@ class DataParams(Section):
         "exact", description="duplicate removal over the inbox documents: normalised exact match, or MinHash near"
     )
     near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of a near duplicate")
+    sft_share: float = Field(0.25, ge=0, lt=1, description="share of the target entities whose facts form the SFT "
+                             "set of the align stage; they are left out of every evaluation set")
+    sft_expert_share: float = Field(0.5, ge=0, le=1, description="share of SFT answers written by the expert "
+                                    "source; the rest are sub-optimal: mostly wrong, some noisy")
 
 
 class TinyModelParams(Section):
@@ -285,6 +289,40 @@ class CurationParams(Section):
     seed: int = Field(0, description="seed of the diversity sampling")
 
 
+class AlignParams(Section):
+    """Post-merge alignment: LoRA fine-tuning of the best merged model on a small curated SFT set."""
+
+    methods: list[Literal["sft", "c-rlft"]] = Field(
+        default_factory=lambda: ["sft", "c-rlft"], description="candidates to train: sft (every example alike), "
+        "c-rlft (OpenChat: class-conditioned prompts, loss weighted by class); []: off"
+    )
+    data: str | None = Field(None, description="jsonl of {prompt, answer, category, source}; null: the corpus "
+                             "stage's set")
+    curation: CurationParams = Field(default_factory=CurationParams, description="LIMA-style filters")
+    class_weights: dict[str, StrictFloat] = Field(
+        default_factory=lambda: {"expert": 1.0, "sub-optimal": 0.1}, min_length=1,
+        description="c-rlft: loss weight of each source class; generation is conditioned on the highest",
+    )
+    train: TrainParams = Field(default_factory=lambda: TrainParams(steps=60, batch_size=16, learning_rate=1e-3),
+                               description="the fine-tuning run")
+    lora: LoraParams = Field(default_factory=lambda: LoraParams(rank=8, alpha=16), description="the adapters")
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods must be distinct, got {methods}")
+        return methods
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = {name: weight for name, weight in weights.items() if weight <= 0}
+        if bad:
+            raise ValueError(f"class weights must be > 0, got {bad}")
+        return weights
+
+
 class FlowParams(Section):
     """How the Prefect flow runs the stages (no stage reads these, so changing them reruns nothing)."""
 
@@ -305,6 +343,7 @@ class Params(Section):
     merge: MergeParams = Field(default_factory=MergeParams)
     eval: EvalParams = Field(default_factory=EvalParams)
     promote: PromoteParams = Field(default_factory=PromoteParams)
+    align: AlignParams = Field(default_factory=AlignParams)
     flow: FlowParams = Field(default_factory=FlowParams)
 
 

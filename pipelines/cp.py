@@ -6,14 +6,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, default_data_collator
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic
-from pipelines.config import CPParams, LoraParams
+from pipelines.config import CPParams
 from pipelines.corpus import TRAIN, VALID
 from pipelines.training import Checkpointing, TrainResult, pack_texts, train_causal_lm
 from pipelines.training.checkpoints import clear_checkpoints
 from pipelines.training.distributed import is_main_process
+from pipelines.training.lora import with_lora
 from pipelines.upstream import read_upstream
 
 
@@ -23,16 +24,6 @@ class CPResult:
 
     model_dir: Path
     train: TrainResult
-
-
-def with_lora(model: PreTrainedModel, params: LoraParams) -> PreTrainedModel:
-    """The model wrapped with trainable LoRA adapters (peft); everything else frozen but the opted-in embeddings."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
-                        target_modules=params.target_modules, task_type="CAUSAL_LM",
-                        modules_to_save=["embed_tokens", "lm_head"] if params.train_embeddings else None)
-    return get_peft_model(model, config)
 
 
 def run_fingerprint(params: CPParams, corpus_dir: Path, base: Path) -> str:

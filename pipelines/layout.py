@@ -38,8 +38,23 @@ class Layout:
     def merge_report(self, ratio: str) -> Path:
         return self.root / "reports" / "merge" / f"alpha-{ratio}.json"
 
+    @property
+    def sft_set(self) -> Path:
+        """The curated SFT set the align stages train on."""
+        return self.root / "data" / "sft"
+
+    def aligned_model(self, method: str) -> Path:
+        return self.root / "models" / "aligned" / method
+
+    @property
+    def align_metrics(self) -> Path:
+        """Curation report, training and evaluation metrics of the aligned models: apart from metrics/eval, which
+        the align stages read to pick the best merged model."""
+        return self.root / "metrics" / "align"
+
     def eval_metrics(self, candidate: str) -> Path:
-        return self.root / "metrics" / "eval" / f"{candidate}.json"
+        folder = self.align_metrics if candidate.startswith("aligned-") else self.root / "metrics" / "eval"
+        return folder / f"{candidate}.json"
 
     def eval_samples(self, candidate: str) -> Path:
         return self.root / "reports" / "samples" / f"{candidate}.jsonl"

@@ -6,36 +6,36 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.atomic import write_json_atomic
-from pipelines.config import MergeParams, PromoteParams
-from pipelines.evaluate import MERGED_PREFIX, REFERENCE_CANDIDATES
+from pipelines.config import Params, PromoteParams
+from pipelines.evaluate import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, REFERENCE_CANDIDATES
 from pipelines.promotion import rank_candidates
 
 
-def candidate_names(merge: MergeParams) -> list[str]:
-    """Every model the evaluate stages score: the references, then one per merge ratio."""
-    return [*REFERENCE_CANDIDATES, *(f"{MERGED_PREFIX}{ratio}" for ratio in merge.ratios)]
+def candidate_names(params: Params) -> list[str]:
+    """Every model the evaluate stages score: the references, one per merge ratio, one per align method."""
+    return [*REFERENCE_CANDIDATES, *(f"{MERGED_PREFIX}{ratio}" for ratio in params.merge.ratios),
+            *(f"{ALIGNED_PREFIX}{method}" for method in params.align.methods)]
 
 
-def build_leaderboard(names: list[str], metrics_dir: Path, policy: PromoteParams, out: Path) -> dict[str, Any]:
-    """Read each candidate's metrics, rank them, and write the leaderboard with the winner and why.
+def build_leaderboard(metric_files: dict[str, Path], policy: PromoteParams, out: Path) -> dict[str, Any]:
+    """Read each candidate's metrics (`name -> file`), rank them, and write the leaderboard with the winner and why.
 
-    base, chat and cp are ranked for reference; only merged models can win.
+    base, chat and cp are ranked for reference; merged and aligned models compete.
     """
     metrics = {}
-    for name in names:
-        path = metrics_dir / f"{name}.json"
+    for name, path in metric_files.items():
         if not path.exists():
             raise FileNotFoundError(f"{path}: no metrics for candidate {name!r}; run its evaluate stage")
         metrics[name] = json.loads(path.read_text())
     ranked = rank_candidates(metrics, policy)
-    winner = next((r for r in ranked if r.eligible and r.name.startswith(MERGED_PREFIX)), None)
+    winner = next((r for r in ranked if r.eligible and r.name.startswith(COMPETING_PREFIXES)), None)
     board = {
         "winner": winner.name if winner else None,
         "primary_metric": policy.primary_metric,
-        "reason": (f"highest {policy.primary_metric} among merged models meeting every guardrail" if winner
-                   else "no merged model meets every guardrail"),
+        "reason": (f"highest {policy.primary_metric} among merged and aligned models meeting every guardrail"
+                   if winner else "no merged or aligned model meets every guardrail"),
         "candidates": {
-            r.name: {"rank": i + 1, "role": "candidate" if r.name.startswith(MERGED_PREFIX) else "reference",
+            r.name: {"rank": i + 1, "role": "candidate" if r.name.startswith(COMPETING_PREFIXES) else "reference",
                      "eligible": r.eligible, "violations": r.violations, **r.metrics}
             for i, r in enumerate(ranked)
         },

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from flows.dvc_project import DvcProject
 from flows.environment import apply_offline_defaults
 from flows.inbox import take_inbox
-from pipelines.config import MergeParams
+from pipelines.config import AlignParams, MergeParams
 
 REPO = Path(__file__).resolve().parents[1]
 apply_offline_defaults()
@@ -29,7 +33,10 @@ TINY_PARAMS = {
     # dvc.yaml names each merge key (so a ratio change reruns only its branch): all must be in params.yaml
     "merge": {**MergeParams().model_dump(), "ratios": [0.5, 1.0], "embedding_rows": "specials"},
     "eval": {"max_new_tokens": 8, "max_questions": 8, "block_size": 32},
-    "promote": {"guardrails": {}},
+    "promote": {"primary_metric": "answer_accuracy", "higher_is_better": True, "guardrails": {}},
+    # dvc.yaml names align keys too; methods [] keeps the flow tests short (one test turns them on)
+    "align": {**AlignParams().model_dump(), "methods": [],
+              "train": {"steps": 12, "batch_size": 8, "block_size": 32, "learning_rate": 2.0e-3}},
     "flow": {"retries": 2, "retry_delay_seconds": 1.0},
 }
 
@@ -39,6 +46,31 @@ def run(cmd: list[str], cwd: Path) -> str:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], what: str, seconds: float = 180, interval: float = 1.0) -> None:
+    """Poll `check` until it holds; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {seconds} s")
+
+
+def answers_health(url: str) -> bool:
+    """Whether the server at `url` answers GET /health with 2xx."""
+    try:
+        return requests.get(f"{url}/health", timeout=2).ok
+    except requests.ConnectionError:
+        return False
 
 
 def make_project(root: Path, params: dict) -> Path:

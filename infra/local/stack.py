@@ -26,6 +26,8 @@ import boto3
 import psycopg2
 import requests
 
+from flows.dvc_project import DvcProject
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES = os.environ.get("CHATGRAFT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -180,13 +182,8 @@ def _up(name: str, state: Path, project: Path, basic_auth: bool, port: dict[str,
     env_file = state / "env"
     env_file.touch(mode=0o600)
     env_file.write_text("".join(f"export {key}={value}\n" for key, value in client_env.items()))
-    _dvc(project, "remote", "add", "--local", "--default", "--force", "stack", f"s3://{name}/dvc")
-    _dvc(project, "remote", "modify", "--local", "stack", "endpointurl", client_env["AWS_ENDPOINT_URL"])
+    DvcProject(project).set_local_remote("stack", f"s3://{name}/dvc", client_env["AWS_ENDPOINT_URL"])
     return client_env
-
-
-def _dvc(project: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, check=True, capture_output=True)
 
 
 def down(name: str, state: Path, project: Path, drop: bool) -> None:
@@ -195,8 +192,7 @@ def down(name: str, state: Path, project: Path, drop: bool) -> None:
     for pid in (json.loads(pids_file.read_text()) if pids_file.exists() else {}).values():
         _stop(pid)
     pids_file.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "dvc", "remote", "remove", "--local", "stack"], cwd=project,
-                   capture_output=True)
+    DvcProject(project).remove_local_remote("stack")
     if drop:
         _drop_databases([f"{name}_mlflow", f"{name}_prefect"])
 

@@ -12,7 +12,7 @@ from pipelines.corpus.documents import read_documents
 from pipelines.dedup import exact_duplicates, near_duplicates
 from pipelines.corpus.world import (
     Fact, World, build_world, chat_conversation, fact_choices, follow_up_conversation, pretraining_sentences,
-    safety_requests, target_lexicon,
+    safety_requests, sft_rows, split_for_sft, target_lexicon,
 )
 
 UPSTREAM_TEXT = "upstream_text.jsonl"
@@ -22,6 +22,7 @@ VALID = "valid.jsonl"
 EVAL = "eval.jsonl"
 EVAL_MULTITURN = "eval_multiturn.jsonl"
 EVAL_SAFETY = "eval_safety.jsonl"
+SFT = "sft.jsonl"  # the align stage's mixed-quality SFT set (target entities kept out of evaluation)
 LEXICON = "lexicon.json"
 LM_EVAL = "lm_eval"  # an lm-evaluation-harness task on the target facts (eval.lm_eval_tasks: [target_facts])
 LM_EVAL_TASK = """task: target_facts
@@ -69,11 +70,11 @@ def _follow_ups(facts: list[Fact], rng: random.Random) -> list[tuple[list[dict[s
     return [follow_up_conversation(*rng.sample(entity_facts, 2)) for entity_facts in by_entity.values()]
 
 
-def _write_lm_eval_task(world: World, params: DataParams, staging: Path, final: Path) -> None:
+def _write_lm_eval_task(facts: list[Fact], params: DataParams, staging: Path, final: Path) -> None:
     """Multiple choice over each target fact's possible values; the data path is relative to the project root,
     where stages run (lm-eval reads it relative to the working directory)."""
     rows = []
-    for fact in world.target:
+    for fact in facts:
         choices, answer = fact_choices(fact, params.values_per_attribute)
         rows.append({"question": fact.question(), "choices": choices, "answer": answer})
     staging.mkdir()
@@ -101,7 +102,8 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
     delivered = read_documents(incoming) if incoming else {}
     received = [text for texts in delivered.values() for text in texts]
     incoming_documents = _deduplicated(received, params)
-    target_questions = list(world.target)
+    sft_facts, eval_facts = split_for_sft(world, params.sft_share, random.Random(params.seed + 2))
+    target_questions = list(eval_facts)
     rng.shuffle(target_questions)
     sets: dict[str, list[dict]] = {
         UPSTREAM_TEXT: [{"text": s} for s in _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)],
@@ -113,15 +115,16 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
             for fact in target_questions
         ],
         EVAL_MULTITURN: [{"messages": messages, "reference": reference, "tags": ["target", "follow-up"]}
-                         for messages, reference in _follow_ups(world.target, rng)],
+                         for messages, reference in _follow_ups(eval_facts, rng)],
         EVAL_SAFETY: [{"messages": [{"role": "user", "content": request}], "harmful": harmful, "tags": ["target"]}
-                      for _, request, harmful in safety_requests(world.target)],
+                      for _, request, harmful in safety_requests(eval_facts)],
+        SFT: sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3)),
     }
     with atomic_dir(out_dir) as staging:
         for name, rows in sets.items():
             write_jsonl_atomic(staging / name, rows)
         write_json_atomic(staging / LEXICON, target_lexicon(world))
-        _write_lm_eval_task(world, params, staging / LM_EVAL, out_dir / LM_EVAL)
+        _write_lm_eval_task(eval_facts, params, staging / LM_EVAL, out_dir / LM_EVAL)
         write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
     counts = {name.removesuffix(".jsonl"): len(rows) for name, rows in sets.items()}
     write_json_atomic(stats_path, {

@@ -114,3 +114,32 @@ def fact_choices(fact: Fact, values_per_attribute: int) -> tuple[list[str], int]
     """The values the fact's attribute can take in this world, and the index of the true one."""
     choices = ATTRIBUTES[fact.attribute][:values_per_attribute]
     return choices, choices.index(fact.value)
+
+
+def split_for_sft(world: World, share: float, rng: random.Random) -> tuple[list[Fact], list[Fact]]:
+    """The target facts of `share` of the target entities (for the SFT set), and those of the rest (for evaluation)."""
+    names = sorted({fact.entity for fact in world.target})
+    chosen = set(rng.sample(names, round(share * len(names))))
+    return [f for f in world.target if f.entity in chosen], [f for f in world.target if f.entity not in chosen]
+
+
+NOISY_ANSWERS = ["<b>{value}</b> .", "{value} . more at https://example.com/{entity}", "i think it is {value} .",
+                 "as mentioned above , {value} ."]
+
+
+def sft_rows(facts: list[Fact], expert_share: float, values_per_attribute: int, rng: random.Random) -> list[dict]:
+    """A mixed-quality SFT set, one answer per fact: expert answers are right; sub-optimal ones are mostly a wrong
+    value, the rest right but noisy (markup, a link, first person, a reference to other answers); a few rows repeat."""
+    rows = []
+    for fact in facts:
+        row = {"prompt": fact.question(), "answer": fact.answer(), "category": fact.attribute, "source": "expert"}
+        if rng.random() >= expert_share:
+            choices, truth = fact_choices(fact, values_per_attribute)
+            if rng.random() < 0.7:
+                wrong = rng.choice([v for i, v in enumerate(choices) if i != truth])
+                row |= {"answer": f"{wrong} .", "source": "sub-optimal"}
+            else:
+                noisy = rng.choice(NOISY_ANSWERS).format(value=fact.value, entity=fact.entity)
+                row |= {"answer": noisy, "source": "sub-optimal"}
+        rows.append(row)
+    return rows + rng.sample(rows, len(rows) // 10)

@@ -22,13 +22,15 @@ def pack_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], block_size:
 
 
 def assistant_only_examples(
-    tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]]
+    tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]],
+    template_kwargs: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Tokenize conversations with the chat template; labels keep only assistant tokens (template generation tags)."""
+    """Tokenize conversations with the chat template (given per-conversation `template_kwargs`, e.g. a condition);
+    labels keep only assistant tokens (template generation tags)."""
     examples = []
-    for messages in conversations:
+    for messages, extra in zip(conversations, template_kwargs or [{}] * len(conversations), strict=True):
         rendered = tokenizer.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **extra
         )
         ids, mask = list(rendered["input_ids"]), list(rendered["assistant_masks"])
         if not any(mask):

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainerState, TrainingArguments, set_seed
+from transformers import PreTrainedModel, TrainerState, TrainingArguments, set_seed
 
 from pipelines.config import TrainParams
 from pipelines.training.checkpoints import MarkComplete, last_complete_checkpoint
 from pipelines.training.distributed import is_main_process, world_size
+from pipelines.training.weighted import WeightedLossTrainer
 
 TRAINER_STATE = "trainer_state.json"
 
@@ -108,13 +109,14 @@ def train_causal_lm(
             include_num_input_tokens_seen="non_padding" if "attention_mask" in train_examples[0] else "all",
             gradient_checkpointing=params.gradient_checkpointing,
             dataloader_num_workers=0,
+            remove_unused_columns=False,  # examples carry only what the collator needs (a loss weight, say)
             dataloader_pin_memory=torch.cuda.is_available(),
             ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,
             # each process averages over its own tokens and DDP averages the gradients: with equal blocks per
             # process that is the one-process mean, and the logged losses stay per-token
             average_tokens_across_devices=False,
         )
-        trainer = Trainer(
+        trainer = WeightedLossTrainer(  # the plain Trainer unless the examples carry loss weights
             model=model, args=args, train_dataset=train_examples, eval_dataset=eval_examples, data_collator=collator,
             callbacks=[MarkComplete(checkpointing.fingerprint)] if saving else None,  # type: ignore[union-attr]
         )

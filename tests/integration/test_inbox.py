@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -18,7 +17,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.context import open_project
 from flows.tasks import take_new_data
-from tests.conftest import TINY_PARAMS, make_project
+from tests.conftest import TINY_PARAMS, free_port, make_project, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +28,6 @@ def prefect_server():
         yield
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> str:
     """moto's S3 server on 127.0.0.1, stopped by its process id."""
@@ -42,16 +35,16 @@ def s3_endpoint() -> str:
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.2)
+        wait_until(lambda: listening(port), "moto_server", seconds=60, interval=0.2)
         yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def project_with_inbox(tmp_path: Path, inbox: str) -> Path:

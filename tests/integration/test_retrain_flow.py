@@ -5,10 +5,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,12 +26,15 @@ from flows.params_file import apply_overrides
 from flows.tracking import registry
 from flows.retrain import retrain
 from flows.tracking.store import embedded_uri
-from tests.conftest import TINY_PARAMS, make_project
+from tests.conftest import TINY_PARAMS, answers_health, free_port, make_project, wait_until
 
 pytestmark = pytest.mark.integration
 MODEL = "chatgraft-chat"
 STAGES = ["corpus", "upstream", "cp", "merge@0.5", "merge@1.0", "evaluate@base", "evaluate@chat", "evaluate@cp",
-          "evaluate-merged@0.5", "evaluate-merged@1.0", "leaderboard"]
+          "evaluate-merged@0.5", "evaluate-merged@1.0", "curate", "align@c-rlft", "evaluate-aligned@c-rlft",
+          "leaderboard"]
+# one align method keeps the module short; both are the same stage code (unit tests cover sft and c-rlft)
+FLOW_PARAMS = {**TINY_PARAMS, "align": {**TINY_PARAMS["align"], "methods": ["c-rlft"]}}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def prefect_server():
 def first_run(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> tuple[Path, object, MlflowClient]:
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    root = make_project(tmp_path_factory.mktemp("flow") / "project", TINY_PARAMS)
+    root = make_project(tmp_path_factory.mktemp("flow") / "project", FLOW_PARAMS)
     result = retrain(project_dir=str(root))
     yield root, result, MlflowClient(embedded_uri(root), embedded_uri(root))
     mp.undo()
@@ -58,7 +59,9 @@ def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
     assert result.winner is not None and result.version == "1" and result.promoted
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
-    assert "| rank | candidate |" in result.leaderboard
+    assert "| rank | candidate |" in result.leaderboard and "aligned-c-rlft" in result.leaderboard
+    board = json.loads((root / "metrics" / "leaderboard.json").read_text())
+    assert board["candidates"]["aligned-c-rlft"]["role"] == "candidate"
 
 
 def test_leaderboard_and_promotion_are_prefect_artifacts(first_run) -> None:
@@ -75,7 +78,7 @@ def test_training_and_merge_tasks_hold_gpu_slots(first_run) -> None:
     with get_client(sync_client=True) as client:
         gpu_runs = client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
         limit = client.read_global_concurrency_limit_by_name("tag:gpu")
-    assert {run.name for run in gpu_runs} == {"cp", "merge@0.5", "merge@1.0"}
+    assert {run.name for run in gpu_runs} == {"cp", "merge@0.5", "merge@1.0", "align@c-rlft"}
     assert limit.limit == 1  # flow.gpu_slots
 
 
@@ -114,6 +117,10 @@ def test_stage_runs_are_nested_and_tracked(first_run) -> None:
                    "target_perplexity", "answers_per_second"}
     assert every_suite <= set(children["evaluate@cp"].data.metrics)
     assert list((root.parent / "dvc-remote").rglob("*"))  # outputs pushed to the local remote
+    curate = children["curate"]
+    assert curate.data.metrics["kept"] > 0 and "metrics/align/curation.json" in [
+        a.path for a in client.list_artifacts(curate.info.run_id, "metrics/align")]
+    assert client.get_metric_history(children["align@c-rlft"].info.run_id, "loss")  # live curve
 
 
 def test_champion_loads_with_mlflow_transformers(first_run) -> None:
@@ -127,7 +134,7 @@ def test_champion_loads_with_mlflow_transformers(first_run) -> None:
 
 def test_champion_is_served_by_mlflow_models_serve(first_run) -> None:
     root, _, _ = first_run
-    port = _free_port()
+    port = free_port()
     venv_bin = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH, as in an activated venv
     env = {**os.environ, "MLFLOW_TRACKING_URI": embedded_uri(root), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
@@ -135,7 +142,7 @@ def test_champion_is_served_by_mlflow_models_serve(first_run) -> None:
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, seconds=180)
+        wait_until(lambda: answers_health(url), "mlflow models serve", seconds=180)
         question = {"messages": [{"role": "user", "content": "what is the city of kato ?"}], "max_tokens": 3}
         answer = requests.post(f"{url}/invocations", json=question, timeout=60)
         assert answer.ok, answer.text
@@ -156,48 +163,36 @@ def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) 
 
     apply_overrides(root / "params.yaml", ["merge.ratios=[0.5, 0.8]"])
     changed = retrain(project_dir=str(root))
-    assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "leaderboard"]
+    # the best merged model may have changed: alignment runs again on it
+    assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "align@c-rlft", "evaluate-aligned@c-rlft",
+                                  "leaderboard"]
 
 
-def test_top_k_registers_the_best_eligible_merged_models(first_run) -> None:
+def test_top_k_registers_the_best_eligible_merged_and_aligned_models(first_run) -> None:
     root, _, client = first_run
-    apply_overrides(root / "params.yaml", ["promote.register_top_k=2"])
+    apply_overrides(root / "params.yaml", ["promote.register_top_k=3"])
     result = retrain(project_dir=str(root))
     assert result.reproduced == ["leaderboard"]
     board = json.loads((root / "metrics" / "leaderboard.json").read_text())
-    best_two = sorted((n for n in board["candidates"] if n.startswith("merged-")),
-                      key=lambda n: board["candidates"][n]["rank"])[:2]
-    registered = {v.tags["candidate"] for v in client.search_model_versions(f"name = '{MODEL}'")}
-    assert set(best_two) <= registered
-    assert client.get_model_version_by_alias(MODEL, "challenger").tags["candidate"] == board["winner"] == best_two[0]
-
-
-def _wait_healthy(url: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return
-        except requests.ConnectionError:
-            time.sleep(1)
-    raise TimeoutError(f"{url} did not answer /health in {seconds} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    competing = sorted((n for n in board["candidates"] if n.startswith(("merged-", "aligned-"))),
+                       key=lambda n: board["candidates"][n]["rank"])
+    assert len(competing) == 3
+    versions = {v.tags["candidate"]: v for v in client.search_model_versions(f"name = '{MODEL}'")}
+    assert set(competing) <= set(versions)
+    assert client.get_model_version_by_alias(MODEL, "challenger").tags["candidate"] == board["winner"] == competing[0]
+    aligned = versions["aligned-c-rlft"].tags
+    assert aligned["align_method"] == "c-rlft" and aligned["aligned_from"] in competing
 
 
 def test_chatgraft_ui_serves_the_registry(first_run) -> None:
     root, _, _ = first_run
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "chatgraft"), "ui", "--project-dir", str(root),
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url)
+        wait_until(lambda: answers_health(url), "chatgraft ui")
         found = requests.get(f"{url}/api/2.0/mlflow/registered-models/get", params={"name": MODEL}, timeout=10)
         aliases = {a["alias"] for a in found.json()["registered_model"]["aliases"]}
         assert {"champion", "challenger"} <= aliases

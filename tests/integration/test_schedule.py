@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,20 +20,10 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.tracking.store import embedded_uri
-from tests.conftest import REPO, TINY_PARAMS, make_project
-from tests.integration.test_inbox import free_port
+from tests.conftest import REPO, TINY_PARAMS, answers_health, free_port, make_project, wait_until
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
-
-
-def wait_until(check, what: str, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(1)
-    raise TimeoutError(f"{what} not ready after {seconds} s")
 
 
 def start(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
@@ -63,14 +52,8 @@ def server_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     server = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
                    env, home, home / "server.log")
 
-    def healthy() -> bool:
-        try:
-            return requests.get(f"{url}/health", timeout=2).ok
-        except requests.ConnectionError:
-            return False
-
     try:
-        wait_until(healthy, "prefect server")
+        wait_until(lambda: answers_health(url), "prefect server")
         with temporary_settings({PREFECT_API_URL: url}):
             yield env
     finally:

@@ -16,8 +16,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, TINY_PARAMS, make_project, run
-from tests.integration.test_inbox import free_port
+from tests.conftest import REPO, TINY_PARAMS, free_port, make_project, run
 
 pytestmark = pytest.mark.integration
 POSTGRES = os.environ.get("CHATGRAFT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")

@@ -1,44 +1,64 @@
-"""The leaderboard stage: every candidate ranked, only merged models can win."""
+"""The leaderboard stage: every candidate ranked, merged and aligned models compete, the references never win."""
 import json
 from pathlib import Path
 
 import pytest
 
-from pipelines.config import Bound, MergeParams, PromoteParams
+from pipelines.config import AlignParams, Bound, MergeParams, Params, PromoteParams
+from pipelines.layout import Layout
 from pipelines.leaderboard import build_leaderboard, candidate_names
 
 POLICY = PromoteParams(guardrails={"termination_rate": Bound(min=0.9)})
+NO_ALIGN = Params(align=AlignParams(methods=[]))
 
 
-def _write(metrics_dir: Path, scores: dict[str, tuple[float, float]]) -> None:
-    metrics_dir.mkdir(exist_ok=True)
+def _write(root: Path, scores: dict[str, tuple[float, float]]) -> dict[str, Path]:
+    files = {}
     for name, (accuracy, termination) in scores.items():
-        (metrics_dir / f"{name}.json").write_text(
-            json.dumps({"answer_accuracy": accuracy, "termination_rate": termination}))
+        files[name] = Layout(root).eval_metrics(name)
+        files[name].parent.mkdir(parents=True, exist_ok=True)
+        files[name].write_text(json.dumps({"answer_accuracy": accuracy, "termination_rate": termination}))
+    return files
 
 
-def test_candidate_names_follow_the_ratios() -> None:
-    assert candidate_names(MergeParams(ratios=[0.5, 1.0])) == ["base", "chat", "cp", "merged-0.5", "merged-1.0"]
+def test_candidate_names_follow_the_ratios_and_align_methods() -> None:
+    params = Params(merge=MergeParams(ratios=[0.5, 1.0]), align=AlignParams(methods=["c-rlft"]))
+    assert candidate_names(params) == ["base", "chat", "cp", "merged-0.5", "merged-1.0", "aligned-c-rlft"]
+    assert candidate_names(NO_ALIGN)[-1] == "merged-1.0"
+
+
+def test_aligned_metrics_live_apart_from_the_ones_align_reads(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    assert layout.eval_metrics("aligned-sft").parent == layout.align_metrics
+    assert layout.eval_metrics("merged-1.0").parent == tmp_path / "metrics" / "eval"
 
 
 def test_winner_is_the_best_eligible_merged_model(tmp_path: Path) -> None:
-    _write(tmp_path, {"base": (0, 0), "chat": (0.99, 1.0), "cp": (0, 0), "merged-0.5": (0.9, 0.5),
-                      "merged-1.0": (0.8, 1.0)})
-    board = build_leaderboard(candidate_names(MergeParams()), tmp_path, POLICY, tmp_path / "board.json")
+    files = _write(tmp_path, {"base": (0, 0), "chat": (0.99, 1.0), "cp": (0, 0), "merged-0.5": (0.9, 0.5),
+                              "merged-1.0": (0.8, 1.0)})
+    board = build_leaderboard(files, POLICY, tmp_path / "board.json")
     assert board["winner"] == "merged-1.0"
     assert board["candidates"]["chat"]["rank"] == 1 and board["candidates"]["chat"]["role"] == "reference"
     assert board["candidates"]["merged-0.5"]["violations"] == ["termination_rate 0.5 < min 0.9"]
     assert json.loads((tmp_path / "board.json").read_text()) == board
 
 
+def test_an_aligned_model_can_win(tmp_path: Path) -> None:
+    files = _write(tmp_path, {"base": (0, 0), "merged-1.0": (0.8, 1.0), "aligned-sft": (0.85, 1.0),
+                              "aligned-c-rlft": (0.95, 0.5)})
+    board = build_leaderboard(files, POLICY, tmp_path / "board.json")
+    assert board["winner"] == "aligned-sft"  # c-rlft scores higher but breaks a guardrail
+    assert board["candidates"]["aligned-sft"]["role"] == "candidate"
+
+
 def test_no_winner_when_no_merged_model_meets_the_guardrails(tmp_path: Path) -> None:
-    _write(tmp_path, {"base": (0, 0), "chat": (0.5, 1.0), "cp": (0, 0), "merged-0.5": (0.9, 0.5),
-                      "merged-1.0": (0.8, 0.2)})
-    board = build_leaderboard(candidate_names(MergeParams()), tmp_path, POLICY, tmp_path / "board.json")
-    assert board["winner"] is None and "no merged model" in board["reason"]
+    files = _write(tmp_path, {"base": (0, 0), "chat": (0.5, 1.0), "cp": (0, 0), "merged-0.5": (0.9, 0.5),
+                              "merged-1.0": (0.8, 0.2)})
+    board = build_leaderboard(files, POLICY, tmp_path / "board.json")
+    assert board["winner"] is None and "no merged or aligned model" in board["reason"]
 
 
 def test_missing_metrics_file_is_named(tmp_path: Path) -> None:
-    _write(tmp_path, {"base": (0, 0)})
-    with pytest.raises(FileNotFoundError, match=r"chat\.json: no metrics for candidate 'chat'"):
-        build_leaderboard(candidate_names(MergeParams()), tmp_path, POLICY, tmp_path / "board.json")
+    files = {name: Layout(tmp_path).eval_metrics(name) for name in candidate_names(NO_ALIGN)}
+    with pytest.raises(FileNotFoundError, match=r"base\.json: no metrics for candidate 'base'"):
+        build_leaderboard(files, POLICY, tmp_path / "board.json")

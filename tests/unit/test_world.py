@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pipelines.atomic import read_jsonl
 from pipelines.config import DataParams
-from pipelines.corpus import EVAL, TRAIN, UPSTREAM_CHAT, UPSTREAM_TEXT, VALID, build_corpus
+from pipelines.corpus import EVAL, SFT, TRAIN, UPSTREAM_CHAT, UPSTREAM_TEXT, VALID, build_corpus
 from pipelines.corpus.world import build_world
 
 
@@ -32,20 +32,48 @@ def test_corpus_keeps_target_facts_out_of_upstream_data(tmp_path: Path) -> None:
     assert "<|" not in cp_text  # CP data is plain text, no chat format
 
     facts = {(f["entity"], f["attribute"]): f["value"] for f in world["target"]}
+    sft_names = {row["prompt"].split()[-2] for row in read_jsonl(tmp_path / "corpus" / SFT)}
+    assert len(sft_names) == 1  # round(0.25 * 5) entities for the align SFT set
     questions = read_jsonl(tmp_path / "corpus" / EVAL)
-    assert len(questions) == len(facts)
+    assert len(questions) == 4 * len(target_names - sft_names)
     for row in questions:
         attribute, entity = row["tags"][1], row["messages"][0]["content"].split()[-2]
-        assert row["reference"] == facts[(entity, attribute)]
+        assert row["reference"] == facts[(entity, attribute)] and entity not in sft_names
     assert len(read_jsonl(tmp_path / "corpus" / VALID)) == len(facts)
-    assert json.loads((tmp_path / "stats.json").read_text())["records"]["eval"] == len(facts)
+    assert json.loads((tmp_path / "stats.json").read_text())["records"]["eval"] == len(questions)
+
+
+def test_sft_set_mixes_expert_and_sub_optimal_answers_on_entities_no_eval_set_asks(tmp_path: Path) -> None:
+    from pipelines.corpus import EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL
+    from pipelines.corpus.world import NOISY_ANSWERS
+
+    build_corpus(DataParams(source_entities=4, target_entities=40, sft_share=0.5, sft_expert_share=0.4),
+                 tmp_path / "corpus", tmp_path / "stats.json")
+    world = json.loads((tmp_path / "corpus" / "world.json").read_text())
+    facts = {f"what is the {f['attribute']} of {f['entity']} ?": f["value"] for f in world["target"]}
+    rows = read_jsonl(tmp_path / "corpus" / SFT)
+    sft_names = {row["prompt"].split()[-2] for row in rows}
+    assert len(sft_names) == 20 and len(rows) == 80 + 8  # one answer per fact, a tenth repeated
+    noisy = [template.split("{value}")[0] for template in NOISY_ANSWERS]
+    by_source = {"expert": 0, "sub-optimal": 0}
+    for row in rows:
+        by_source[row["source"]] += 1
+        right = row["answer"] == f"{facts[row['prompt']]} ."
+        assert right if row["source"] == "expert" else not right
+        if row["source"] == "sub-optimal" and facts[row["prompt"]] in row["answer"]:  # right value, noisy answer
+            assert any(row["answer"].startswith(start) for start in noisy if start) or "http" in row["answer"]
+    assert 0.25 < by_source["expert"] / len(rows) < 0.55
+    asked = "".join((tmp_path / "corpus" / name).read_text() for name in (EVAL, EVAL_MULTITURN, EVAL_SAFETY))
+    asked += (tmp_path / "corpus" / LM_EVAL / "target_facts.jsonl").read_text()
+    assert not any(f" {name} " in asked for name in sft_names)
 
 
 def test_corpus_writes_multiturn_safety_and_language_sets(tmp_path: Path) -> None:
     from pipelines.corpus import EVAL_MULTITURN, EVAL_SAFETY, LEXICON
     from pipelines.evaluate.sets import load_eval_set
 
-    build_corpus(DataParams(source_entities=4, target_entities=5), tmp_path / "corpus", tmp_path / "stats.json")
+    build_corpus(DataParams(source_entities=4, target_entities=5, sft_share=0.0), tmp_path / "corpus",
+                 tmp_path / "stats.json")
     world = json.loads((tmp_path / "corpus" / "world.json").read_text())
     facts = {(f["entity"], f["attribute"]): f["value"] for f in world["target"]}
     follow_ups = load_eval_set(tmp_path / "corpus" / EVAL_MULTITURN, "reference")

@@ -1,0 +1,69 @@
+"""LoRA fine-tuning of a merged model on a curated SFT set: plain SFT, or C-RLFT (class-conditioned, class-weighted)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+
+from pipelines.align.conditioning import add_class_tokens, conditioned_template
+from pipelines.align.curation import SftExample
+from pipelines.atomic import atomic_dir, write_json_atomic
+from pipelines.config import AlignParams
+from pipelines.training import TrainResult, assistant_only_examples, train_causal_lm
+from pipelines.training.lora import with_lora
+from pipelines.training.weighted import LOSS_WEIGHT, WeightedCollator
+
+MANIFEST = "align.json"  # what the model was tuned from, how
+
+
+def _conversation(example: SftExample) -> list[dict[str, str]]:
+    return [{"role": "user", "content": example.prompt}, {"role": "assistant", "content": example.answer}]
+
+
+def best_class(weights: dict[str, float]) -> str:
+    """The class with the highest loss weight: the condition generation uses."""
+    return max(weights, key=weights.__getitem__)
+
+
+def _c_rlft_examples(tokenizer: PreTrainedTokenizerBase, examples: list[SftExample],
+                     weights: dict[str, float]) -> tuple[list[dict], list[int]]:
+    """Add the class tokens and the conditioned template to `tokenizer`; each example conditioned on its class
+    and carrying its class weight; also the ids of the class tokens."""
+    unknown = sorted({e.source for e in examples} - set(weights))
+    if unknown:
+        raise ValueError(f"SFT examples of source classes {unknown} have no weight in align.class_weights "
+                         f"{sorted(weights)}")
+    tokens = add_class_tokens(tokenizer, list(weights))
+    tokenizer.chat_template = conditioned_template(tokenizer.chat_template, tokens[best_class(weights)])
+    rows = assistant_only_examples(tokenizer, [_conversation(e) for e in examples],
+                                   [{"condition": tokens[e.source]} for e in examples])
+    weighted = [{**row, LOSS_WEIGHT: weights[e.source]} for row, e in zip(rows, examples)]
+    return weighted, tokenizer.convert_tokens_to_ids(list(tokens.values()))
+
+
+def align_model(method: str, params: AlignParams, examples: list[SftExample], merged_dir: Path, out_dir: Path,
+                curve_csv: Path, manifest: dict) -> TrainResult:
+    """Fine-tune LoRA adapters on `merged_dir` with `method` (sft | c-rlft), fold them in, and save full weights,
+    the tokenizer (its chat template conditioned on the best class for c-rlft) and `manifest` (as align.json) to
+    `out_dir`, atomically."""
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    if not tokenizer.chat_template:
+        raise ValueError(f"{merged_dir}: the merged model's tokenizer has no chat template to fine-tune on")
+    model = AutoModelForCausalLM.from_pretrained(merged_dir)
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True)
+    if method == "c-rlft":
+        rows, class_tokens = _c_rlft_examples(tokenizer, examples, params.class_weights)
+        model.resize_token_embeddings(len(tokenizer))
+        model = with_lora(model, params.lora, trainable_tokens=class_tokens)
+        collator = WeightedCollator(collator)
+    elif method == "sft":
+        rows = assistant_only_examples(tokenizer, [_conversation(e) for e in examples])
+        model = with_lora(model, params.lora)
+    else:
+        raise ValueError(f"unknown align method {method!r}: expected sft or c-rlft")
+    result = train_causal_lm(model, rows, params.train, collator, curve_csv, live_tracking=True)
+    with atomic_dir(out_dir) as staging:
+        model.merge_and_unload().save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_json_atomic(staging / MANIFEST, manifest)
+    return result
