@@ -168,3 +168,32 @@ def ui(
     if uri.startswith("sqlite:"):
         command += ["--default-artifact-root", (root / "mlflow" / "artifacts").as_uri()]
     raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+def memory(
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file whose `cp` section is used",
+                                     exists=True),
+    model_config: Path | None = typer.Option(None, help="config.json (or its folder) of the model to train; "
+                                             "default: upstream.base_path, else the project's tiny base"),
+) -> None:
+    """Estimate the accelerator memory a CP run needs per process, from the model's config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from pipelines.config import ParamsError, load_params
+    from pipelines.training.memory import estimate_cp_memory
+
+    try:
+        params = load_params(params_file)
+    except ParamsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2)
+    source = model_config or Path(params.upstream.base_path or params_file.parent / "models" / "upstream" / "base")
+    if not (source / "config.json" if source.is_dir() else source).exists():
+        typer.echo(f"{source}: no model config.json (pass --model-config, or run the upstream stage)", err=True)
+        raise typer.Exit(2)
+    config = AutoConfig.from_pretrained(source.parent if source.name == "config.json" else source)
+    estimate = estimate_cp_memory(config, params.cp)
+    mode = "LoRA" if params.cp.lora else "full"
+    typer.echo(f"{config.model_type}, {mode} fine-tuning, {params.cp.distributed.nproc_per_node} process(es), "
+               f"{params.cp.batch_size} x {params.cp.block_size} tokens a step:\n{estimate.table()}")

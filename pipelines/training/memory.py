@@ -1,0 +1,87 @@
+"""How much accelerator memory a CP run needs per process, from the model's config alone (no weights loaded).
+
+The figures follow what `train_causal_lm` does: weights loaded in the checkpoint's dtype (config `dtype`, float32
+when unset) and trained under bf16 autocast on GPU; gradients and AdamW's two states in the weights' dtype, LoRA
+adapters in float32 (peft's default); the global batch split over the processes (DDP: every process holds a whole
+copy of the model). Activations are the bf16 tensors a Llama-style layer keeps for the
+backward pass, about (8 x hidden + 4 x intermediate) values a token, with SDPA attention (no seq^2 term), plus
+float32 logits and their gradient; with gradient checkpointing only each layer's input is kept, and one layer is
+recomputed at a time. It is an estimate for planning: allocator slack and CUDA context (1-2 GiB) come on top.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+from pipelines.config import CPParams
+
+GIB = 2**30
+ACTIVATION_BYTES = 2  # bf16 under autocast
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per process, by what holds them."""
+
+    parameters: int
+    trainable: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def table(self) -> str:
+        """The estimate as aligned text lines, in GiB."""
+        rows = [("parameters", f"{self.parameters / 1e9:.2f} B"), ("trainable", f"{self.trainable / 1e9:.4f} B")]
+        rows += [(name, f"{getattr(self, name) / GIB:.1f} GiB")
+                 for name in ("weights", "gradients", "optimizer", "activations")]
+        rows.append(("total per process", f"{self.total / GIB:.1f} GiB"))
+        return "\n".join(f"{name:<18} {value:>12}" for name, value in rows)
+
+
+def _meta_model(config: PretrainedConfig) -> torch.nn.Module:
+    with torch.device("meta"):  # shapes only: no memory, no weights read
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _lora_parameters(model: torch.nn.Module, params: CPParams) -> int:
+    """Parameters of rank-r adapters on every linear layer whose name ends in a target module."""
+    lora = params.lora
+    assert lora is not None
+    adapters = sum(lora.rank * (m.in_features + m.out_features) for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in lora.target_modules)
+    embeddings = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" in name or "lm_head" in name)
+    return adapters + (embeddings if lora.train_embeddings else 0)
+
+
+def _activation_bytes(config: PretrainedConfig, params: CPParams) -> int:
+    tokens = params.batch_size // params.distributed.nproc_per_node * params.block_size
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    per_layer = tokens * (8 * hidden + 4 * config.intermediate_size) * ACTIVATION_BYTES
+    kept = (layers * tokens * hidden * ACTIVATION_BYTES + per_layer) if params.gradient_checkpointing \
+        else layers * per_layer
+    logits = tokens * config.vocab_size * 4 * 2  # float32 logits and their gradient
+    return kept + logits
+
+
+def estimate_cp_memory(config: PretrainedConfig, params: CPParams) -> MemoryEstimate:
+    """Memory per process of a CP run with `params` on a model of `config`."""
+    model = _meta_model(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    dtype = getattr(config, "dtype", None) or torch.float32
+    weight_bytes = (getattr(torch, dtype) if isinstance(dtype, str) else dtype).itemsize
+    if params.lora is None:
+        trainable, trained_bytes, weights = parameters, weight_bytes, parameters * weight_bytes
+    else:
+        trainable, trained_bytes = _lora_parameters(model, params), 4
+        weights = parameters * weight_bytes + trainable * trained_bytes
+    return MemoryEstimate(
+        parameters=parameters, trainable=trainable, weights=weights, gradients=trainable * trained_bytes,
+        optimizer=2 * trainable * trained_bytes, activations=_activation_bytes(config, params),
+    )
