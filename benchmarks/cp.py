@@ -13,6 +13,7 @@ import random
 import tempfile
 from pathlib import Path
 
+from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, default_data_collator
 
 from pipelines.atomic import read_jsonl
@@ -47,7 +48,7 @@ def main() -> None:
         tokenizer = build_word_tokenizer(documents)
         params = CPParams(steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
                           learning_rate=1e-3, save_every=0)
-        packed = pack_texts(tokenizer, documents, args.block_size)
+        packed = pack_texts(tokenizer, Dataset.from_dict({"text": documents}), args.block_size)
         encoded = tokenizer(documents, add_special_tokens=False)["input_ids"]
         padded = [{"input_ids": ids + [tokenizer.eos_token_id], "attention_mask": [1] * (len(ids) + 1)}
                   for ids in encoded]

@@ -52,7 +52,7 @@ def cp() -> None:
     if params.cp.distributed.nproc_per_node > 1 and not under_launcher():
         raise typer.Exit(relaunch(params.cp.distributed.nproc_per_node, ["cp"]))
     continual_pretrain(params.cp, layout.corpus, layout.upstream, layout.cp_model, layout.metrics / "cp.json",
-                       layout.plots / "cp_loss.csv", layout.cp_checkpoints)
+                       layout.plots / "cp_loss.csv", layout.cp_checkpoints, layout.datasets_cache)
 
 
 @app.command()

@@ -119,6 +119,8 @@ class CPParams(TrainParams):
 
     save_every: int = Field(100, ge=0, description="steps between resumable checkpoints (0: none); a rerun "
                             "after a kill continues from the last complete one")
+    streaming: bool = Field(False, description="read and tokenize the training text lazily (corpora larger than "
+                            "memory); blocks are shuffled in a buffer of 10,000, not globally, and not cached")
 
 
 class TensorRule(Section):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
-from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic
+from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import CPParams
 from pipelines.corpus import TRAIN, VALID
-from pipelines.training import Checkpointing, TrainResult, pack_texts, train_causal_lm
+from pipelines.training import Checkpointing, TrainResult, pack_texts, text_dataset, train_causal_lm
 from pipelines.training.checkpoints import clear_checkpoints
 from pipelines.training.distributed import is_main_process
 from pipelines.training.lora import with_lora
@@ -36,20 +36,25 @@ def run_fingerprint(params: CPParams, corpus_dir: Path, base: Path) -> str:
     return digest.hexdigest()
 
 
+STREAM_SHUFFLE_BUFFER = 10_000  # blocks
+
+
 def continual_pretrain(
     params: CPParams, corpus_dir: Path, upstream_dir: Path, out_dir: Path, metrics_path: Path, curve_csv: Path,
-    checkpoint_dir: Path,
+    checkpoint_dir: Path, cache_dir: Path | None = None,
 ) -> CPResult:
     """Train the base on packed target text, keep its tokenizer, and write metrics and the loss curve.
 
     Checkpoints go to `checkpoint_dir` every `save_every` steps; a rerun after a kill continues from the last
-    complete one, and they are removed once the model is written.
+    complete one, and they are removed once the model is written. Tokenized text is cached in `cache_dir`.
     """
     base = read_upstream(upstream_dir).base
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
-    train = pack_texts(tokenizer, [row["text"] for row in read_jsonl(corpus_dir / TRAIN)], params.block_size)
-    valid = pack_texts(tokenizer, [row["text"] for row in read_jsonl(corpus_dir / VALID)], params.block_size)
+    train = pack_texts(tokenizer, text_dataset(corpus_dir / TRAIN, params.streaming, cache_dir), params.block_size)
+    if params.streaming:  # no global shuffle of a stream: blocks are drawn from a seeded buffer
+        train = train.shuffle(seed=params.seed, buffer_size=STREAM_SHUFFLE_BUFFER)
+    valid = pack_texts(tokenizer, text_dataset(corpus_dir / VALID, cache_dir=cache_dir), params.block_size)
     if params.lora is not None:
         model = with_lora(model, params.lora)
     checkpointing = Checkpointing(checkpoint_dir, params.save_every, run_fingerprint(params, corpus_dir, base))
@@ -71,5 +76,6 @@ def continual_pretrain(
         "tokens_per_second": result.tokens_per_second,
         "steps": result.steps,
         "resumed_from_step": result.resumed_from,
+        "train_blocks": None if params.streaming else len(train),  # a stream's length is not known ahead
     })
     return CPResult(model_dir=out_dir, train=result)

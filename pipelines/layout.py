@@ -29,6 +29,11 @@ class Layout:
         return self.root / "models" / "cp"
 
     @property
+    def datasets_cache(self) -> Path:
+        """Tokenized, packed text as Arrow files, reused while the text, tokenizer and block size are the same."""
+        return self.root / ".cache" / "datasets"
+
+    @property
     def cp_checkpoints(self) -> Path:
         return self.root / "checkpoints" / "cp"
 

@@ -1,24 +1,48 @@
-"""Turn text and conversations into training examples: packed blocks, or chats with loss on assistant tokens."""
+"""Turn text and conversations into training examples: packed blocks (with `datasets`: memory-mapped Arrow cached
+by fingerprint, or streamed), or chats with loss on assistant tokens."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
+from datasets import Dataset, IterableDataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
+PACK_GROUP = 10_000  # documents tokenized and packed together; a group's tail shorter than a block is dropped
 
 
-def pack_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], block_size: int) -> list[dict[str, list[int]]]:
-    """Join documents with the EOS token and cut the stream into full blocks of `block_size` tokens."""
-    if tokenizer.eos_token_id is None:
+def text_dataset(path: Path, streaming: bool = False, cache_dir: Path | None = None) -> Dataset | IterableDataset:
+    """The rows of a jsonl file with a `text` key: an Arrow dataset (memory-mapped, cached in `cache_dir`), or read
+    lazily when `streaming` (corpora larger than memory)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such training text file")
+    texts = load_dataset("json", data_files=str(path), split="train", streaming=streaming,
+                         cache_dir=str(cache_dir) if cache_dir else None)
+    if texts.column_names is not None and "text" not in texts.column_names:
+        raise ValueError(f"{path}: rows have no 'text' key (keys: {texts.column_names})")
+    return texts
+
+
+def pack_texts(tokenizer: PreTrainedTokenizerBase, texts: Dataset | IterableDataset,
+               block_size: int) -> Dataset | IterableDataset:
+    """Join documents (the `text` column) with the EOS token and cut the stream into full blocks of `block_size`
+    tokens, `PACK_GROUP` documents at a time; a cached dataset is packed once per tokenizer and block size."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
         raise ValueError("the tokenizer has no eos_token: documents cannot be separated when packing")
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    stream = list(itertools.chain.from_iterable(ids + [tokenizer.eos_token_id] for ids in encoded))
-    blocks = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
-    if not blocks:
-        raise ValueError(f"{len(stream)} tokens do not fill one block of {block_size}")
-    return [{"input_ids": block, "labels": list(block)} for block in blocks]
+
+    def blocks(batch: dict[str, list]) -> dict[str, list[list[int]]]:
+        encoded = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        stream = list(itertools.chain.from_iterable(ids + [eos] for ids in encoded))
+        cut = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
+        return {"input_ids": cut, "labels": [list(block) for block in cut]}
+
+    packed = texts.select_columns(["text"]).map(blocks, batched=True, batch_size=PACK_GROUP, remove_columns=["text"])
+    if isinstance(packed, Dataset) and len(packed) == 0:
+        raise ValueError(f"the {len(texts)} documents do not fill one block of {block_size} tokens")
+    return packed
 
 
 def assistant_only_examples(

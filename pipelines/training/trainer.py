@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from datasets import Dataset, IterableDataset
 from transformers import PreTrainedModel, TrainerState, TrainingArguments, set_seed
 
 from pipelines.config import TrainParams
@@ -64,11 +65,11 @@ class Checkpointing:
 
 def train_causal_lm(
     model: PreTrainedModel,
-    train_examples: list[dict[str, Any]],
+    train_examples: Dataset | IterableDataset | list[dict[str, Any]],
     params: TrainParams,
     collator: Callable,
     curve_csv: Path,
-    eval_examples: list[dict[str, Any]] | None = None,
+    eval_examples: Dataset | list[dict[str, Any]] | None = None,
     live_tracking: bool = False,
     checkpointing: Checkpointing | None = None,
 ) -> TrainResult:
@@ -106,11 +107,13 @@ def train_causal_lm(
             data_seed=params.seed,
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
             # real tokens only, where padding is marked (packed blocks have none)
-            include_num_input_tokens_seen="non_padding" if "attention_mask" in train_examples[0] else "all",
+            include_num_input_tokens_seen="non_padding" if "attention_mask" in next(iter(train_examples)) else "all",
             gradient_checkpointing=params.gradient_checkpointing,
             dataloader_num_workers=0,
             remove_unused_columns=False,  # examples carry only what the collator needs (a loss weight, say)
             dataloader_pin_memory=torch.cuda.is_available(),
+            # without use_cpu, accelerate sees no distributed run on CPU: every torchrun process would train alone
+            use_cpu=not torch.cuda.is_available(),
             ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,
             # each process averages over its own tokens and DDP averages the gradients: with equal blocks per
             # process that is the one-process mean, and the logged losses stay per-token

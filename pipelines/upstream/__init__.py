@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, DataCollatorForSeq2Seq, default_data_collator, set_seed
 
 from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic, write_text_atomic
@@ -71,7 +72,7 @@ def build_tiny_pair(params: UpstreamParams, corpus_dir: Path, out_dir: Path, met
 
     with atomic_dir(out_dir) as staging:
         pretrain = train_causal_lm(
-            model, pack_texts(tokenizer, texts, params.pretrain.block_size), params.pretrain,
+            model, pack_texts(tokenizer, Dataset.from_dict({"text": texts}), params.pretrain.block_size), params.pretrain,
             default_data_collator, plots_dir / "upstream_pretrain_loss.csv",
         )
         model.save_pretrained(staging / "base")

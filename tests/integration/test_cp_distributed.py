@@ -1,9 +1,9 @@
 """`cp` with two data-parallel CPU processes (torchrun, gloo) against one process with the same global batch.
 
-Not bit for bit: accelerate draws the batches of a multi-process run with its own seeded sampler, one process
-uses torch's RandomSampler, so the data order differs (measured: final valid loss 2.856 vs 2.837 on this world).
-The test catches what breaks data parallelism: losses scaled by the process count, outputs from every rank,
-diverging training.
+Both draw the same batches (accelerate's seeded sampler; the two processes split each batch), and DDP averages the
+gradients, so the runs agree up to float summation order: the losses must match within 1e-3. This catches what
+breaks data parallelism: processes training alone (no gradient sync), losses scaled by the process count, other
+batches, outputs from every rank.
 """
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ def test_two_gloo_processes_match_one(tmp_path: Path, tiny_params: dict) -> None
     double_root = make_project(tmp_path / "double", tiny_params)
     double = _cp_metrics(double_root)
     assert double["steps"] == single["steps"] == 12
-    assert abs(double["valid_loss"] - single["valid_loss"]) < 0.05 * single["valid_loss"]
-    assert abs(double["train_loss"] - single["train_loss"]) < 0.05 * single["train_loss"]
+    print(f"train loss {single['train_loss']:.6f} vs {double['train_loss']:.6f}, "
+          f"valid loss {single['valid_loss']:.6f} vs {double['valid_loss']:.6f}")
+    assert abs(double["train_loss"] - single["train_loss"]) < 1e-3
+    assert abs(double["valid_loss"] - single["valid_loss"]) < 1e-3
     first_eval = next(float(line.split(",")[2]) for line in
                       (single_root / "plots" / "cp_loss.csv").read_text().splitlines()[1:] if line.split(",")[2])
     assert double["valid_loss"] < 0.95 * first_eval  # it trained

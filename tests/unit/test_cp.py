@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import default_data_collator
 
@@ -40,7 +41,7 @@ def test_lora_cp_changes_only_adapted_layers(tmp_path: Path) -> None:
 def test_gradient_checkpointing_is_switched_on_by_params(tmp_path: Path) -> None:
     tokenizer = word_tokenizer()
     model = tiny_model(len(tokenizer))
-    examples = pack_texts(tokenizer, ["the city of kato is oslo ."] * 20, 8)
+    examples = pack_texts(tokenizer, Dataset.from_dict({"text": ["the city of kato is oslo ."] * 20}), 8)
     params = CPParams(steps=2, batch_size=2, block_size=8, learning_rate=1e-3, gradient_checkpointing=True)
     assert not model.is_gradient_checkpointing
     train_causal_lm(model, examples, params, default_data_collator, tmp_path / "curve.csv")
