@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
+from transformers import (
+    AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, default_data_collator,
+)
 
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import CPParams
@@ -15,6 +17,7 @@ from pipelines.training import Checkpointing, TrainResult, pack_texts, text_data
 from pipelines.training.checkpoints import clear_checkpoints
 from pipelines.training.distributed import is_main_process
 from pipelines.training.lora import with_lora
+from pipelines.training.new_tokens import extend_vocabulary, train_new_tokens
 from pipelines.upstream import read_upstream
 
 
@@ -37,6 +40,15 @@ def run_fingerprint(params: CPParams, corpus_dir: Path, base: Path) -> str:
 
 
 STREAM_SHUFFLE_BUFFER = 10_000  # blocks
+NEW_TOKENS = "new_tokens.json"  # token -> its id and the base tokenizer's pieces of it
+
+
+def _extend_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_dir: Path,
+                       params: CPParams) -> dict[str, dict]:
+    """Train `params.new_tokens` tokens on the training text (streamed) and add them to tokenizer and model."""
+    texts = (row["text"] for row in text_dataset(corpus_dir / TRAIN, streaming=True))
+    tokens = train_new_tokens(tokenizer, texts, params.new_tokens, params.new_token_min_frequency)
+    return extend_vocabulary(model, tokenizer, tokens)
 
 
 def continual_pretrain(
@@ -51,6 +63,7 @@ def continual_pretrain(
     base = read_upstream(upstream_dir).base
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
+    new_tokens = _extend_vocabulary(model, tokenizer, corpus_dir, params) if params.new_tokens else {}
     train = pack_texts(tokenizer, text_dataset(corpus_dir / TRAIN, params.streaming, cache_dir), params.block_size)
     if params.streaming:  # no global shuffle of a stream: blocks are drawn from a seeded buffer
         train = train.shuffle(seed=params.seed, buffer_size=STREAM_SHUFFLE_BUFFER)
@@ -67,6 +80,8 @@ def continual_pretrain(
             model = model.merge_and_unload()  # downstream stages, and the chat vector, need full weights
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if new_tokens:
+            write_json_atomic(staging / NEW_TOKENS, new_tokens)
     clear_checkpoints(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a DVC out, persisted between runs
     write_json_atomic(metrics_path, {
@@ -77,5 +92,6 @@ def continual_pretrain(
         "steps": result.steps,
         "resumed_from_step": result.resumed_from,
         "train_blocks": None if params.streaming else len(train),  # a stream's length is not known ahead
+        "new_tokens": len(new_tokens),
     })
     return CPResult(model_dir=out_dir, train=result)
