@@ -29,6 +29,8 @@ class DataParams(Section):
         "exact", description="duplicate removal over the inbox documents: normalised exact match, or MinHash near"
     )
     near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of a near duplicate")
+    min_document_chars: int = Field(1, ge=1, description="inbox documents shorter than this after cleaning "
+                                    "(mojibake, control characters, whitespace) are dropped")
     sft_share: float = Field(0.25, ge=0, lt=1, description="share of the target entities whose facts form the SFT "
                              "set of the align stage; they are left out of every evaluation set")
     sft_expert_share: float = Field(0.5, ge=0, le=1, description="share of SFT answers written by the expert "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
+from pipelines.corpus.cleaning import clean_document
 from pipelines.corpus.documents import read_documents
 from pipelines.dedup import exact_duplicates, near_duplicates
 from pipelines.corpus.world import (
@@ -101,7 +102,8 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
     rng = random.Random(params.seed + 1)
     delivered = read_documents(incoming) if incoming else {}
     received = [text for texts in delivered.values() for text in texts]
-    incoming_documents = _deduplicated(received, params)
+    cleaned = [text for text in map(clean_document, received) if len(text) >= params.min_document_chars]
+    incoming_documents = _deduplicated(cleaned, params)
     sft_facts, eval_facts = split_for_sft(world, params.sft_share, random.Random(params.seed + 2))
     target_questions = list(eval_facts)
     rng.shuffle(target_questions)
@@ -130,7 +132,8 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
     write_json_atomic(stats_path, {
         "records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities,
         "incoming": {"files": len(delivered), "documents": len(incoming_documents),
-                     "duplicates_removed": len(received) - len(incoming_documents),
+                     "too_short_removed": len(received) - len(cleaned),
+                     "duplicates_removed": len(cleaned) - len(incoming_documents),
                      "characters": sum(map(len, incoming_documents)),
                      "words": sum(len(t.split()) for t in incoming_documents)},
     })

@@ -115,6 +115,7 @@ def train_causal_lm(
             # without use_cpu, accelerate sees no distributed run on CPU: every torchrun process would train alone
             use_cpu=not torch.cuda.is_available(),
             ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,
+            ddp_find_unused_parameters=False,  # every trainable weight takes part in each step: skip the extra pass
             # each process averages over its own tokens and DDP averages the gradients: with equal blocks per
             # process that is the one-process mean, and the logged losses stay per-token
             average_tokens_across_devices=False,
