@@ -10,6 +10,7 @@ from pipelines.align.curation import SftExample
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import AlignParams
 from pipelines.training import TrainResult, assistant_only_examples, train_causal_lm
+from pipelines.training.data import IGNORE_INDEX
 from pipelines.training.lora import with_lora
 from pipelines.training.weighted import LOSS_WEIGHT, WeightedCollator
 
@@ -41,6 +42,13 @@ def _c_rlft_examples(tokenizer: PreTrainedTokenizerBase, examples: list[SftExamp
     return weighted, tokenizer.convert_tokens_to_ids(list(tokens.values()))
 
 
+def fit_to_block(rows: list[dict], block_size: int) -> list[dict]:
+    """Rows cut to `block_size` tokens (as SFT trainers cut to a max length); a row left with no answer token to
+    learn is dropped."""
+    cut = [{k: (v[:block_size] if isinstance(v, list) else v) for k, v in row.items()} for row in rows]
+    return [row for row in cut if any(label != IGNORE_INDEX for label in row["labels"])]
+
+
 def align_model(method: str, params: AlignParams, examples: list[SftExample], merged_dir: Path, out_dir: Path,
                 curve_csv: Path, manifest: dict) -> TrainResult:
     """Fine-tune LoRA adapters on `merged_dir` with `method` (sft | c-rlft), fold them in, and save full weights,
@@ -61,6 +69,10 @@ def align_model(method: str, params: AlignParams, examples: list[SftExample], me
         model = with_lora(model, params.lora)
     else:
         raise ValueError(f"unknown align method {method!r}: expected sft or c-rlft")
+    rows = fit_to_block(rows, params.train.block_size)
+    if not rows:
+        raise ValueError(f"no SFT example keeps an answer token within align.train.block_size "
+                         f"{params.train.block_size}")
     result = train_causal_lm(model, rows, params.train, collator, curve_csv, live_tracking=True)
     with atomic_dir(out_dir) as staging:
         model.merge_and_unload().save_pretrained(staging)

@@ -13,7 +13,7 @@ from pipelines.align import best_merged, curate_sft_set
 from pipelines.align.conditioning import add_class_tokens, class_token, conditioned_template
 from pipelines.align.curation import SftExample
 from pipelines.align.sft_set import read_sft_set
-from pipelines.align.tune import MANIFEST, align_model
+from pipelines.align.tune import MANIFEST, align_model, fit_to_block
 from pipelines.config import AlignParams, Bound, CurationParams, MergeParams, ParamsError, PromoteParams, TrainParams, validate_params
 from pipelines.training import assistant_only_examples
 from pipelines.training.data import IGNORE_INDEX
@@ -45,6 +45,13 @@ def test_the_template_conditions_each_user_turn_on_the_best_class_unless_told(ch
     rows = assistant_only_examples(tokenizer, [turns[:2]], [{"condition": tokens["sub-optimal"]}])
     labelled = [t for t, label in zip(rows[0]["input_ids"], rows[0]["labels"]) if label != IGNORE_INDEX]
     assert tokenizer.convert_ids_to_tokens(labelled) == ["oslo", ".", "<|end|>"]  # loss on the answer only
+
+
+def test_long_examples_are_cut_to_the_block_and_answerless_ones_dropped() -> None:
+    rows = [{"input_ids": [1, 2, 3, 4], "attention_mask": [1] * 4, "labels": [-100, -100, 3, 4], LOSS_WEIGHT: 0.5},
+            {"input_ids": [1, 2, 3, 4], "attention_mask": [1] * 4, "labels": [-100, -100, -100, 4]}]
+    assert fit_to_block(rows, 3) == [{"input_ids": [1, 2, 3], "attention_mask": [1] * 3, "labels": [-100, -100, 3],
+                                      LOSS_WEIGHT: 0.5}]
 
 
 def test_class_names_that_cannot_be_tokens_are_refused() -> None:
