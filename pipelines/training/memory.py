@@ -21,6 +21,14 @@ GIB = 2**30
 ACTIVATION_BYTES = 2  # bf16 under autocast
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes per process, by what holds them."""
@@ -38,10 +46,9 @@ class MemoryEstimate:
 
     def table(self) -> str:
         """The estimate as aligned text lines, in GiB."""
-        rows = [("parameters", f"{self.parameters / 1e9:.2f} B"), ("trainable", f"{self.trainable / 1e9:.4f} B")]
-        rows += [(name, f"{getattr(self, name) / GIB:.1f} GiB")
-                 for name in ("weights", "gradients", "optimizer", "activations")]
-        rows.append(("total per process", f"{self.total / GIB:.1f} GiB"))
+        rows = [("parameters", _count(self.parameters)), ("trainable", _count(self.trainable))]
+        rows += [(name, _size(getattr(self, name))) for name in ("weights", "gradients", "optimizer", "activations")]
+        rows.append(("total per process", _size(self.total)))
         return "\n".join(f"{name:<18} {value:>12}" for name, value in rows)
 
 
