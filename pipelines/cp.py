@@ -13,6 +13,7 @@ from transformers import (
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import CPParams
 from pipelines.corpus import TRAIN, VALID
+from pipelines.layout import NEW_TOKENS
 from pipelines.training import Checkpointing, TrainResult, pack_texts, text_dataset, train_causal_lm
 from pipelines.training.checkpoints import clear_checkpoints
 from pipelines.training.distributed import is_main_process
@@ -40,7 +41,6 @@ def run_fingerprint(params: CPParams, corpus_dir: Path, base: Path) -> str:
 
 
 STREAM_SHUFFLE_BUFFER = 10_000  # blocks
-NEW_TOKENS = "new_tokens.json"  # token -> its id and the base tokenizer's pieces of it
 
 
 def _extend_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_dir: Path,

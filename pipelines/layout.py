@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+NEW_TOKENS = "new_tokens.json"  # in a CP model: tokens CP added -> their id and the base tokenizer's pieces
+
 
 @dataclass(frozen=True)
 class Layout:

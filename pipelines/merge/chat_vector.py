@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import MergeSettings
+from pipelines.layout import NEW_TOKENS
 from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint
 from pipelines.merge.lora import fold_adapter, is_peft_adapter
 from pipelines.merge.methods import WHOLE_TENSOR_METHODS, combine
@@ -141,12 +142,15 @@ class _Merger:
             # in-place ops with a bf16/fp16 operand compute in fp32 (exact upcast): no second fp32 copy
             return _fp32(_rows(tuned, None, block)).sub_(_rows(base, None, block)), None
         rows = vector.rows
-        mask = rows.mask[block]  # type: ignore[union-attr]
-        if bool(mask.all()):
-            return _fp32(_rows(tuned, rows.tuned, block)).sub_(_rows(base, rows.base, block)), mask  # type: ignore[union-attr]
-        delta = torch.zeros((mask.numel(), *tuned.shape[1:]), dtype=torch.float32)
-        delta[mask] = _fp32(tuned[rows.tuned[block][mask]]).sub_(base[rows.base[block][mask]])  # type: ignore[union-attr]
-        return delta, mask
+        direct = rows.direct[block]  # type: ignore[union-attr]
+        if bool(direct.all()):
+            return _fp32(_rows(tuned, rows.tuned, block)).sub_(_rows(base, rows.base, block)), direct  # type: ignore[union-attr]
+        delta = torch.zeros((direct.numel(), *tuned.shape[1:]), dtype=torch.float32)
+        delta[direct] = _fp32(tuned[rows.tuned[block][direct]]).sub_(base[rows.base[block][direct]])  # type: ignore[union-attr]
+        for row, (base_rows, tuned_rows) in rows.pieces.items():  # type: ignore[union-attr]
+            if block.start <= row < block.stop:
+                delta[row - block.start] = _fp32(tuned[tuned_rows]).sub_(base[base_rows]).mean(dim=0)
+        return delta, rows.mask[block]  # type: ignore[union-attr]
 
     def _merged_block(self, plan: TensorPlan, block: slice, stats: dict[str, float]) -> torch.Tensor:
         """CP + delta for one block, in fp32 (or CP's own values when nothing is added)."""
@@ -271,9 +275,24 @@ def _plan_vocabulary(cp: SafetensorsCheckpoint, vectors: list[TaskVector], names
 
     plan = plan_vocabulary(tokenizer, added, tokens_of(cp), tokens_of(vectors[0].tuned))
     specials = set(chat_special_tokens(chat_tokenizer))
+    new_tokens = _new_token_pieces(cp.model_dir, tokens_of(cp)) if settings.embedding_rows == "overlap" else {}
     for vector in vectors:
-        vector.rows = plan.delta_rows(tokens_of(vector.base), tokens_of(vector.tuned), settings.embedding_rows, specials)
+        base_tokens, tuned_tokens = tokens_of(vector.base), tokens_of(vector.tuned)
+        rows = plan.delta_rows(base_tokens, tuned_tokens, settings.embedding_rows, specials)
+        vector.rows = plan.with_pieces(rows, new_tokens, base_tokens, tuned_tokens) if new_tokens else rows
     return plan
+
+
+def _new_token_pieces(cp_dir: Path, cp_tokens: list[str | None]) -> dict[str, list[str]]:
+    """The tokens CP added to its base's vocabulary (models/cp/new_tokens.json) and their pieces as token strings."""
+    path = cp_dir / NEW_TOKENS
+    if not path.exists():
+        return {}
+    try:
+        mapping = json.loads(path.read_text())
+        return {token: [cp_tokens[i] for i in row["pieces"]] for token, row in mapping.items()}
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise CheckpointError(f"{path}: not a token -> {{id, pieces}} mapping CP wrote: {error}") from None
 
 
 @contextmanager

@@ -6,7 +6,7 @@ lacks) and which base/tuned rows give its delta under the row policy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -66,14 +66,24 @@ def _lookup(tokens: list[str | None], in_rows: list[str | None]) -> torch.Tensor
 
 @dataclass(frozen=True)
 class DeltaRows:
-    """Rows of one task vector's base and tuned matrices that give each output row its delta (NO_ROW: none)."""
+    """Rows of one task vector's base and tuned matrices that give each output row its delta (NO_ROW: none);
+    `pieces` gives rows without a match (tokens CP added) the mean delta of several rows: output row ->
+    (base rows, tuned rows)."""
 
     base: torch.Tensor
     tuned: torch.Tensor
+    pieces: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
+
+    @property
+    def direct(self) -> torch.Tensor:
+        """Rows whose delta is one tuned row minus one base row."""
+        return (self.base != NO_ROW) & (self.tuned != NO_ROW)
 
     @property
     def mask(self) -> torch.Tensor:
-        return (self.base != NO_ROW) & (self.tuned != NO_ROW)
+        mask = self.direct.clone()
+        mask[list(self.pieces)] = True
+        return mask
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,20 @@ class VocabularyPlan:
         elif policy == "specials":
             keep &= torch.tensor([token in specials for token in self.tokens], dtype=torch.bool)
         return DeltaRows(torch.where(keep, base, NO_ROW), torch.where(keep, tuned, NO_ROW))
+
+    def with_pieces(self, rows: DeltaRows, new_tokens: dict[str, list[str]], base_tokens: list[str | None],
+                    tuned_tokens: list[str | None]) -> DeltaRows:
+        """`rows` plus, for each token CP added (`token -> the token strings of its pieces`), the mean delta of its
+        pieces' rows, where every piece is in both the base and the tuned vocabulary."""
+        base_at = {token: row for row, token in enumerate(base_tokens) if token is not None}
+        tuned_at = {token: row for row, token in enumerate(tuned_tokens) if token is not None}
+        out_at = {token: row for row, token in enumerate(self.tokens) if token is not None}
+        pieces = {}
+        for token, parts in new_tokens.items():
+            row = out_at.get(token)
+            if row is not None and rows.base[row] == NO_ROW and all(p in base_at and p in tuned_at for p in parts):
+                pieces[row] = ([base_at[p] for p in parts], [tuned_at[p] for p in parts])
+        return replace(rows, pieces=pieces)
 
 
 def plan_vocabulary(out_tokenizer: PreTrainedTokenizerBase, added: list[str], cp_tokens: list[str | None],

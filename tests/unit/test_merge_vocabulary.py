@@ -99,3 +99,27 @@ def test_tied_embeddings(tmp_path: Path) -> None:
     assert all(torch.equal(merged[n], reference(cp[n], [(0.7, chat[n], base[n])])) for n in cp)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert model.config.tie_word_embeddings and torch.equal(model.lm_head.weight, merged[EMBED])
+
+
+def test_tokens_cp_added_get_the_mean_delta_of_their_pieces(tmp_path: Path) -> None:
+    import json
+
+    from pipelines.layout import NEW_TOKENS
+    from pipelines.training.new_tokens import extend_vocabulary
+
+    trio = make_trio(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(trio["cp"])
+    model = AutoModelForCausalLM.from_pretrained(trio["cp"])
+    mapping = extend_vocabulary(model, tokenizer, ["kato oslo"])  # a word-level "piece" pair: kato + oslo
+    save(model, tokenizer, trio["cp"])
+    (trio["cp"] / NEW_TOKENS).write_text(json.dumps(mapping))
+    new_id, pieces = mapping["kato oslo"]["id"], mapping["kato oslo"]["pieces"]
+
+    for policy, gets_delta in (("overlap", True), ("specials", False)):
+        out = tmp_path / f"merged-{policy}"
+        merge(trio, out, ratio=0.7, embedding_rows=policy)
+        base, chat, cp, merged = (weights(p) for p in (trio["base"], trio["chat"], trio["cp"], out))
+        for name in VOCAB_MATRICES:
+            delta = (chat[name][pieces].float() - base[name][pieces].float()).mean(dim=0)
+            expected = cp[name][new_id] + (0.7 * delta if gets_delta else 0)
+            assert torch.allclose(merged[name][new_id], expected, atol=1e-6), (policy, name)

@@ -8,7 +8,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from pipelines.config import CPParams, LoraParams
-from pipelines.cp import NEW_TOKENS, continual_pretrain
+from pipelines.cp import continual_pretrain
+from pipelines.layout import NEW_TOKENS
 from pipelines.training.new_tokens import extend_vocabulary, train_new_tokens
 from tests.unit.merge_models import save, tiny_model
 
