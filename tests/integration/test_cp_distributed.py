@@ -3,7 +3,7 @@
 Both draw the same batches (accelerate's seeded sampler; the two processes split each batch), and DDP averages the
 gradients, so the runs agree up to float summation order: the losses must match within 1e-3. This catches what
 breaks data parallelism: processes training alone (no gradient sync), losses scaled by the process count, other
-batches, outputs from every rank.
+batches, outputs from every rank. The same holds for a streamed corpus (cp.streaming).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.dvc_project import DvcProject
+from flows.params_file import apply_overrides
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.integration
@@ -41,3 +42,10 @@ def test_two_gloo_processes_match_one(tmp_path: Path, tiny_params: dict) -> None
                       (single_root / "plots" / "cp_loss.csv").read_text().splitlines()[1:] if line.split(",")[2])
     assert double["valid_loss"] < 0.95 * first_eval  # it trained
     assert (double_root / "models" / "cp" / "model.safetensors").exists()
+
+    # a streamed corpus: rank 0 reads it and hands each process its slice of the batch
+    for root in (single_root, double_root):
+        apply_overrides(root / "params.yaml", ["cp.streaming=true"])
+    single, double = _cp_metrics(single_root), _cp_metrics(double_root)
+    assert double["train_blocks"] is None and double["steps"] == 12
+    assert abs(double["train_loss"] - single["train_loss"]) < 1e-3
