@@ -16,8 +16,8 @@ from flows.lineage import lineage_tags
 from flows.promotion import GPU_TAG, apply_policy
 from flows.tracking import registry
 from flows.tracking.stage_runs import end_run, log_metrics, log_stage_outputs, set_tags, start_run
-from pipelines.align.tune import MANIFEST as ALIGN_MANIFEST
 from pipelines.evaluate import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
+from pipelines.layout import ALIGN_MANIFEST
 from pipelines.promotion import Decision
 from pipelines.upstream import read_upstream
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NEW_TOKENS = "new_tokens.json"  # in a CP model: tokens CP added -> their id and the base tokenizer's pieces
+ALIGN_MANIFEST = "align.json"  # in an aligned model: the method and the merged model it was tuned from
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from pipelines.align.conditioning import add_class_tokens, conditioned_template
 from pipelines.align.curation import SftExample
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import AlignParams
+from pipelines.layout import ALIGN_MANIFEST
 from pipelines.training import TrainResult, assistant_only_examples, train_causal_lm
 from pipelines.training.data import IGNORE_INDEX
 from pipelines.training.lora import with_lora
 from pipelines.training.weighted import LOSS_WEIGHT, WeightedCollator
 
-MANIFEST = "align.json"  # what the model was tuned from, how
 
 
 def _conversation(example: SftExample) -> list[dict[str, str]]:
@@ -77,5 +77,5 @@ def align_model(method: str, params: AlignParams, examples: list[SftExample], me
     with atomic_dir(out_dir) as staging:
         model.merge_and_unload().save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        write_json_atomic(staging / MANIFEST, manifest)
+        write_json_atomic(staging / ALIGN_MANIFEST, manifest)
     return result

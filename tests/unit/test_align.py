@@ -13,8 +13,11 @@ from pipelines.align import best_merged, curate_sft_set
 from pipelines.align.conditioning import add_class_tokens, class_token, conditioned_template
 from pipelines.align.curation import SftExample
 from pipelines.align.sft_set import read_sft_set
-from pipelines.align.tune import MANIFEST, align_model, fit_to_block
-from pipelines.config import AlignParams, Bound, CurationParams, MergeParams, ParamsError, PromoteParams, TrainParams, validate_params
+from pipelines.align.tune import align_model, fit_to_block
+from pipelines.config import (
+    AlignParams, Bound, CurationParams, MergeParams, ParamsError, PromoteParams, TrainParams, validate_params,
+)
+from pipelines.layout import ALIGN_MANIFEST
 from pipelines.training import assistant_only_examples
 from pipelines.training.data import IGNORE_INDEX
 from pipelines.training.weighted import LOSS_WEIGHT, WeightedCollator, WeightedLossTrainer
@@ -91,7 +94,7 @@ def test_c_rlft_writes_full_weights_conditioned_on_the_best_class(chat_model: Pa
     assert not any("lora" in name for name in weights)  # adapters folded in
     before = load_file(chat_model / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
     assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"], before)
-    assert json.loads((out / MANIFEST).read_text()) == {"method": "c-rlft"}
+    assert json.loads((out / ALIGN_MANIFEST).read_text()) == {"method": "c-rlft"}
 
 
 def test_c_rlft_names_classes_without_a_weight(chat_model: Path, tmp_path: Path) -> None:
