@@ -109,22 +109,7 @@ class CPParams(TrainParams):
     """
 
     distributed: DistributedParams = Field(default_factory=DistributedParams, description="data parallelism")
-
-    @model_validator(mode="after")
-    def _new_rows_train(self) -> "CPParams":
-        if self.new_tokens and self.lora is not None and not self.lora.train_embeddings:
-            raise ValueError("new_tokens with lora needs lora.train_embeddings: true (the new rows must learn)")
-        return self
-
-    @model_validator(mode="after")
-    def _batch_splits(self) -> "CPParams":
-        if self.batch_size % self.distributed.nproc_per_node:
-            raise ValueError(f"batch_size {self.batch_size} does not split over "
-                             f"{self.distributed.nproc_per_node} processes")
-        return self
-
     lora: LoraParams | None = Field(None, description="train LoRA adapters instead of every weight; null: full")
-
     save_every: int = Field(100, ge=0, description="steps between resumable checkpoints (0: none); a rerun "
                             "after a kill continues from the last complete one")
     new_tokens: int = Field(0, ge=0, description="tokens to train on the target corpus and add to the base "
@@ -133,6 +118,19 @@ class CPParams(TrainParams):
     new_token_min_frequency: int = Field(2, ge=1, description="a new token must occur this often in the corpus")
     streaming: bool = Field(False, description="read and tokenize the training text lazily (corpora larger than "
                             "memory); blocks are shuffled in a buffer of 10,000, not globally, and not cached")
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "CPParams":
+        if self.batch_size % self.distributed.nproc_per_node:
+            raise ValueError(f"batch_size {self.batch_size} does not split over "
+                             f"{self.distributed.nproc_per_node} processes")
+        return self
+
+    @model_validator(mode="after")
+    def _new_rows_train(self) -> "CPParams":
+        if self.new_tokens and self.lora is not None and not self.lora.train_embeddings:
+            raise ValueError("new_tokens with lora needs lora.train_embeddings: true (the new rows must learn)")
+        return self
 
 
 class TensorRule(Section):
