@@ -90,7 +90,8 @@ def align(method: str = typer.Argument(help="an align method, as written in alig
     params, layout = load_params(PARAMS), _layout()
     if method not in params.align.methods:
         raise typer.BadParameter(f"{method} is not in align.methods {params.align.methods}")
-    merged = best_merged(params.merge, layout.root / "metrics" / "eval", params.promote)
+    merged = best_merged({f"merged-{r}": layout.eval_metrics(f"merged-{r}") for r in params.merge.ratios},
+                         params.promote)
     typer.echo(f"aligning {merged} with {method}")
     align_best_merged(method, params.align, layout.sft_set, merged, candidate_dir(layout, merged),
                       layout.aligned_model(method), layout.align_metrics / f"train-{method}.json",

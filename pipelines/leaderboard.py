@@ -17,17 +17,22 @@ def candidate_names(params: Params) -> list[str]:
             *(f"{ALIGNED_PREFIX}{method}" for method in params.align.methods)]
 
 
-def build_leaderboard(metric_files: dict[str, Path], policy: PromoteParams, out: Path) -> dict[str, Any]:
-    """Read each candidate's metrics (`name -> file`), rank them, and write the leaderboard with the winner and why.
-
-    base, chat and cp are ranked for reference; merged and aligned models compete.
-    """
+def read_metrics(metric_files: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Each candidate's metrics (`name -> file`); a missing file is named with the stage that writes it."""
     metrics = {}
     for name, path in metric_files.items():
         if not path.exists():
             raise FileNotFoundError(f"{path}: no metrics for candidate {name!r}; run its evaluate stage")
         metrics[name] = json.loads(path.read_text())
-    ranked = rank_candidates(metrics, policy)
+    return metrics
+
+
+def build_leaderboard(metric_files: dict[str, Path], policy: PromoteParams, out: Path) -> dict[str, Any]:
+    """Read each candidate's metrics (`name -> file`), rank them, and write the leaderboard with the winner and why.
+
+    base, chat and cp are ranked for reference; merged and aligned models compete.
+    """
+    ranked = rank_candidates(read_metrics(metric_files), policy)
     winner = next((r for r in ranked if r.eligible and r.name.startswith(COMPETING_PREFIXES)), None)
     board = {
         "winner": winner.name if winner else None,

@@ -5,15 +5,16 @@ rule from the merged models' evaluation metrics, fine-tunes it and writes the fo
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pipelines.align.curation import Curation, curate
 from pipelines.align.sft_set import SFT_FILE, read_sft_set, write_sft_set
 from pipelines.align.tune import align_model, best_class
 from pipelines.atomic import write_json_atomic
-from pipelines.config import AlignParams, MergeParams, PromoteParams
+from pipelines.config import AlignParams, PromoteParams
+from pipelines.leaderboard import read_metrics
 from pipelines.promotion import rank_candidates
+
 
 def curate_sft_set(params: AlignParams, source: Path, out_dir: Path, report_path: Path) -> Curation:
     """Curate the SFT set at `source` into `out_dir`/sft.jsonl; the report (kept and dropped by reason) to
@@ -26,15 +27,10 @@ def curate_sft_set(params: AlignParams, source: Path, out_dir: Path, report_path
     return curation
 
 
-def best_merged(merge: MergeParams, metrics_dir: Path, policy: PromoteParams) -> str:
-    """The merged candidate the leaderboard would rank first (eligible first, then the primary metric)."""
-    metrics = {}
-    for ratio in merge.ratios:
-        path = metrics_dir / f"merged-{ratio}.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no metrics for merged-{ratio}; run its evaluate-merged stage")
-        metrics[f"merged-{ratio}"] = json.loads(path.read_text())
-    return rank_candidates(metrics, policy)[0].name
+def best_merged(metric_files: dict[str, Path], policy: PromoteParams) -> str:
+    """The merged candidate (`name -> metrics file`) the leaderboard would rank first: eligible first, then the
+    primary metric."""
+    return rank_candidates(read_metrics(metric_files), policy)[0].name
 
 
 def align_best_merged(method: str, params: AlignParams, sft_dir: Path, merged_name: str, merged_dir: Path,

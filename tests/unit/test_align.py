@@ -15,7 +15,7 @@ from pipelines.align.curation import SftExample
 from pipelines.align.sft_set import read_sft_set
 from pipelines.align.tune import align_model, fit_to_block
 from pipelines.config import (
-    AlignParams, Bound, CurationParams, MergeParams, ParamsError, PromoteParams, TrainParams, validate_params,
+    AlignParams, Bound, CurationParams, ParamsError, PromoteParams, TrainParams, validate_params,
 )
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.training import assistant_only_examples
@@ -109,7 +109,8 @@ def test_the_best_merged_model_is_picked_by_the_leaderboard_rule(tmp_path: Path)
         (tmp_path / f"merged-{ratio}.json").write_text(
             json.dumps({"answer_accuracy": accuracy, "termination_rate": termination}))
     policy = PromoteParams(guardrails={"termination_rate": Bound(min=0.9)})
-    assert best_merged(MergeParams(ratios=[0.5, 1.0]), tmp_path, policy) == "merged-1.0"  # 0.5 is not eligible
+    files = {f"merged-{ratio}": tmp_path / f"merged-{ratio}.json" for ratio in (0.5, 1.0)}
+    assert best_merged(files, policy) == "merged-1.0"  # 0.5 is not eligible
 
 
 def test_sft_set_errors_name_the_file_line_and_key(tmp_path: Path) -> None:
