@@ -46,3 +46,17 @@ def near_duplicates(texts: list[str], threshold: float = 0.8, shingle: int = 3, 
             index.insert(str(number), signature)
         flags.append(duplicate)
     return flags
+
+
+EXACT, NEAR = "exact_duplicate", "near_duplicate"
+
+
+def duplicate_reasons(texts: list[str], near_threshold: float | None = None) -> list[str | None]:
+    """Why each text repeats an earlier kept one: `exact_duplicate` (normalised match), then, among the rest and
+    when `near_threshold` is set, `near_duplicate` (MinHash); None for the texts to keep."""
+    reasons: list[str | None] = [EXACT if repeat else None for repeat in exact_duplicates(texts)]
+    if near_threshold is not None:
+        rest = [i for i, reason in enumerate(reasons) if reason is None]
+        for i, near in zip(rest, near_duplicates([texts[i] for i in rest], near_threshold)):
+            reasons[i] = NEAR if near else None
+    return reasons

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import regex
 
 from pipelines.config import CurationParams
-from pipelines.dedup import exact_duplicates, near_duplicates
+from pipelines.dedup import EXACT, NEAR, duplicate_reasons
 
 URL = regex.compile(r"https?://\S+|www\.\S+")
 TAG = regex.compile(r"<[^>]+>")
@@ -88,15 +88,10 @@ def curate(examples: list[SftExample], params: CurationParams) -> Curation:
             dropped[reason] += 1
         else:
             survivors.append(example)
-    texts = [f"{e.prompt}\n{e.answer}" for e in survivors]
-    checks = [("exact_duplicate", exact_duplicates)]
-    if params.near_duplicate_threshold is not None:
-        checks.append(("near_duplicate", lambda t: near_duplicates(t, params.near_duplicate_threshold)))
-    for reason, find in checks:
-        flags = find(texts)
-        dropped[reason] += sum(flags)
-        survivors = [e for e, duplicate in zip(survivors, flags) if not duplicate]
-        texts = [t for t, duplicate in zip(texts, flags) if not duplicate]
+    reasons = duplicate_reasons([f"{e.prompt}\n{e.answer}" for e in survivors], params.near_duplicate_threshold)
+    for reason in [EXACT] + ([NEAR] if params.near_duplicate_threshold is not None else []):
+        dropped[reason] += reasons.count(reason)
+    survivors = [e for e, reason in zip(survivors, reasons) if reason is None]
     kept = survivors
     if params.sample_size is not None and len(kept) > params.sample_size:
         kept = diversity_sample(kept, params.sample_size, params.temperature, params.seed)

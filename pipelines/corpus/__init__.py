@@ -10,7 +10,7 @@ from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
 from pipelines.corpus.cleaning import clean_document
 from pipelines.corpus.documents import read_documents
-from pipelines.dedup import exact_duplicates, near_duplicates
+from pipelines.dedup import duplicate_reasons
 from pipelines.corpus.world import (
     Fact, World, build_world, chat_conversation, fact_choices, follow_up_conversation, pretraining_sentences,
     safety_requests, sft_rows, split_for_sft, target_lexicon,
@@ -88,11 +88,8 @@ def _deduplicated(documents: list[str], params: DataParams) -> list[str]:
     """The documents without repeats of earlier ones (`data.dedup`); exact runs first, near after it."""
     if params.dedup == "none":
         return documents
-    documents = [d for d, repeat in zip(documents, exact_duplicates(documents)) if not repeat]
-    if params.dedup == "minhash":
-        flags = near_duplicates(documents, params.near_duplicate_threshold)
-        documents = [d for d, repeat in zip(documents, flags) if not repeat]
-    return documents
+    near = params.near_duplicate_threshold if params.dedup == "minhash" else None
+    return [d for d, reason in zip(documents, duplicate_reasons(documents, near)) if reason is None]
 
 
 def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None) -> CorpusResult:
