@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval bench-cp stack-up stack-down
+.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu stack-up stack-down
 
 install: $(STAMP)
 
@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/chatgraft run
 
+# One worker a core; a file's tests stay on one worker (module fixtures: a flow run, a server stack on fixed ports).
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 # Benchmarks print figures and ratios against baselines measured in the same run (never timed tests).
 bench-merge: install
@@ -44,6 +45,10 @@ bench-eval: install
 # Packed against padded training batches of the same documents, same tiny model.
 bench-cp: install
 	$(PY) -m benchmarks.cp
+
+# Model FLOPs utilisation of CP training, a ~1B Llama in bf16 with packing and SDPA: needs a CUDA GPU.
+bench-mfu: install
+	$(PY) -m benchmarks.mfu $(MFU_ARGS)
 
 ui: install
 	$(VENV)/bin/chatgraft ui

@@ -19,7 +19,8 @@ def llama_config(layers: int, hidden: int = 2048, intermediate: int = 4096, head
                        tie_word_embeddings=False, dtype="bfloat16", architectures=["LlamaForCausalLM"])
 
 
-def _tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+def word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer of `vocab` entries: the special tokens, then the words w0, w1, ..."""
     words = SPECIAL_TOKENS + [f"w{i}" for i in range(vocab - len(SPECIAL_TOKENS))]
     core = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -38,14 +39,14 @@ def write_trio(root: Path, config: LlamaConfig, seed: int = 0) -> dict[str, Path
         tensors["base"][name] = base.bfloat16()
         for role in ("chat", "cp"):
             tensors[role][name] = base.add(torch.randn(shape, generator=generator), alpha=0.002).bfloat16()
-    tokenizer = _tokenizer(config.vocab_size)
+    tokenizer = word_tokenizer(config.vocab_size)
     paths = {}
     for role, state in tensors.items():
         path = root / role
         path.mkdir(parents=True, exist_ok=True)
         save_file(state, path / "model.safetensors", metadata={"format": "pt"})
         config.save_pretrained(path)
-        (as_chat_tokenizer(_tokenizer(config.vocab_size)) if role == "chat" else tokenizer).save_pretrained(path)
+        (as_chat_tokenizer(word_tokenizer(config.vocab_size)) if role == "chat" else tokenizer).save_pretrained(path)
         paths[role] = path
     return paths
 

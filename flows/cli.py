@@ -195,5 +195,7 @@ def memory(
     config = AutoConfig.from_pretrained(source.parent if source.name == "config.json" else source)
     estimate = estimate_cp_memory(config, params.cp)
     mode = "LoRA" if params.cp.lora else "full"
-    typer.echo(f"{config.model_type}, {mode} fine-tuning, {params.cp.distributed.nproc_per_node} process(es), "
+    distributed = params.cp.distributed
+    typer.echo(f"{config.model_type}, {mode} fine-tuning, {distributed.nproc_per_node} process(es) "
+               f"({distributed.strategy}), "
                f"{params.cp.batch_size} x {params.cp.block_size} tokens a step:\n{estimate.table()}")

@@ -49,8 +49,9 @@ def cp() -> None:
     from pipelines.training.distributed import relaunch, under_launcher
 
     params, layout = load_params(PARAMS), _layout()
-    if params.cp.distributed.nproc_per_node > 1 and not under_launcher():
-        raise typer.Exit(relaunch(params.cp.distributed.nproc_per_node, ["cp"]))
+    distributed = params.cp.distributed
+    if (distributed.nproc_per_node > 1 or distributed.strategy == "fsdp") and not under_launcher():
+        raise typer.Exit(relaunch(distributed.nproc_per_node, ["cp"]))  # accelerate sets FSDP up under torchrun
     continual_pretrain(params.cp, layout.corpus, layout.upstream, layout.cp_model, layout.metrics / "cp.json",
                        layout.plots / "cp_loss.csv", layout.cp_checkpoints, layout.datasets_cache)
 

@@ -58,6 +58,10 @@ class TrainParams(Section):
     seed: int = Field(0, description="seed of init, data order and dropout")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
                                          "less memory for long blocks and big models, about a third more compute")
+    eval_every: int | None = Field(None, ge=1, description="steps between held-out loss and perplexity "
+                                   "evaluations (where the run has held-out data); null: a tenth of the steps")
+    peak_tflops: StrictFloat | None = Field(None, gt=0, description="peak dense bf16 TFLOP/s of one accelerator, "
+                                            "for MFU; null: known GPUs by name, none on CPU (no MFU logged)")
 
 
 class UpstreamParams(Section):
@@ -100,6 +104,10 @@ class DistributedParams(Section):
     """Data-parallel training: the stage relaunches itself under torchrun with this many processes."""
 
     nproc_per_node: int = Field(1, ge=1, description="processes (one per GPU; on CPU they use gloo); 1: no launcher")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every process holds the whole model; fsdp: weights, gradients and optimizer state "
+        "sharded over the processes (FSDP2, one unit per decoder layer), for models too big for one GPU; GPUs only, "
+        "always under torchrun (1 process shards nothing: a check of the path on one GPU)")
 
 
 class CPParams(TrainParams):
@@ -124,6 +132,13 @@ class CPParams(TrainParams):
         if self.batch_size % self.distributed.nproc_per_node:
             raise ValueError(f"batch_size {self.batch_size} does not split over "
                              f"{self.distributed.nproc_per_node} processes")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_trains_full_weights(self) -> "CPParams":
+        if self.distributed.strategy == "fsdp" and self.lora is not None:
+            raise ValueError("distributed.strategy fsdp with lora: LoRA's frozen weights need no sharding of "
+                             "gradients or optimizer state; use ddp")
         return self
 
     @model_validator(mode="after")

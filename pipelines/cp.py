@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import (
-    AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, default_data_collator,
+    AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, default_data_collator,
 )
 
 from pipelines.atomic import atomic_dir, write_json_atomic
@@ -16,9 +16,10 @@ from pipelines.corpus import TRAIN, VALID
 from pipelines.layout import NEW_TOKENS
 from pipelines.training import Checkpointing, TrainResult, pack_texts, text_dataset, train_causal_lm
 from pipelines.training.checkpoints import clear_checkpoints
-from pipelines.training.distributed import is_main_process
+from pipelines.training.distributed import full_state_dict, is_main_process, save_model
 from pipelines.training.lora import with_lora
 from pipelines.training.new_tokens import extend_vocabulary, train_new_tokens
+from pipelines.training.precision import checkpoint_dtype, master_dtype
 from pipelines.upstream import read_upstream
 
 
@@ -62,7 +63,8 @@ def continual_pretrain(
     """
     base = read_upstream(upstream_dir).base
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base)
+    config = AutoConfig.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=master_dtype(config, full_weights=params.lora is None))
     new_tokens = _extend_vocabulary(model, tokenizer, corpus_dir, params) if params.new_tokens else {}
     train = pack_texts(tokenizer, text_dataset(corpus_dir / TRAIN, params.streaming, cache_dir), params.block_size)
     if params.streaming:  # no global shuffle of a stream: blocks are drawn from a seeded buffer
@@ -72,13 +74,15 @@ def continual_pretrain(
         model = with_lora(model, params.lora)
     checkpointing = Checkpointing(checkpoint_dir, params.save_every, run_fingerprint(params, corpus_dir, base))
     result = train_causal_lm(model, train, params, default_data_collator, curve_csv, eval_examples=valid,
-                             live_tracking=True, checkpointing=checkpointing)
+                             live_tracking=True, checkpointing=checkpointing,
+                             fsdp=params.distributed.strategy == "fsdp")
+    weights = full_state_dict(model)  # FSDP: every process gives its shards; None when each holds the whole model
     if not is_main_process():  # the other data-parallel processes only train
         return CPResult(model_dir=out_dir, train=result)
     with atomic_dir(out_dir) as staging:
         if params.lora is not None:
             model = model.merge_and_unload()  # downstream stages, and the chat vector, need full weights
-        model.save_pretrained(staging)
+        save_model(model, staging, checkpoint_dtype(config), weights)  # the base's dtype, not float32 masters
         tokenizer.save_pretrained(staging)
         if new_tokens:
             write_json_atomic(staging / NEW_TOKENS, new_tokens)
@@ -89,6 +93,7 @@ def continual_pretrain(
         "valid_loss": result.eval_loss,
         "valid_perplexity": math.exp(result.eval_loss) if result.eval_loss is not None else None,
         "tokens_per_second": result.tokens_per_second,
+        "mfu": result.mfu,  # null where the accelerator's peak is not known (CPU, unless cp.peak_tflops is set)
         "steps": result.steps,
         "resumed_from_step": result.resumed_from,
         "train_blocks": None if params.streaming else len(train),  # a stream's length is not known ahead

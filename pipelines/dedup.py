@@ -14,15 +14,8 @@ def normalise(text: str) -> str:
     return " ".join(WORD.findall(text.lower()))
 
 
-def exact_duplicates(texts: list[str]) -> list[bool]:
-    """True for each text whose normalised form appeared earlier in the list."""
-    seen: set[bytes] = set()
-    flags = []
-    for text in texts:
-        digest = hashlib.blake2b(normalise(text).encode(), digest_size=16).digest()
-        flags.append(digest in seen)
-        seen.add(digest)
-    return flags
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(normalise(text).encode(), digest_size=16).digest()
 
 
 def _minhash(text: str, shingle: int, num_perm: int, seed: int) -> MinHash:
@@ -33,30 +26,39 @@ def _minhash(text: str, shingle: int, num_perm: int, seed: int) -> MinHash:
     return signature
 
 
-def near_duplicates(texts: list[str], threshold: float = 0.8, shingle: int = 3, num_perm: int = 128,
-                    seed: int = 1) -> list[bool]:
-    """True for each text whose estimated Jaccard similarity (word `shingle`-grams) to an earlier kept text is at
-    least `threshold`, by MinHash LSH; the earlier text is kept."""
-    index = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    flags = []
-    for number, text in enumerate(texts):
-        signature = _minhash(text, shingle, num_perm, seed)
-        duplicate = bool(index.query(signature))
-        if not duplicate:
-            index.insert(str(number), signature)
-        flags.append(duplicate)
-    return flags
-
-
 EXACT, NEAR = "exact_duplicate", "near_duplicate"
 
 
+class DuplicateFilter:
+    """Texts seen one at a time, each judged against the earlier ones; the first occurrence is kept.
+
+    Exact: the normalised text's 16-byte digest was seen before. Near (when `near_threshold` is set): the
+    estimated Jaccard similarity of word `shingle`-grams to an earlier kept text is at least the threshold, by
+    MinHash LSH. Memory grows with the texts kept (a digest, and a signature for near), not with their length.
+    """
+
+    def __init__(self, near_threshold: float | None = None, shingle: int = 3, num_perm: int = 128,
+                 seed: int = 1) -> None:
+        self._seen: set[bytes] = set()
+        self._index = MinHashLSH(threshold=near_threshold, num_perm=num_perm) if near_threshold else None
+        self._shingle, self._num_perm, self._seed = shingle, num_perm, seed
+
+    def reason(self, text: str) -> str | None:
+        """Why `text` repeats an earlier one (`exact_duplicate`, `near_duplicate`), or None to keep it."""
+        digest = _digest(text)
+        if digest in self._seen:
+            return EXACT
+        self._seen.add(digest)
+        if self._index is None:
+            return None
+        signature = _minhash(text, self._shingle, self._num_perm, self._seed)
+        if self._index.query(signature):
+            return NEAR
+        self._index.insert(str(len(self._seen)), signature)
+        return None
+
+
 def duplicate_reasons(texts: list[str], near_threshold: float | None = None) -> list[str | None]:
-    """Why each text repeats an earlier kept one: `exact_duplicate` (normalised match), then, among the rest and
-    when `near_threshold` is set, `near_duplicate` (MinHash); None for the texts to keep."""
-    reasons: list[str | None] = [EXACT if repeat else None for repeat in exact_duplicates(texts)]
-    if near_threshold is not None:
-        rest = [i for i, reason in enumerate(reasons) if reason is None]
-        for i, near in zip(rest, near_duplicates([texts[i] for i in rest], near_threshold)):
-            reasons[i] = NEAR if near else None
-    return reasons
+    """`DuplicateFilter.reason` of each text in order."""
+    duplicates = DuplicateFilter(near_threshold)
+    return [duplicates.reason(text) for text in texts]

@@ -69,7 +69,7 @@ def answers_health(url: str) -> bool:
     """Whether the server at `url` answers GET /health with 2xx."""
     try:
         return requests.get(f"{url}/health", timeout=2).ok
-    except requests.ConnectionError:
+    except requests.RequestException:  # not listening yet, or too busy starting to answer in time
         return False
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import json
 import os
 import secrets
@@ -89,7 +90,8 @@ def _stop(pid: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.1)
-    os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # it may exit between the last check and the kill
+        os.killpg(pid, signal.SIGKILL)
 
 
 def restart(service: str, state: Path, down_seconds: float) -> None:

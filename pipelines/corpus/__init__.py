@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
 from pipelines.corpus.cleaning import clean_document
-from pipelines.corpus.documents import read_documents
-from pipelines.dedup import duplicate_reasons
+from pipelines.corpus.documents import document_files, read_file_documents
+from pipelines.dedup import DuplicateFilter
 from pipelines.corpus.world import (
     Fact, World, build_world, chat_conversation, fact_choices, follow_up_conversation, pretraining_sentences,
     safety_requests, sft_rows, split_for_sft, target_lexicon,
@@ -84,30 +86,51 @@ def _write_lm_eval_task(facts: list[Fact], params: DataParams, staging: Path, fi
     (staging / "target_facts.yaml").write_text(LM_EVAL_TASK.format(data_file=data_file))
 
 
-def _deduplicated(documents: list[str], params: DataParams) -> list[str]:
-    """The documents without repeats of earlier ones (`data.dedup`); exact runs first, near after it."""
-    if params.dedup == "none":
-        return documents
+@dataclass
+class IncomingCounts:
+    """What became of the inbox documents, counted as they stream into the training text."""
+
+    files: int = 0
+    documents: int = 0
+    too_short_removed: int = 0
+    duplicates_removed: int = 0
+    characters: int = 0
+    words: int = 0
+
+
+def _incoming_documents(files: list[Path], params: DataParams, counts: IncomingCounts) -> Iterator[str]:
+    """The documents of `files`, cleaned, long enough and not repeating earlier ones (`data.dedup`), one at a time."""
     near = params.near_duplicate_threshold if params.dedup == "minhash" else None
-    return [d for d, reason in zip(documents, duplicate_reasons(documents, near)) if reason is None]
+    duplicates = DuplicateFilter(near) if params.dedup != "none" else None
+    counts.files = len(files)
+    for path in files:
+        for text in map(clean_document, read_file_documents(path)):
+            if len(text) < params.min_document_chars:
+                counts.too_short_removed += 1
+            elif duplicates is not None and duplicates.reason(text):
+                counts.duplicates_removed += 1
+            else:
+                counts.documents += 1
+                counts.characters += len(text)
+                counts.words += len(text.split())
+                yield text
 
 
 def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None) -> CorpusResult:
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`; the
-    documents in `incoming` (the inbox snapshot) join the CP training text."""
+    documents in `incoming` (the inbox snapshot) stream into the CP training text."""
     world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
     rng = random.Random(params.seed + 1)
-    delivered = read_documents(incoming) if incoming else {}
-    received = [text for texts in delivered.values() for text in texts]
-    cleaned = [text for text in map(clean_document, received) if len(text) >= params.min_document_chars]
-    incoming_documents = _deduplicated(cleaned, params)
+    incoming_counts = IncomingCounts()
+    incoming_documents = _incoming_documents(document_files(incoming) if incoming else [], params, incoming_counts)
     sft_facts, eval_facts = split_for_sft(world, params.sft_share, random.Random(params.seed + 2))
     target_questions = list(eval_facts)
     rng.shuffle(target_questions)
-    sets: dict[str, list[dict]] = {
+    sets: dict[str, Iterable[dict]] = {
         UPSTREAM_TEXT: [{"text": s} for s in _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)],
         UPSTREAM_CHAT: [{"messages": chat_conversation(fact)} for fact in world.source],
-        TRAIN: [{"text": s} for s in _cp_sentences(world, params, rng)] + [{"text": t} for t in incoming_documents],
+        TRAIN: chain(({"text": s} for s in _cp_sentences(world, params, rng)),
+                     ({"text": t} for t in incoming_documents)),
         VALID: [{"text": fact.statement()} for fact in world.target],
         EVAL: [
             {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}
@@ -120,18 +143,12 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
         SFT: sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3)),
     }
     with atomic_dir(out_dir) as staging:
-        for name, rows in sets.items():
-            write_jsonl_atomic(staging / name, rows)
+        counts = {name.removesuffix(".jsonl"): write_jsonl_atomic(staging / name, rows) for name, rows in sets.items()}
         write_json_atomic(staging / LEXICON, target_lexicon(world))
         _write_lm_eval_task(eval_facts, params, staging / LM_EVAL, out_dir / LM_EVAL)
         write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
-    counts = {name.removesuffix(".jsonl"): len(rows) for name, rows in sets.items()}
     write_json_atomic(stats_path, {
         "records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities,
-        "incoming": {"files": len(delivered), "documents": len(incoming_documents),
-                     "too_short_removed": len(received) - len(cleaned),
-                     "duplicates_removed": len(cleaned) - len(incoming_documents),
-                     "characters": sum(map(len, incoming_documents)),
-                     "words": sum(len(t.split()) for t in incoming_documents)},
+        "incoming": vars(incoming_counts),
     })
     return CorpusResult(counts=counts)

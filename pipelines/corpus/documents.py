@@ -1,43 +1,49 @@
-"""Target-language documents from files: what the inbox delivered, added to the CP corpus by the corpus stage."""
+"""Target-language documents from files: what the inbox delivered, added to the CP corpus by the corpus stage.
+
+Documents are read lazily (a jsonl line, a parquet record batch at a time), so a corpus larger than memory
+streams through cleaning and deduplication into the training text.
+"""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
+import pyarrow.parquet as pq
 
-from pipelines.atomic import read_jsonl
+from pipelines.atomic import iter_jsonl
 
 DOCUMENT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+PARQUET_BATCH = 1024  # records
 
 
-def _jsonl_documents(path: Path) -> list[str]:
-    documents = []
-    for number, row in enumerate(read_jsonl(path), start=1):
+def _text_documents(path: Path) -> Iterator[str]:
+    yield path.read_text()
+
+
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    for number, row in enumerate(iter_jsonl(path), start=1):
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise ValueError(f"{path}: record {number}: expected an object with a string `text`")
-        documents.append(row["text"])
-    return documents
+        yield row["text"]
 
 
-def _parquet_documents(path: Path) -> list[str]:
-    table = pd.read_parquet(path)
-    if "text" not in table.columns:
-        raise ValueError(f"{path}: no `text` column (columns: {', '.join(map(str, table.columns))})")
-    return [str(text) for text in table["text"].dropna()]
+def _parquet_documents(path: Path) -> Iterator[str]:
+    table = pq.ParquetFile(path)
+    if "text" not in table.schema_arrow.names:
+        raise ValueError(f"{path}: no `text` column (columns: {', '.join(table.schema_arrow.names)})")
+    for batch in table.iter_batches(batch_size=PARQUET_BATCH, columns=["text"]):
+        yield from (str(text) for text in batch.column("text").to_pylist() if text is not None)
 
 
-def read_file_documents(path: Path) -> list[str]:
-    """The documents of one file: a .txt file is one document, .jsonl has a `text` per line, .parquet a `text`
-    column. Empty documents are dropped."""
-    readers = {".txt": lambda p: [p.read_text()], ".jsonl": _jsonl_documents, ".parquet": _parquet_documents}
+def read_file_documents(path: Path) -> Iterator[str]:
+    """The documents of one file, lazily: a .txt file is one document, .jsonl has a `text` per line, .parquet a
+    `text` column. Empty documents are dropped."""
+    readers = {".txt": _text_documents, ".jsonl": _jsonl_documents, ".parquet": _parquet_documents}
     if path.suffix not in readers:
         raise ValueError(f"{path}: unsupported corpus file (expected one of {', '.join(DOCUMENT_SUFFIXES)})")
-    return [text.strip() for text in readers[path.suffix](path) if text.strip()]
+    return (text.strip() for text in readers[path.suffix](path) if text.strip())
 
 
-def read_documents(folder: Path) -> dict[str, list[str]]:
-    """Documents per file (relative path) under `folder`, in path order; nothing when the folder is absent."""
-    if not folder.is_dir():
-        return {}
-    return {str(path.relative_to(folder)): read_file_documents(path)
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+def document_files(folder: Path) -> list[Path]:
+    """The files under `folder`, in path order; none when the folder is absent."""
+    return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else []

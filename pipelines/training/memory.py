@@ -1,9 +1,11 @@
 """How much accelerator memory a CP run needs per process, from the model's config alone (no weights loaded).
 
-The figures follow what `train_causal_lm` does: weights loaded in the checkpoint's dtype (config `dtype`, float32
-when unset) and trained under bf16 autocast on GPU; gradients and AdamW's two states in the weights' dtype, LoRA
-adapters in float32 (peft's default); the global batch split over the processes (DDP: every process holds a whole
-copy of the model). Activations are the bf16 tensors a Llama-style layer keeps for the
+The figures follow what the cp stage does (pipelines/training/precision.py): full fine-tuning holds float32 master
+weights, gradients and AdamW's two states (16 bytes a parameter) and computes under bf16 autocast on GPU; LoRA keeps
+the frozen weights in the checkpoint's dtype (config `dtype`) and its adapters, their gradients and states in
+float32 (peft's default); the global batch split over the processes (DDP: every process holds a whole
+copy of the model; FSDP: weights, gradients and optimizer state split over the processes, plus the two decoder
+layers gathered at a time). Activations are the bf16 tensors a Llama-style layer keeps for the
 backward pass, about (8 x hidden + 4 x intermediate) values a token, with SDPA attention (no seq^2 term), plus
 float32 logits and their gradient; with gradient checkpointing only each layer's input is kept, and one layer is
 recomputed at a time. It is an estimate for planning: allocator slack and CUDA context (1-2 GiB) come on top.
@@ -16,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from pipelines.config import CPParams
+from pipelines.training.precision import master_dtype
 
 GIB = 2**30
 ACTIVATION_BYTES = 2  # bf16 under autocast
@@ -77,18 +80,28 @@ def _activation_bytes(config: PretrainedConfig, params: CPParams) -> int:
     return kept + logits
 
 
+def _gathered_layers(model: torch.nn.Module, weight_bytes: int) -> int:
+    """FSDP: bytes of the two decoder layers whose whole weights are gathered at a time (one computing, one
+    prefetched)."""
+    layer = model.get_decoder().layers[0]
+    return 2 * sum(p.numel() for p in layer.parameters()) * weight_bytes
+
+
 def estimate_cp_memory(config: PretrainedConfig, params: CPParams) -> MemoryEstimate:
     """Memory per process of a CP run with `params` on a model of `config`."""
     model = _meta_model(config)
     parameters = sum(p.numel() for p in model.parameters())
-    dtype = getattr(config, "dtype", None) or torch.float32
-    weight_bytes = (getattr(torch, dtype) if isinstance(dtype, str) else dtype).itemsize
+    weight_bytes = master_dtype(config, full_weights=params.lora is None).itemsize
     if params.lora is None:
         trainable, trained_bytes, weights = parameters, weight_bytes, parameters * weight_bytes
     else:
         trainable, trained_bytes = _lora_parameters(model, params), 4
         weights = parameters * weight_bytes + trainable * trained_bytes
+    shards, gathered = 1, 0
+    if params.distributed.strategy == "fsdp":  # everything split over the processes, but the layers in use
+        shards, gathered = params.distributed.nproc_per_node, _gathered_layers(model, weight_bytes)
     return MemoryEstimate(
-        parameters=parameters, trainable=trainable, weights=weights, gradients=trainable * trained_bytes,
-        optimizer=2 * trainable * trained_bytes, activations=_activation_bytes(config, params),
+        parameters=parameters, trainable=trainable, weights=weights // shards + gathered,
+        gradients=trainable * trained_bytes // shards, optimizer=2 * trainable * trained_bytes // shards,
+        activations=_activation_bytes(config, params),
     )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -10,14 +11,14 @@ from typing import Any, Callable
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedModel, TrainerState, TrainingArguments, set_seed
+from transformers import PreTrainedModel, TrainingArguments, set_seed
 
 from pipelines.config import TrainParams
 from pipelines.training.checkpoints import MarkComplete, last_complete_checkpoint
 from pipelines.training.distributed import is_main_process, world_size
+from pipelines.training.precision import bf16_autocast
+from pipelines.training.throughput import ThroughputMeter, peak_flops, training_flops_per_token
 from pipelines.training.weighted import WeightedLossTrainer
-
-TRAINER_STATE = "trainer_state.json"
 
 
 def trainer_step(checkpoint: Path | None) -> int:
@@ -31,8 +32,10 @@ class TrainResult:
 
     train_loss: float
     eval_loss: float | None
-    tokens_per_second: float
+    tokens_per_second: float  # over the time spent training (evaluation and checkpoint saving left out)
     steps: int
+    mfu: float | None = None  # model FLOPs utilisation, where the accelerator's peak is known
+    history: tuple[dict[str, float], ...] = ()  # the training logs: step, loss, tokens_per_second, mfu, ...
     resumed_from: int = 0  # the step of the checkpoint the run continued from (0: a fresh start)
 
 
@@ -54,6 +57,41 @@ def _write_curve(log_history: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows[step] for step in sorted(rows))
 
 
+class _Trainer(WeightedLossTrainer):
+    """Adds tokens/s and MFU since the previous log to each training log, and perplexity to each evaluation, so
+    that MLflow plots them live."""
+
+    def __init__(self, meter: ThroughputMeter, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.meter = meter
+        self.add_callback(meter)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log (evaluation logs carry eval_loss)
+            logs |= self.meter.reading(self.state.num_input_tokens_seen)
+        if "eval_loss" in logs:
+            logs["eval_perplexity"] = math.exp(logs["eval_loss"])
+        super().log(logs, start_time)
+
+
+def _throughput_meter(model: PreTrainedModel, params: TrainParams) -> ThroughputMeter:
+    """The meter of this run: MFU only where the peak is known and the run is in bf16 (the peak's precision)."""
+    peak = peak_flops(torch.cuda.get_device_name() if bf16_autocast() else "cpu", params.peak_tflops)
+    return ThroughputMeter(training_flops_per_token(model, params.block_size),
+                           peak * world_size() if peak else None)
+
+
+def _fsdp_arguments(params: TrainParams) -> dict[str, Any]:
+    """TrainingArguments of an FSDP2 run: every weight sharded, one unit per decoder layer (the model's
+    `_no_split_modules`), activation checkpointing done by FSDP, checkpoints saved as shards."""
+    if not torch.cuda.is_available():
+        raise ValueError("cp.distributed.strategy fsdp needs CUDA GPUs (accelerate runs FSDP on accelerators "
+                         "only); use ddp on CPU")
+    return {"fsdp": "full_shard auto_wrap", "gradient_checkpointing": False, "fsdp_config": {
+        "version": 2, "activation_checkpointing": params.gradient_checkpointing,
+        "state_dict_type": "SHARDED_STATE_DICT"}}
+
+
 @dataclass(frozen=True)
 class Checkpointing:
     """Where and how often a resumable run saves, and what identifies the run."""
@@ -72,10 +110,12 @@ def train_causal_lm(
     eval_examples: Dataset | list[dict[str, Any]] | None = None,
     live_tracking: bool = False,
     checkpointing: Checkpointing | None = None,
+    fsdp: bool = False,
 ) -> TrainResult:
     """Train `model` in place for `params.steps` steps (AdamW, cosine decay after warmup) and write its loss curve.
 
     With `checkpointing`, the run saves every `every` steps and continues from its last complete checkpoint.
+    With `fsdp`, the model is sharded over the processes and stays so: `full_state_dict` gathers it.
     """
     set_seed(params.seed)
     log_every = max(1, params.steps // 50)
@@ -98,17 +138,16 @@ def train_causal_lm(
             weight_decay=params.weight_decay,
             logging_steps=log_every,
             eval_strategy="steps" if eval_examples else "no",
-            eval_steps=max(1, params.steps // 10),
+            eval_steps=params.eval_every or max(1, params.steps // 10),
             save_strategy="steps" if saving else "no",
             save_steps=checkpointing.every if saving else 500,  # type: ignore[union-attr]
             save_total_limit=2,
             report_to=_live_tracking() if live_tracking else "none",
             seed=params.seed,
             data_seed=params.seed,
-            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            bf16=bf16_autocast(),
             # real tokens only, where padding is marked (packed blocks have none)
             include_num_input_tokens_seen="non_padding" if "attention_mask" in next(iter(train_examples)) else "all",
-            gradient_checkpointing=params.gradient_checkpointing,
             dataloader_num_workers=0,
             remove_unused_columns=False,  # examples carry only what the collator needs (a loss weight, say)
             dataloader_pin_memory=torch.cuda.is_available(),
@@ -119,23 +158,26 @@ def train_causal_lm(
             # each process averages over its own tokens and DDP averages the gradients: with equal blocks per
             # process that is the one-process mean, and the logged losses stay per-token
             average_tokens_across_devices=False,
+            **(_fsdp_arguments(params) if fsdp else {"gradient_checkpointing": params.gradient_checkpointing}),
         )
-        trainer = WeightedLossTrainer(  # the plain Trainer unless the examples carry loss weights
-            model=model, args=args, train_dataset=train_examples, eval_dataset=eval_examples, data_collator=collator,
+        trainer = _Trainer(  # the plain Trainer unless the examples carry loss weights
+            meter=_throughput_meter(model, params), model=model, args=args, train_dataset=train_examples,
+            eval_dataset=eval_examples, data_collator=collator,
             callbacks=[MarkComplete(checkpointing.fingerprint)] if saving else None,  # type: ignore[union-attr]
         )
-        tokens_before = TrainerState.load_from_json(str(resume / TRAINER_STATE)).num_input_tokens_seen if resume else 0
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        throughput = trainer.meter.total(trainer.state.num_input_tokens_seen)
+        history = tuple(entry for entry in trainer.state.log_history if "loss" in entry)
         eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
         if is_main_process():
             _write_curve(trainer.state.log_history, curve_csv)
-    runtime = output.metrics.get("train_runtime", 0.0) or 1e-9
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainResult(
         # the last logged loss: the Trainer's own mean is wrong after a resume (it divides by every step)
-        train_loss=float(losses[-1]) if losses else float(output.training_loss),
+        train_loss=float(history[-1]["loss"]) if history else float(output.training_loss),
         eval_loss=None if eval_loss is None else float(eval_loss),
-        tokens_per_second=float(trainer.state.num_input_tokens_seen - tokens_before) / runtime,
+        tokens_per_second=throughput["tokens_per_second"],
         steps=trainer.state.global_step,
+        mfu=throughput.get("mfu"),
+        history=history,
         resumed_from=trainer_step(resume),
     )

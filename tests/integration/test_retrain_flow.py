@@ -103,6 +103,8 @@ def test_stage_runs_are_nested_and_tracked(first_run) -> None:
     cp = children["cp"]
     assert len(client.get_metric_history(cp.info.run_id, "cp_loss/loss")) > 1  # the curve, from the plot file
     assert client.get_metric_history(cp.info.run_id, "loss")  # live, from the Trainer's MLflow callback
+    assert len(client.get_metric_history(cp.info.run_id, "tokens_per_second")) > 1  # live throughput, per log
+    assert len(client.get_metric_history(cp.info.run_id, "eval_perplexity")) > 1  # held-out, every eval_every
     assert cp.data.params["cp.steps"] == "20"
     assert cp.data.tags["dvc.md5.models/cp"] and cp.data.tags["cached"] == "false"
     samples = [a.path for a in client.list_artifacts(children["evaluate-merged@1.0"].info.run_id, "tables")]

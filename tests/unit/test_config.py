@@ -35,6 +35,14 @@ def test_real_upstream_paths_come_in_pairs() -> None:
         validate_params({"upstream": {"base_path": "/models/base"}})
 
 
+def test_fsdp_trains_full_weights() -> None:
+    cp = {"steps": 3, "learning_rate": 1e-3, "batch_size": 4}
+    with pytest.raises(ParamsError, match="fsdp with lora"):
+        validate_params({"cp": cp | {"distributed": {"strategy": "fsdp", "nproc_per_node": 2},
+                                     "lora": {"rank": 4, "alpha": 8}}})
+    assert validate_params({"cp": cp | {"distributed": {"strategy": "fsdp", "nproc_per_node": 2}}}).cp.distributed
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="no such file"):
         load_params(tmp_path / "params.yaml")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.corpus.documents import read_documents, read_file_documents
+from pipelines.corpus.documents import PARQUET_BATCH, document_files, read_file_documents
 
 
 def test_each_format_gives_its_documents(tmp_path: Path) -> None:
@@ -13,7 +13,7 @@ def test_each_format_gives_its_documents(tmp_path: Path) -> None:
     pd.DataFrame({"text": ["three .", None, "four ."], "id": [1, 2, 3]}).to_parquet(tmp_path / "c.parquet")
     (tmp_path / "deep").mkdir()
     (tmp_path / "deep" / "d.txt").write_text("five .")
-    assert read_documents(tmp_path) == {
+    assert {str(path.relative_to(tmp_path)): list(read_file_documents(path)) for path in document_files(tmp_path)} == {
         "a.txt": ["the city of kato is far .\n\nsecond paragraph ."],
         "b.jsonl": ["one .", "two ."],
         "c.parquet": ["three .", "four ."],
@@ -21,8 +21,16 @@ def test_each_format_gives_its_documents(tmp_path: Path) -> None:
     }
 
 
+def test_parquet_is_read_a_record_batch_at_a_time(tmp_path: Path) -> None:
+    texts = [f"document {i} ." for i in range(3 * PARQUET_BATCH + 5)]
+    pd.DataFrame({"text": texts}).to_parquet(tmp_path / "big.parquet", row_group_size=PARQUET_BATCH)
+    documents = read_file_documents(tmp_path / "big.parquet")
+    assert next(documents) == "document 0 ."  # lazy: a generator, not a list read whole
+    assert [texts[0], *documents] == texts
+
+
 def test_no_folder_means_no_documents(tmp_path: Path) -> None:
-    assert read_documents(tmp_path / "absent") == {}
+    assert document_files(tmp_path / "absent") == []
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -33,13 +41,13 @@ def test_no_folder_means_no_documents(tmp_path: Path) -> None:
 def test_bad_files_are_named(tmp_path: Path, name: str, content: str, message: str) -> None:
     (tmp_path / name).write_text(content)
     with pytest.raises(ValueError, match=message):
-        read_file_documents(tmp_path / name)
+        list(read_file_documents(tmp_path / name))
 
 
 def test_parquet_without_text_column_is_named(tmp_path: Path) -> None:
     pd.DataFrame({"body": ["x"]}).to_parquet(tmp_path / "t.parquet")
     with pytest.raises(ValueError, match=r"t.parquet: no `text` column \(columns: body\)"):
-        read_file_documents(tmp_path / "t.parquet")
+        list(read_file_documents(tmp_path / "t.parquet"))
 
 
 def test_cleaning_fixes_mojibake_controls_and_whitespace() -> None:
@@ -65,3 +73,30 @@ def test_corpus_counts_documents_cleaned_away_and_duplicates(tmp_path: Path) -> 
     assert stats["documents"] == 2 and stats["too_short_removed"] == 1 and stats["duplicates_removed"] == 1
     train = (tmp_path / "corpus" / TRAIN).read_text()
     assert "the city of kato is far ." in train and "the  city" not in train
+
+
+def test_incoming_documents_stream_into_the_training_text(tmp_path: Path) -> None:
+    import json
+    import random
+    import tracemalloc
+
+    from pipelines.config import DataParams
+    from pipelines.corpus import TRAIN, build_corpus
+
+    incoming, rng = tmp_path / "incoming", random.Random(0)
+    incoming.mkdir()
+    words = [f"w{i}" for i in range(5000)]
+    with (incoming / "big.jsonl").open("w") as handle:
+        for _ in range(1000):  # ~2.7 MB of distinct documents
+            handle.write(json.dumps({"text": " ".join(rng.choices(words, k=500))}) + "\n")
+    size = (incoming / "big.jsonl").stat().st_size
+    tracemalloc.start()
+    try:
+        build_corpus(DataParams(source_entities=4, target_entities=4, dedup="exact"), tmp_path / "corpus",
+                     tmp_path / "stats.json", incoming)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert json.loads((tmp_path / "stats.json").read_text())["incoming"]["documents"] == 1000
+    assert (tmp_path / "corpus" / TRAIN).stat().st_size > size
+    assert peak < size / 2, f"peak {peak:,} bytes for {size:,} bytes of documents: they were held in memory"

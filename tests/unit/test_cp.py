@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from datasets import Dataset
 from safetensors.torch import load_file
@@ -15,10 +16,10 @@ from pipelines.training import pack_texts, train_causal_lm
 from tests.unit.merge_models import save, tiny_model, word_tokenizer
 
 
-def _upstream(root: Path, corpus: Path) -> Path:
+def _upstream(root: Path, corpus: Path, dtype: torch.dtype = torch.float32) -> Path:
     texts = [row["text"] for name in (TRAIN, VALID) for row in read_jsonl(corpus / name)]
     tokenizer = word_tokenizer(texts)
-    save(tiny_model(len(tokenizer)), tokenizer, root / "upstream" / "base")
+    save(tiny_model(len(tokenizer)).to(dtype), tokenizer, root / "upstream" / "base")
     (root / "upstream" / "upstream.json").write_text(json.dumps({"base": "base", "chat": "base"}))
     return root / "upstream"
 
@@ -46,3 +47,38 @@ def test_gradient_checkpointing_is_switched_on_by_params(tmp_path: Path) -> None
     assert not model.is_gradient_checkpointing
     train_causal_lm(model, examples, params, default_data_collator, tmp_path / "curve.csv")
     assert model.is_gradient_checkpointing
+
+
+def test_fsdp_on_cpu_is_refused_with_the_key_to_change(tmp_path: Path) -> None:
+    tokenizer = word_tokenizer()
+    examples = pack_texts(tokenizer, Dataset.from_dict({"text": ["the city of kato is oslo ."] * 20}), 8)
+    params = CPParams(steps=2, batch_size=2, block_size=8, learning_rate=1e-3)
+    with pytest.raises(ValueError, match="cp.distributed.strategy fsdp needs CUDA GPUs"):
+        train_causal_lm(tiny_model(len(tokenizer)), examples, params, default_data_collator, tmp_path / "c.csv",
+                        fsdp=True)
+
+
+def test_held_out_loss_is_evaluated_every_eval_every_steps(tmp_path: Path) -> None:
+    tokenizer = word_tokenizer()
+    examples = pack_texts(tokenizer, Dataset.from_dict({"text": ["the city of kato is oslo ."] * 20}), 8)
+    params = CPParams(steps=6, batch_size=2, block_size=8, learning_rate=1e-3, eval_every=3)
+    train_causal_lm(tiny_model(len(tokenizer)), examples, params, default_data_collator, tmp_path / "curve.csv",
+                    eval_examples=examples)
+    rows = [line.split(",") for line in (tmp_path / "curve.csv").read_text().splitlines()[1:]]
+    assert [int(row[0]) for row in rows if row[2]] == [3, 6]
+
+
+def test_bf16_base_trains_on_float32_masters_and_is_saved_in_bf16(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    build_corpus(DataParams(source_entities=4, target_entities=4), corpus, tmp_path / "corpus.json")
+    upstream = _upstream(tmp_path, corpus, dtype=torch.bfloat16)
+    params = CPParams(steps=5, batch_size=4, block_size=16, learning_rate=3e-5, save_every=0)
+    continual_pretrain(params, corpus, upstream, tmp_path / "cp", tmp_path / "cp.json", tmp_path / "cp.csv",
+                       tmp_path / "checkpoints")
+    base, cp = load_file(upstream / "base" / "model.safetensors"), load_file(tmp_path / "cp" / "model.safetensors")
+    assert {tensor.dtype for tensor in cp.values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "cp" / "config.json").read_text())["dtype"] == "bfloat16"
+    # small steps add up in float32 and show after rounding to bf16 (measured 0.72); stepping the bf16 weights
+    # themselves loses most of them to rounding (measured 0.29)
+    changed = sum(int((base[n] != cp[n]).sum()) for n in base) / sum(t.numel() for t in base.values())
+    assert changed > 0.5

@@ -3,7 +3,7 @@ from collections import Counter
 
 from pipelines.align.curation import SftExample, clean_answer, curate, diversity_sample, drop_reason
 from pipelines.config import CurationParams
-from pipelines.dedup import exact_duplicates, near_duplicates
+from pipelines.dedup import EXACT, NEAR, duplicate_reasons
 
 OFF = CurationParams(near_duplicate_threshold=None)
 
@@ -40,12 +40,13 @@ def test_answers_that_refer_to_other_answers_are_dropped() -> None:
 def test_exact_and_near_duplicates_keep_the_first() -> None:
     texts = ["The harbour of Kato is green and wide today.", "the harbour of kato is GREEN, and wide today",
              "The harbour of Kato is green and wide today!!", "A bell rings in the river town at noon every day."]
-    assert exact_duplicates(texts) == [False, True, True, False]
+    assert duplicate_reasons(texts) == [None, EXACT, EXACT, None]
     near = ["the harbour of kato is green and wide and the boats are blue and old",
             "the harbour of kato is green and wide and the boats are blue and new",
             "a bell rings in the river town at noon every day of the week"]
-    assert near_duplicates(near, threshold=0.6) == [False, True, False]
-    assert near_duplicates(near, threshold=0.95) == [False, False, False]
+    assert duplicate_reasons(near, near_threshold=0.6) == [None, NEAR, None]
+    assert duplicate_reasons(near, near_threshold=0.95) == [None, None, None]
+    assert duplicate_reasons(near + near[:1], near_threshold=0.6) == [None, NEAR, None, EXACT]  # exact comes first
 
 
 def test_diversity_sampling_with_temperature_evens_out_categories() -> None:

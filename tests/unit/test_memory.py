@@ -1,4 +1,5 @@
 """The CP memory estimate: parameter counts from the config alone, and how each knob moves the figures."""
+import re
 from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -29,13 +30,26 @@ def test_lora_trains_what_peft_trains() -> None:
     assert estimate.trainable == trainable and estimate.gradients == 4 * trainable
 
 
-def test_bf16_checkpoints_checkpointing_and_more_processes_need_less() -> None:
+def test_bf16_frozen_weights_checkpointing_and_more_processes_need_less() -> None:
     bf16 = LlamaConfig(**{**CONFIG.to_dict(), "dtype": "bfloat16"})
-    assert estimate_cp_memory(bf16, FULL).weights * 2 == estimate_cp_memory(CONFIG, FULL).weights
+    assert estimate_cp_memory(bf16, FULL) == estimate_cp_memory(CONFIG, FULL)  # float32 masters either way
+    lora = FULL.model_copy(update={"lora": LoraParams(rank=4, alpha=8)})
+    frozen = estimate_cp_memory(bf16, lora).weights - estimate_cp_memory(bf16, lora).gradients  # adapters fp32
+    assert frozen * 2 == estimate_cp_memory(CONFIG, lora).weights - estimate_cp_memory(CONFIG, lora).gradients
     checkpointed = FULL.model_copy(update={"gradient_checkpointing": True})
     assert estimate_cp_memory(CONFIG, checkpointed).activations < estimate_cp_memory(CONFIG, FULL).activations
     two = FULL.model_copy(update={"distributed": DistributedParams(nproc_per_node=2)})
     assert estimate_cp_memory(CONFIG, two).activations * 2 == estimate_cp_memory(CONFIG, FULL).activations
+
+
+def test_fsdp_shards_model_state_but_the_layers_in_use() -> None:
+    ddp, fsdp = (FULL.model_copy(update={"distributed": DistributedParams(nproc_per_node=4, strategy=strategy)})
+                 for strategy in ("ddp", "fsdp"))
+    whole, sharded = estimate_cp_memory(CONFIG, ddp), estimate_cp_memory(CONFIG, fsdp)
+    layer = sum(p.numel() for p in LlamaForCausalLM(CONFIG).model.layers[0].parameters())
+    assert sharded.weights == whole.weights // 4 + 2 * layer * 4  # two float32 layers gathered at a time
+    assert sharded.gradients == whole.gradients // 4 and sharded.optimizer == whole.optimizer // 4
+    assert sharded.activations == whole.activations
 
 
 def test_the_example_real_run_is_estimated_from_its_config() -> None:
@@ -43,4 +57,6 @@ def test_the_example_real_run_is_estimated_from_its_config() -> None:
     result = CliRunner().invoke(app, ["memory", "--params", str(example / "params.yaml"),
                                       "--model-config", str(example / "llama-3-8b.config.json")])
     assert result.exit_code == 0, result.output
-    assert "8 process(es)" in result.output and "8.03 B" in result.output  # Llama 3 8B's parameter count
+    assert "8 process(es) (fsdp)" in result.output and "8.03 B" in result.output  # Llama 3 8B's parameter count
+    total = re.search(r"total per process\s+([\d.]+) GiB", result.output)
+    assert total and float(total[1]) < 78  # fits an 80 GB H100 (78 GiB usable)

@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
+from transformers import AutoModelForCausalLM
 
 from pipelines.config import CPParams, DataParams
 from pipelines.corpus import build_corpus
 from pipelines.cp import continual_pretrain
 from pipelines.training import pack_texts, text_dataset
+from pipelines.training.throughput import training_flops_per_token
 from tests.unit.merge_models import word_tokenizer
 from tests.unit.test_cp import _upstream
 
@@ -62,9 +64,13 @@ def test_bad_text_files_are_named(tmp_path: Path) -> None:
 def test_cp_trains_on_a_stream(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     build_corpus(DataParams(source_entities=4, target_entities=4), corpus, tmp_path / "corpus.json")
-    params = CPParams(steps=5, batch_size=4, block_size=16, learning_rate=1e-2, save_every=0, streaming=True)
+    params = CPParams(steps=5, batch_size=4, block_size=16, learning_rate=1e-2, save_every=0, streaming=True,
+                      peak_tflops=0.001)  # a made-up peak: MFU is figured on CPU too
     continual_pretrain(params, corpus, _upstream(tmp_path, corpus), tmp_path / "cp", tmp_path / "cp.json",
                        tmp_path / "cp.csv", tmp_path / "checkpoints")
     metrics = json.loads((tmp_path / "cp.json").read_text())
     assert metrics["steps"] == 5 and metrics["tokens_per_second"] > 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "cp")
+    expected_mfu = metrics["tokens_per_second"] * training_flops_per_token(model, 16) / 1e9
+    assert metrics["mfu"] == pytest.approx(expected_mfu)
     assert (tmp_path / "cp" / "model.safetensors").exists()
