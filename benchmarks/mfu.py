@@ -2,7 +2,8 @@
 
 The training path is the cp stage's (float32 master weights under bf16 autocast, `pack_texts`, `train_causal_lm`,
 its throughput meter); only the model is built from a config (TinyLlama-1.1B's shape, random weights of a bf16
-checkpoint) and the text is random words, since no hub is reachable. The first steps are a warm-up (CUDA kernels picked, memory pools grown), left out of the measured figure.
+checkpoint) and the text is random words, since no hub is reachable. The first steps are a warm-up (CUDA kernels
+picked, memory pools grown), left out of the measured figure.
 MFU = model FLOPs per token x tokens/s / the GPU's peak (pipelines/training/throughput.py). Goal: >= 45%.
 `--preset tiny --peak-tflops X` runs the same on CPU with a made-up peak, to check the benchmark itself.
 """
@@ -15,29 +16,21 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, LlamaConfig, default_data_collator
+from transformers import AutoModelForCausalLM, default_data_collator
 
-from benchmarks.synthetic_llama import word_tokenizer
+from benchmarks.synthetic_llama import llama_config, word_tokenizer
 from pipelines.config import CPParams
 from pipelines.training import pack_texts, train_causal_lm
 from pipelines.training.distributed import under_launcher
 from pipelines.training.precision import master_dtype
 from pipelines.training.throughput import training_flops_per_token
+from pipelines.upstream.tokenizer import SPECIAL_TOKENS
 
-PRESETS = {  # name: (layers, hidden, intermediate, heads, kv heads, vocab)
-    "1b": (22, 2048, 5632, 32, 4, 32000),
-    "tiny": (2, 64, 128, 4, 2, 512),
+PRESETS = {  # name: llama_config's arguments
+    "1b": {"layers": 22, "hidden": 2048, "intermediate": 5632, "heads": 32, "kv_heads": 4, "vocab": 32000},
+    "tiny": {"layers": 2, "hidden": 64, "intermediate": 128, "heads": 4, "kv_heads": 2, "vocab": 512},
 }
 GOAL = 0.45
-
-
-def llama(preset: str) -> LlamaConfig:
-    """The benchmark's model: a Llama of the preset's shape, bf16 weights, SDPA attention."""
-    layers, hidden, intermediate, heads, kv_heads, vocab = PRESETS[preset]
-    return LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
-                       num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-                       max_position_embeddings=4096, tie_word_embeddings=False, dtype="bfloat16",
-                       attn_implementation="sdpa")
 
 
 def random_documents(vocab: int, tokens: int, seed: int = 0) -> list[str]:
@@ -45,7 +38,7 @@ def random_documents(vocab: int, tokens: int, seed: int = 0) -> list[str]:
     rng, documents, total = random.Random(seed), [], 0
     while total < tokens:
         length = rng.randint(50, 2000)
-        documents.append(" ".join(f"w{rng.randrange(vocab - 8)}" for _ in range(length)))
+        documents.append(" ".join(f"w{rng.randrange(vocab - len(SPECIAL_TOKENS))}" for _ in range(length)))
         total += length
     return documents
 
@@ -66,12 +59,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("MFU is measured on a CUDA GPU; on CPU give --preset tiny and a made-up --peak-tflops")
     if args.fsdp and not under_launcher():
         parser.error("--fsdp runs under torchrun: python -m torch.distributed.run --nproc_per_node=N -m benchmarks.mfu")
-    config = llama(args.preset)
+    config = llama_config(**PRESETS[args.preset])
     tokenizer = word_tokenizer(config.vocab_size)
     steps = args.warmup_steps + args.steps
     documents = random_documents(config.vocab_size, steps * args.batch_size * args.block_size)
     blocks = pack_texts(tokenizer, Dataset.from_dict({"text": documents}), args.block_size)
-    model = AutoModelForCausalLM.from_config(config, dtype=master_dtype(config, full_weights=True))
+    model = AutoModelForCausalLM.from_config(config, dtype=master_dtype(config, full_weights=True),
+                                             attn_implementation="sdpa")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     flops_per_token = training_flops_per_token(model, args.block_size)
     print(f"{device}; {sum(p.numel() for p in model.parameters()) / 1e6:,.1f} M parameters, "

@@ -12,11 +12,13 @@ from pipelines.upstream.tokenizer import SPECIAL_TOKENS, as_chat_tokenizer
 
 
 def llama_config(layers: int, hidden: int = 2048, intermediate: int = 4096, heads: int = 16,
-                 vocab: int = 32000) -> LlamaConfig:
-    """The benchmark's architecture: untied, bf16."""
+                 vocab: int = 32000, kv_heads: int | None = None) -> LlamaConfig:
+    """The benchmarks' architecture: untied, bf16, 4,096 positions; `kv_heads` < `heads` for grouped-query
+    attention."""
     return LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab,
-                       tie_word_embeddings=False, dtype="bfloat16", architectures=["LlamaForCausalLM"])
+                       num_attention_heads=heads, num_key_value_heads=kv_heads or heads, vocab_size=vocab,
+                       max_position_embeddings=4096, tie_word_embeddings=False, dtype="bfloat16",
+                       architectures=["LlamaForCausalLM"])
 
 
 def word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:

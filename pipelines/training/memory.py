@@ -5,8 +5,8 @@ weights, gradients and AdamW's two states (16 bytes a parameter) and computes un
 the frozen weights in the checkpoint's dtype (config `dtype`) and its adapters, their gradients and states in
 float32 (peft's default); the global batch split over the processes (DDP: every process holds a whole
 copy of the model; FSDP: weights, gradients and optimizer state split over the processes, plus the two decoder
-layers gathered at a time). Activations are the bf16 tensors a Llama-style layer keeps for the
-backward pass, about (8 x hidden + 4 x intermediate) values a token, with SDPA attention (no seq^2 term), plus
+layers gathered at a time, in bf16 as the Trainer's mixed precision gathers them). Activations are the bf16
+tensors a Llama-style layer keeps for the backward pass, about (8 x hidden + 4 x intermediate) values a token, with SDPA attention (no seq^2 term), plus
 float32 logits and their gradient; with gradient checkpointing only each layer's input is kept, and one layer is
 recomputed at a time. It is an estimate for planning: allocator slack and CUDA context (1-2 GiB) come on top.
 """
@@ -80,11 +80,11 @@ def _activation_bytes(config: PretrainedConfig, params: CPParams) -> int:
     return kept + logits
 
 
-def _gathered_layers(model: torch.nn.Module, weight_bytes: int) -> int:
+def _gathered_layers(model: torch.nn.Module) -> int:
     """FSDP: bytes of the two decoder layers whose whole weights are gathered at a time (one computing, one
-    prefetched)."""
+    prefetched), in bf16: accelerate's FSDP2 mixed precision policy gathers in the compute dtype."""
     layer = model.get_decoder().layers[0]
-    return 2 * sum(p.numel() for p in layer.parameters()) * weight_bytes
+    return 2 * sum(p.numel() for p in layer.parameters()) * torch.bfloat16.itemsize
 
 
 def estimate_cp_memory(config: PretrainedConfig, params: CPParams) -> MemoryEstimate:
@@ -99,7 +99,7 @@ def estimate_cp_memory(config: PretrainedConfig, params: CPParams) -> MemoryEsti
         weights = parameters * weight_bytes + trainable * trained_bytes
     shards, gathered = 1, 0
     if params.distributed.strategy == "fsdp":  # everything split over the processes, but the layers in use
-        shards, gathered = params.distributed.nproc_per_node, _gathered_layers(model, weight_bytes)
+        shards, gathered = params.distributed.nproc_per_node, _gathered_layers(model)
     return MemoryEstimate(
         parameters=parameters, trainable=trainable, weights=weights // shards + gathered,
         gradients=trainable * trained_bytes // shards, optimizer=2 * trainable * trained_bytes // shards,

@@ -47,7 +47,7 @@ def test_fsdp_shards_model_state_but_the_layers_in_use() -> None:
                  for strategy in ("ddp", "fsdp"))
     whole, sharded = estimate_cp_memory(CONFIG, ddp), estimate_cp_memory(CONFIG, fsdp)
     layer = sum(p.numel() for p in LlamaForCausalLM(CONFIG).model.layers[0].parameters())
-    assert sharded.weights == whole.weights // 4 + 2 * layer * 4  # two float32 layers gathered at a time
+    assert sharded.weights == whole.weights // 4 + 2 * layer * 2  # two layers gathered at a time, in bf16
     assert sharded.gradients == whole.gradients // 4 and sharded.optimizer == whole.optimizer // 4
     assert sharded.activations == whole.activations
 
