@@ -8,6 +8,7 @@ from pathlib import Path
 
 from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, default_data_collator,
+    set_seed,
 )
 
 from pipelines.atomic import atomic_dir, write_json_atomic
@@ -71,6 +72,7 @@ def continual_pretrain(
         train = train.shuffle(seed=params.seed, buffer_size=STREAM_SHUFFLE_BUFFER)
     valid = pack_texts(tokenizer, text_dataset(corpus_dir / VALID, cache_dir=cache_dir), params.block_size)
     if params.lora is not None:
+        set_seed(params.seed)  # LoRA's initial adapters are drawn: part of the recipe
         model = with_lora(model, params.lora)
     checkpointing = Checkpointing(checkpoint_dir, params.save_every, run_fingerprint(params, corpus_dir, base))
     result = train_causal_lm(model, train, params, default_data_collator, curve_csv, eval_examples=valid,

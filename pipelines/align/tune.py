@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase, set_seed
 
 from pipelines.align.conditioning import add_class_tokens, conditioned_template
 from pipelines.align.curation import SftExample
@@ -14,7 +14,6 @@ from pipelines.training import TrainResult, assistant_only_examples, train_causa
 from pipelines.training.data import IGNORE_INDEX
 from pipelines.training.lora import with_lora
 from pipelines.training.weighted import LOSS_WEIGHT, WeightedCollator
-
 
 
 def _conversation(example: SftExample) -> list[dict[str, str]]:
@@ -54,6 +53,7 @@ def align_model(method: str, params: AlignParams, examples: list[SftExample], me
     """Fine-tune LoRA adapters on `merged_dir` with `method` (sft | c-rlft), fold them in, and save full weights,
     the tokenizer (its chat template conditioned on the best class for c-rlft) and `manifest` (as align.json) to
     `out_dir`, atomically."""
+    set_seed(params.train.seed)  # new embedding rows and LoRA's initial adapters are drawn: part of the recipe
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     if not tokenizer.chat_template:
         raise ValueError(f"{merged_dir}: the merged model's tokenizer has no chat template to fine-tune on")

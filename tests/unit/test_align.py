@@ -97,6 +97,17 @@ def test_c_rlft_writes_full_weights_conditioned_on_the_best_class(chat_model: Pa
     assert json.loads((out / ALIGN_MANIFEST).read_text()) == {"method": "c-rlft"}
 
 
+def test_alignment_is_reproducible_whatever_the_random_state_before(chat_model: Path, tmp_path: Path) -> None:
+    params = AlignParams(train=TrainParams(steps=2, batch_size=4, learning_rate=1e-2))
+    weights = []
+    for state in (1, 2):  # new embedding rows and LoRA adapters are drawn before training starts
+        torch.manual_seed(state)
+        align_model("c-rlft", params, EXAMPLES, chat_model, tmp_path / f"out-{state}", tmp_path / "c.csv", {})
+        weights.append(load_file(tmp_path / f"out-{state}" / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
 def test_c_rlft_names_classes_without_a_weight(chat_model: Path, tmp_path: Path) -> None:
     params = AlignParams(class_weights={"expert": 1.0}, train=TrainParams(steps=1, learning_rate=1e-3))
     with pytest.raises(ValueError, match=r"classes \['sub-optimal'\] have no weight"):

@@ -30,12 +30,17 @@ def test_lora_cp_changes_only_adapted_layers(tmp_path: Path) -> None:
     upstream = _upstream(tmp_path, corpus)
     params = CPParams(steps=6, batch_size=4, block_size=16, learning_rate=1e-2, save_every=0,
                       gradient_checkpointing=True, lora=LoraParams(rank=4, alpha=8, target_modules=["q_proj", "v_proj"]))
-    continual_pretrain(params, corpus, upstream, tmp_path / "cp", tmp_path / "cp.json", tmp_path / "cp.csv",
-                       tmp_path / "checkpoints")
-    base, cp = load_file(upstream / "base" / "model.safetensors"), load_file(tmp_path / "cp" / "model.safetensors")
+    runs = []
+    for state in (1, 2):  # the adapters' initial values are drawn from the params' seed, whatever came before
+        torch.manual_seed(state)
+        continual_pretrain(params, corpus, upstream, tmp_path / f"cp-{state}", tmp_path / "cp.json",
+                           tmp_path / "cp.csv", tmp_path / "checkpoints")
+        runs.append(load_file(tmp_path / f"cp-{state}" / "model.safetensors"))
+    base, cp = load_file(upstream / "base" / "model.safetensors"), runs[0]
     assert cp.keys() == base.keys()  # full weights, no adapter tensors
     changed = {name for name in base if not torch.equal(base[name], cp[name])}
     assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)
+    assert all(torch.equal(cp[name], runs[1][name]) for name in changed)
     assert json.loads((tmp_path / "cp.json").read_text())["steps"] == 6
 
 
