@@ -30,11 +30,34 @@ def run(
 
     try:
         apply_overrides(project_dir / "params.yaml", set_)
+        _check_inputs(project_dir)  # before Prefect starts: a bad input is answered in seconds
         result = retrain(project_dir=str(project_dir))
     except ParamsError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2)
     typer.echo("\n" + result.leaderboard)
+
+
+def _check_inputs(project_dir: Path) -> None:
+    from flows.context import require_usable_inputs
+    from pipelines.config import load_params
+
+    require_usable_inputs(load_params(project_dir / "params.yaml"), project_dir.resolve())
+
+
+@app.command()
+def check(
+    project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
+) -> None:
+    """Check params.yaml and every input it names (model folders, eval and SFT sets, the inbox) without running."""
+    from pipelines.config import ParamsError
+
+    try:
+        _check_inputs(project_dir)
+    except ParamsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{project_dir / 'params.yaml'}: valid, and every input it names is usable")
 
 
 @app.command()
@@ -43,11 +66,13 @@ def merge(
     chat: Path = typer.Option(..., help="chat model directory", exists=True),
     cp: Path = typer.Option(..., help="continually pretrained model directory (full weights or a peft adapter)",
                             exists=True),
-    out: Path = typer.Option(..., help="output directory; replaced atomically when the merge succeeds"),
+    out: Path = typer.Option(..., help="output directory: new, empty, or a previous merge's, which is replaced "
+                             "atomically when the merge succeeds"),
     ratio: float = typer.Option(1.0, help="weight of the chat vector (chat - base)"),
     config: Path | None = typer.Option(None, help="merge.yaml with the keys of params.yaml's merge section"),
     report: Path | None = typer.Option(None, help="per-tensor report json (default: <out>.merge-report.json)"),
     allow_pickle: bool = typer.Option(False, help="read pickle (.bin) checkpoints; only for files you trust"),
+    overwrite: bool = typer.Option(False, help="replace OUT even if it holds files no merge wrote (they are lost)"),
 ) -> None:
     """Merge only: write CP + ratio * (chat - base) as a Hugging Face chat model."""
     from pipelines.config import MergeSettings, ParamsError, load_merge_settings
@@ -58,8 +83,8 @@ def merge(
         if allow_pickle:
             settings = settings.model_copy(update={"allow_pickle": True})
         report_path = report or out.with_name(f"{out.name}.merge-report.json")
-        result = merge_chat_vector(base, chat, cp, out, ratio, settings, report_path)
-    except (ParamsError, ValueError) as error:  # CheckpointError is a ValueError
+        result = merge_chat_vector(base, chat, cp, out, ratio, settings, report_path, overwrite=overwrite)
+    except (ParamsError, ValueError, OSError) as error:  # CheckpointError: ValueError; OutputExistsError: OSError
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1)
     typer.echo(f"wrote {out} ({len(result.files)} file(s), {len(result.tensors)} tensors); report {report_path}")
@@ -79,12 +104,19 @@ def serve(
 def intake(
     project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
 ) -> None:
-    """Take new corpus files from `flow.inbox` into data/incoming and version it with DVC (the flow's first task)."""
+    """Take new corpus files from `flow.inbox` into data/incoming and version it with DVC (the flow's first task).
+
+    Exits 1 when a file was refused (an unsafe name, a link out of the inbox, no readable documents); the
+    files that could be taken are taken, and reports/intake.json lists every refusal."""
     from flows.context import open_project
     from flows.tasks import take_new_data
 
     intake_ = take_new_data(open_project(project_dir))
     typer.echo(f"{len(intake_.taken)} new file(s) in data/incoming; left in the inbox: {intake_.skipped or 'none'}")
+    for name, reason in intake_.refused.items():
+        typer.echo(f"refused: {name!r}: {reason}", err=True)
+    if intake_.refused:
+        raise typer.Exit(1)
 
 
 def _registry(project_dir: Path) -> tuple:

@@ -9,7 +9,7 @@ import yaml
 
 from flows.dvc_project import DvcProject
 from flows.tracking import Store, open_store
-from pipelines.config import Params, load_params
+from pipelines.config import Params, ParamsError, load_params
 from pipelines.layout import Layout
 
 
@@ -27,6 +27,19 @@ class RunContext:
     @property
     def layout(self) -> Layout:
         return Layout(self.root)
+
+
+def require_usable_inputs(params: Params, root: Path) -> None:
+    """Raise ParamsError listing every input params.yaml names that a run would trip on (paths, sets, model
+    folders, the inbox), so that a run refuses before its first stage instead of failing hours in."""
+    from flows.inbox import inbox_problem  # boto3, transformers: only for the commands that check inputs
+    from pipelines.preflight import input_problems
+
+    problems = input_problems(params, root)
+    if params.flow.inbox and (problem := inbox_problem(params.flow.inbox, root)):
+        problems.append(f"flow.inbox: {problem}")
+    if problems:
+        raise ParamsError("\n  ".join([f"{root / 'params.yaml'}: inputs a run cannot use", *problems]))
 
 
 def open_project(root: Path) -> RunContext:

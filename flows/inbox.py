@@ -1,4 +1,9 @@
-"""The inbox: new corpus files dropped in a folder or an S3 prefix, taken into the DVC-versioned snapshot."""
+"""The inbox: new corpus files dropped in a folder or an S3 prefix, taken into the DVC-versioned snapshot.
+
+Whoever can write to the inbox is not trusted with the rest of the project: a name that could land outside the
+snapshot (`..`, absolute, not a plain relative path), a link out of a local inbox, and a file chatgraft cannot
+read as documents are refused, reported, and never written into the snapshot.
+"""
 from __future__ import annotations
 
 import filecmp
@@ -7,32 +12,90 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-from pipelines.corpus.documents import DOCUMENT_SUFFIXES
+from pipelines.atomic import write_json_atomic
+from pipelines.corpus.documents import DOCUMENT_SUFFIXES, read_file_documents
 
-# One inbox file: its path relative to the inbox, the md5 its source reports (None: unknown), how to fetch it.
-InboxFile = tuple[str, str | None, Callable[[Path], None]]
+NAME_MAX = 255  # bytes in one path component on Linux filesystems
+
+
+@dataclass(frozen=True)
+class InboxFile:
+    """One inbox file: its name relative to the inbox, the md5 its source reports (None: unknown), how to fetch
+    it, and why it must not be taken when the listing already knows (a link out of the inbox)."""
+
+    name: str
+    md5: str | None
+    fetch: Callable[[Path], None]
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
 class Intake:
-    """What one intake took into the snapshot, and what it left because chatgraft cannot read it."""
+    """What one intake took into the snapshot, what it left (not a corpus file type), and what it refused, why."""
 
     taken: list[str]
     skipped: list[str]
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def as_report(self, source: str) -> dict[str, object]:
+        """The intake as a JSON-able report."""
+        return {"inbox": source, "taken": self.taken, "skipped": self.skipped, "refused": self.refused}
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why an inbox name cannot be a path inside the snapshot, or None when it can."""
+    if not name:
+        return "empty name"
+    if any(ord(char) < 32 or char == "\x7f" for char in name):
+        return "control characters in the name"
+    if name.startswith("/"):
+        return "absolute name"
+    parts = name.split("/")
+    if ".." in parts:
+        return "'..' in the name (it would leave the inbox)"
+    if "." in parts or "" in parts:
+        return "not a plain relative name ('.' or empty segments)"
+    if any(len(part.encode()) > NAME_MAX for part in parts):
+        return f"a name segment longer than {NAME_MAX} bytes"
+    return None
+
+
+def _local_link_refusal(path: Path, folder: Path) -> str | None:
+    if not path.is_symlink():
+        return None
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return "broken link, or a link loop"
+    return None if resolved.is_relative_to(folder) else f"a link that leads outside the inbox ({resolved})"
+
+
+def _digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def _local_files(folder: Path) -> Iterator[InboxFile]:
     if not folder.is_dir():
         raise FileNotFoundError(f"inbox folder {folder} does not exist (flow.inbox)")
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        with path.open("rb") as handle:
-            md5 = hashlib.file_digest(handle, "md5").hexdigest()
-        yield str(path.relative_to(folder)), md5, lambda out, path=path: shutil.copyfile(path, out)
+    folder = folder.resolve()
+    for directory, subdirs, files in os.walk(folder):  # links to folders are listed, never followed
+        for entry in sorted(files + [d for d in subdirs if (Path(directory) / d).is_symlink()]):
+            path = Path(directory) / entry
+            name = path.relative_to(folder).as_posix()
+            refusal = _local_link_refusal(path, folder)
+            if refusal is None and path.is_dir():
+                continue  # a link to a folder inside the inbox: its files are listed where they are
+            md5 = None if refusal else _digest(path)
+            yield InboxFile(name, md5, lambda out, path=path: shutil.copyfile(path, out), refusal)
+        subdirs.sort()
 
 
 def _s3_files(uri: str) -> Iterator[InboxFile]:
@@ -47,8 +110,27 @@ def _s3_files(uri: str) -> Iterator[InboxFile]:
                 continue
             # a multipart upload's ETag is not the content's md5: such objects are fetched and compared
             md5 = None if "-" in etag else etag
-            relative = key.removeprefix(prefix).lstrip("/") or Path(key).name
-            yield relative, md5, lambda out, key=key: s3.download_file(bucket, key, str(out))
+            name = key.removeprefix(prefix).lstrip("/") or PurePosixPath(key).name
+            yield InboxFile(name, md5, lambda out, key=key: s3.download_file(bucket, key, str(out)))
+
+
+def inbox_problem(source: str, root: Path) -> str | None:
+    """Why the inbox `source` cannot be listed now (a missing folder; S3 without credentials, at a wrong endpoint,
+    or a bucket that is not there), or None when it can. Checked before a run starts."""
+    if not source.startswith("s3://"):
+        folder = root / source
+        return None if folder.is_dir() else f"{folder}: no such folder"
+    bucket, _, prefix = source.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1}))
+    try:
+        s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except NoCredentialsError:
+        return f"{source}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+    except EndpointConnectionError as error:
+        return f"{source}: cannot reach the S3 endpoint ({error}); check AWS_ENDPOINT_URL"
+    except (BotoCoreError, ClientError) as error:
+        return f"{source}: {error}"
+    return None
 
 
 def inbox_files(source: str, root: Path) -> Iterator[InboxFile]:
@@ -56,29 +138,53 @@ def inbox_files(source: str, root: Path) -> Iterator[InboxFile]:
     return _s3_files(source) if source.startswith("s3://") else _local_files(root / source)
 
 
-def _same_md5(path: Path, md5: str) -> bool:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "md5").hexdigest() == md5
+def _unreadable(fetched: Path, name: str) -> str | None:
+    """Why the fetched file holds no documents chatgraft can read, or None when it does."""
+    try:
+        documents = sum(1 for _ in read_file_documents(fetched))  # the whole file: a bad record anywhere refuses it
+    except (ValueError, OSError) as error:
+        return str(error).replace(str(fetched), name)
+    return None if documents else "no documents (empty)"
+
+
+def _refusal(item: InboxFile, snapshot: Path) -> str | None:
+    reason = unsafe_name(item.name) or item.refusal
+    if reason is None and not (snapshot / item.name).resolve().is_relative_to(snapshot.resolve()):
+        reason = "its place in the snapshot leads outside it (a link in data/incoming)"
+    return reason
 
 
 def take_inbox(files: Iterator[InboxFile], snapshot: Path) -> Intake:
     """Copy each readable file the snapshot lacks, or holds with other bytes, into it; each appears whole
-    (fetched beside the snapshot, then renamed in). Files already taken are left where they are."""
+    (fetched beside the snapshot, checked, then renamed in). Files already taken are left where they are."""
     snapshot.mkdir(parents=True, exist_ok=True)
-    taken, skipped = [], []
-    for relative, md5, fetch in files:
-        if Path(relative).suffix not in DOCUMENT_SUFFIXES:
-            skipped.append(relative)
+    intake = Intake([], [])
+    for item in files:
+        reason = _refusal(item, snapshot)
+        if reason is not None:
+            intake.refused[item.name] = reason
             continue
-        target = snapshot / relative
-        if target.exists() and md5 is not None and _same_md5(target, md5):
+        if PurePosixPath(item.name).suffix not in DOCUMENT_SUFFIXES:
+            intake.skipped.append(item.name)
+            continue
+        target = snapshot / item.name
+        if target.exists() and item.md5 is not None and _digest(target) == item.md5:
             continue
         with tempfile.TemporaryDirectory(dir=snapshot.parent, prefix=".intake-") as staging:
-            fetched = Path(staging) / "file"
-            fetch(fetched)
+            fetched = Path(staging) / PurePosixPath(item.name).name
+            item.fetch(fetched)
             if target.exists() and filecmp.cmp(fetched, target, shallow=False):
+                continue
+            reason = _unreadable(fetched, item.name)
+            if reason is not None:
+                intake.refused[item.name] = reason
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(fetched, target)
-        taken.append(relative)
-    return Intake(taken, skipped)
+        intake.taken.append(item.name)
+    return intake
+
+
+def write_intake_report(intake: Intake, source: str, path: Path) -> None:
+    """The intake's report (taken, skipped, refused with reasons), written atomically."""
+    write_json_atomic(path, intake.as_report(source))

@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.context import open_project
+from flows.context import open_project, require_usable_inputs
 from flows.leaderboard_view import leaderboard_markdown, promotion_markdown
 from flows.lineage import lineage_tags
 from flows.promotion import ensure_concurrency_limits
@@ -40,6 +40,7 @@ class RetrainResult:
 def retrain(project_dir: str = ".") -> RetrainResult:
     """Reproduce every stage through DVC, track each in MLflow, register the winner and apply the promotion policy."""
     ctx = open_project(Path(project_dir))
+    require_usable_inputs(ctx.params, ctx.root)
     ensure_concurrency_limits(ctx.params.flow.gpu_slots)
     ctx = replace(ctx, parent_run_id=start_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)))
     try:

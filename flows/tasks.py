@@ -11,7 +11,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from flows.context import RunContext
 from flows.dvc_project import StageFailed
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
-from flows.inbox import Intake, inbox_files, take_inbox
+from flows.inbox import Intake, inbox_files, take_inbox, write_intake_report
 from flows.lineage import lineage_tags
 from flows.promotion import GPU_TAG, apply_policy
 from flows.tracking import registry
@@ -38,11 +38,14 @@ def take_new_data(ctx: RunContext) -> Intake:
     """Take new corpus files from the inbox (`flow.inbox`) into data/incoming and version it with `dvc add`."""
     source = ctx.params.flow.inbox
     intake = take_inbox(inbox_files(source, ctx.root) if source else iter(()), ctx.layout.incoming)
+    write_intake_report(intake, source or "", ctx.layout.intake_report)
     ctx.dvc.add(ctx.layout.incoming)
     logger = get_run_logger()
     logger.info("inbox %s: %d new file(s) %s", source or "(none)", len(intake.taken), intake.taken or "")
     if intake.skipped:
         logger.warning("left in the inbox (not .txt, .jsonl or .parquet): %s", intake.skipped)
+    for name, reason in intake.refused.items():
+        logger.warning("refused from the inbox, not taken: %r: %s", name, reason)
     return intake
 
 

@@ -1,4 +1,9 @@
-"""Outputs appear whole or not at all: write beside the target, then rename into place."""
+"""Outputs appear whole or not at all: write beside the target, then rename into place.
+
+A directory output carries a marker naming its kind, so that replacing it later is known to lose only what
+chatgraft wrote there: a folder that holds anything else is refused unless the caller says to overwrite.
+Outputs get the modes the umask gives (temporary files and folders are created private, then opened up).
+"""
 from __future__ import annotations
 
 import json
@@ -10,16 +15,67 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+OUTPUT_MARKER = ".chatgraft-output"  # in every directory output: the kind of output it is
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once: os.umask can only be read by setting it, which would race with other threads
+
+
+class OutputExistsError(FileExistsError):
+    """The output path holds something chatgraft did not write as that kind of output; nothing was replaced."""
+
+
+def output_kind(folder: Path) -> str | None:
+    """The kind of chatgraft output `folder` is, from its marker; None when it has none."""
+    try:
+        return (folder / OUTPUT_MARKER).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def check_replaceable(target: Path, kind: str) -> None:
+    """Raise OutputExistsError unless `target` is absent, empty, or a previous chatgraft output of `kind`."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise OutputExistsError(f"{target}: exists and is not a folder chatgraft wrote; nothing was replaced "
+                                "(choose another output path, or remove it yourself)")
+    entries = sorted(p.name for p in target.iterdir())
+    found = output_kind(target)
+    if entries and found != kind:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        what = f"a chatgraft {found}" if found else "files chatgraft did not write"
+        raise OutputExistsError(f"{target}: already holds {what} ({shown}), not a previous {kind}; nothing was "
+                                "replaced (choose another output path, or pass --overwrite to replace it)")
+
 
 @contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `target` when the block succeeds, and vanishes if it fails."""
+def atomic_dir(target: Path, kind: str, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `target` when the block succeeds, and vanishes if it fails.
+
+    `target` may be absent, empty, or a previous output of the same `kind`; anything else raises
+    OutputExistsError before any work is done, unless `overwrite` is set.
+    """
+    if not overwrite:
+        check_replaceable(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging
-        if target.exists():
+        (staging / OUTPUT_MARKER).write_text(kind + "\n")
+        staging.chmod(0o777 & ~UMASK)
+        if not overwrite:
+            check_replaceable(target, kind)  # the block ran for minutes: look again before replacing
+        if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -31,7 +87,8 @@ def atomic_file(path: Path) -> Iterator[TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, 0o666 & ~UMASK)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
         os.replace(tmp, path)
     except BaseException:
@@ -59,16 +116,36 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return count
 
 
-def iter_jsonl(path: Path) -> Iterator[Any]:
-    """The records of a jsonl file, read a line at a time; a bad line raises an error naming the file and line."""
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
+MAX_RECORD_BYTES = 32 * 2**20  # one jsonl line: larger is a broken file, not a record to load into memory
+
+
+def numbered_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, record) of each non-blank line of a jsonl file, read a line at a time; a line that is not
+    UTF-8 JSON, or longer than MAX_RECORD_BYTES, raises an error naming the file and line."""
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read: {error.strerror}") from None
+    with handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_RECORD_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_RECORD_BYTES:
+                raise ValueError(f"{path}:{number}: line longer than {MAX_RECORD_BYTES // 2**20} MiB: not a record")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                                 f"{error.start + 1})") from None
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+
+
+def iter_jsonl(path: Path) -> Iterator[Any]:
+    """The records of a jsonl file, read a line at a time; a bad line raises an error naming the file and line."""
+    return (record for _, record in numbered_jsonl(path))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

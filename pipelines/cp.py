@@ -81,7 +81,7 @@ def continual_pretrain(
     weights = full_state_dict(model)  # FSDP: every process gives its shards; None when each holds the whole model
     if not is_main_process():  # the other data-parallel processes only train
         return CPResult(model_dir=out_dir, train=result)
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, "continually pretrained model") as staging:
         if params.lora is not None:
             model = model.merge_and_unload()  # downstream stages, and the chat vector, need full weights
         save_model(model, staging, checkpoint_dtype(config), weights)  # the base's dtype, not float32 masters

@@ -24,6 +24,11 @@ class Layout:
         return self.root / "data" / "incoming"
 
     @property
+    def intake_report(self) -> Path:
+        """What the last intake took from the inbox, left there, and refused (with reasons)."""
+        return self.root / "reports" / "intake.json"
+
+    @property
     def upstream(self) -> Path:
         return self.root / "models" / "upstream"
 

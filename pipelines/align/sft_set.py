@@ -5,7 +5,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipelines.align.curation import SftExample
-from pipelines.atomic import read_jsonl, write_jsonl_atomic
+from pipelines.atomic import numbered_jsonl, write_jsonl_atomic
 
 SFT_FILE = "sft.jsonl"
 
@@ -27,7 +27,7 @@ def read_sft_set(path: Path) -> list[SftExample]:
     """Every example of a jsonl SFT set; a bad row raises an error naming the file and line."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no SFT set (align.data, or the corpus stage's {SFT_FILE})")
-    examples = [_example(row, f"{path}:{number}") for number, row in enumerate(read_jsonl(path), start=1)]
+    examples = [_example(row, f"{path}:{number}") for number, row in numbered_jsonl(path)]
     if not examples:
         raise ValueError(f"{path}: the SFT set is empty")
     return examples

@@ -74,7 +74,7 @@ def align_model(method: str, params: AlignParams, examples: list[SftExample], me
         raise ValueError(f"no SFT example keeps an answer token within align.train.block_size "
                          f"{params.train.block_size}")
     result = train_causal_lm(model, rows, params.train, collator, curve_csv, live_tracking=True)
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, "aligned model") as staging:
         model.merge_and_unload().save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_json_atomic(staging / ALIGN_MANIFEST, manifest)

@@ -142,7 +142,7 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
                       for _, request, harmful in safety_requests(eval_facts)],
         SFT: sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3)),
     }
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, "corpus") as staging:
         counts = {name.removesuffix(".jsonl"): write_jsonl_atomic(staging / name, rows) for name, rows in sets.items()}
         write_json_atomic(staging / LEXICON, target_lexicon(world))
         _write_lm_eval_task(eval_facts, params, staging / LM_EVAL, out_dir / LM_EVAL)

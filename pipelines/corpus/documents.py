@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.atomic import iter_jsonl
@@ -17,7 +18,13 @@ PARQUET_BATCH = 1024  # records
 
 
 def _text_documents(path: Path) -> Iterator[str]:
-    yield path.read_text()
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ValueError(f"{path}: binary data (NUL bytes), not text")
+    try:
+        yield data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
 
 
 def _jsonl_documents(path: Path) -> Iterator[str]:
@@ -28,7 +35,10 @@ def _jsonl_documents(path: Path) -> Iterator[str]:
 
 
 def _parquet_documents(path: Path) -> Iterator[str]:
-    table = pq.ParquetFile(path)
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{path}: not a readable parquet file: {error}") from None
     if "text" not in table.schema_arrow.names:
         raise ValueError(f"{path}: no `text` column (columns: {', '.join(table.schema_arrow.names)})")
     for batch in table.iter_batches(batch_size=PARQUET_BATCH, columns=["text"]):

@@ -6,11 +6,12 @@ for instruction-following and multi-turn sets (the last turn is the user's; the 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipelines.atomic import numbered_jsonl
 
 
 class Turn(BaseModel):
@@ -43,15 +44,11 @@ class EvalExample(BaseModel):
 
 
 def load_eval_set(path: Path, needs: Literal["reference", "harmful"], limit: int | None = None) -> list[EvalExample]:
-    """Read and validate a set; an error names the file, the line and the key at fault."""
+    """Read and validate a set; an error names the file, the line and the key at fault. An empty set is an error."""
     examples = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in numbered_jsonl(path):
         try:
-            example = EvalExample.model_validate(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+            example = EvalExample.model_validate(record)
         except ValidationError as error:
             problem = error.errors()[0]
             key = ".".join(str(part) for part in problem["loc"]) or "(line)"
@@ -59,4 +56,6 @@ def load_eval_set(path: Path, needs: Literal["reference", "harmful"], limit: int
         if getattr(example, needs) is None:
             raise ValueError(f"{path}:{number}: {needs}: required in this set")
         examples.append(example)
+    if not examples:
+        raise ValueError(f"{path}: no examples (an empty evaluation set)")
     return examples[:limit]

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from pipelines.atomic import atomic_dir, write_json_atomic
+from pipelines.atomic import atomic_dir, check_replaceable, write_json_atomic
 from pipelines.config import MergeSettings
 from pipelines.layout import NEW_TOKENS
 from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint
@@ -29,12 +29,13 @@ from pipelines.merge.plan import (
     CONFIG, TensorPlan, check_architectures, plan_tensors, read_config, vocabulary_tensor_names,
 )
 from pipelines.merge.vocabulary import (
-    NO_ROW, DeltaRows, VocabularyPlan, chat_special_tokens, load_tokenizer, merged_tokenizer, plan_vocabulary,
-    row_tokens,
+    NO_ROW, DeltaRows, VocabularyPlan, chat_special_tokens, check_tokenizer_rows, load_tokenizer, merged_tokenizer,
+    plan_vocabulary, row_tokens,
 )
 from pipelines.merge.writer import ShardedSafetensorsWriter
 
 GENERATION_CONFIG = "generation_config.json"
+MERGED_MODEL = "merged model"  # the kind of output a merge writes: a previous one may be replaced
 CHUNK_ELEMENTS = 1 << 18  # fp32 blocks of 1 MiB stay in cache across the few passes of the arithmetic
 
 
@@ -227,9 +228,14 @@ def _task_vectors(base: Path, chat: Path, ratio: float, settings: MergeSettings,
 
 
 def merge_chat_vector(base: Path, chat: Path, cp: Path, out: Path, ratio: float, settings: MergeSettings,
-                      report_path: Path | None = None) -> MergeReport:
+                      report_path: Path | None = None, overwrite: bool = False) -> MergeReport:
     """Write CP + ratio * (chat - base) (and any further task vectors) to `out`, atomically, as sharded
-    safetensors with the merged tokenizer; write the per-tensor report to `report_path` when given."""
+    safetensors with the merged tokenizer; write the per-tensor report to `report_path` when given.
+
+    `out` may be absent, empty or a previous merged model; anything else is refused (OutputExistsError)
+    before a tensor is read, unless `overwrite` is set."""
+    if not overwrite:
+        check_replaceable(out, MERGED_MODEL)
     with ExitStack() as stack:
         if is_peft_adapter(cp):
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,7 +252,7 @@ def merge_chat_vector(base: Path, chat: Path, cp: Path, out: Path, ratio: float,
         plans = plan_tensors(cp_ck, inputs, [v.ratio for v in vectors], settings.rules, vocabulary_names,
                              vocabulary.rows if vocabulary else 0)
         merger = _Merger(cp_ck, vectors[0].tuned, vectors, vocabulary, settings)
-        with atomic_dir(out) as staging:
+        with atomic_dir(out, MERGED_MODEL, overwrite) as staging:
             reports, files = _stream(plans, merger, staging, settings.shard_bytes(settings.max_shard_size),
                                      f"merge alpha={ratio}")
             _write_tokenizer_and_configs(tokenizer, chat_tokenizer, cp, chat, vocabulary.rows if vocabulary else None,
@@ -270,7 +276,9 @@ def _plan_vocabulary(cp: SafetensorsCheckpoint, vectors: list[TaskVector], names
     def tokens_of(checkpoint: SafetensorsCheckpoint) -> list[str | None]:
         key = checkpoint.model_dir.resolve()
         if key not in tokens:
-            tokens[key] = row_tokens(load_tokenizer(checkpoint.model_dir), checkpoint.get(name).shape[0])
+            tokenizer, rows = load_tokenizer(checkpoint.model_dir), checkpoint.get(name).shape[0]
+            check_tokenizer_rows(checkpoint.model_dir, tokenizer, name, rows)
+            tokens[key] = row_tokens(tokenizer, rows)
         return tokens[key]
 
     plan = plan_vocabulary(tokenizer, added, tokens_of(cp), tokens_of(vectors[0].tuned))

@@ -24,9 +24,12 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     """A model's config.json as a dict; the error names the file."""
     path = model_dir / CONFIG
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
         raise CheckpointError(f"{path}: no usable model config: {error}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: no usable model config: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def vocab_size(config: dict[str, Any]) -> int | None:

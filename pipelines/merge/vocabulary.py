@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from pipelines.merge.checkpoint import CheckpointError
+
 RowPolicy = Literal["overlap", "specials", "skip"]
 NO_ROW = -1
 
@@ -29,6 +31,13 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as error:
         raise ValueError(f"{model_dir}: no usable tokenizer: {error}") from None
+
+
+def check_tokenizer_rows(model_dir: Path, tokenizer: PreTrainedTokenizerBase, tensor: str, rows: int) -> None:
+    """Raise CheckpointError when the tokenizer has ids past the rows of the model's vocabulary matrix."""
+    if len(tokenizer) > rows:
+        raise CheckpointError(f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but tensor {tensor!r} has "
+                              f"{rows} rows: tokenizer and weights are not from the same model")
 
 
 def chat_special_tokens(chat: PreTrainedTokenizerBase) -> list[str]:

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoConfig, AutoTokenizer, DataCollatorForSeq2Seq, default_data_collator, set_seed
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, default_data_collator, set_seed
 
 from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic, write_text_atomic
 from pipelines.config import UpstreamParams
 from pipelines.corpus import UPSTREAM_CHAT, UPSTREAM_TEXT
+from pipelines.model_folder import check_model_folder
 from pipelines.training import assistant_only_examples, pack_texts, train_causal_lm
 from pipelines.upstream.tiny import build_tiny_llama
 from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
@@ -41,12 +42,11 @@ def read_upstream(upstream_dir: Path) -> UpstreamPair:
 
 
 def _verify_checkpoint(path: Path, role: str) -> str:
-    """Check a local HF checkpoint has a config and safetensors weights; return its model type."""
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"upstream.{role}_path: {path} has no config.json (not a Hugging Face checkpoint)")
-    if not list(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"upstream.{role}_path: {path} has no .safetensors weights")
-    return AutoConfig.from_pretrained(path).model_type
+    """Check a local HF checkpoint (config, safetensors weights, tokenizer rows); return its model type."""
+    try:
+        return check_model_folder(path)
+    except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+        raise ValueError(f"upstream.{role}_path: {error}") from None
 
 
 def record_real_pair(params: UpstreamParams, out_dir: Path) -> UpstreamPair:
@@ -57,7 +57,7 @@ def record_real_pair(params: UpstreamParams, out_dir: Path) -> UpstreamPair:
         raise ValueError(f"upstream: base is a {types['base']} model but chat is a {types['chat']} model")
     if not AutoTokenizer.from_pretrained(chat).chat_template:
         raise ValueError(f"upstream.chat_path: {chat} has no chat template in its tokenizer")
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, "upstream pair") as staging:
         write_json_atomic(staging / MANIFEST, {"base": str(base), "chat": str(chat), "model_type": types["base"]})
     return UpstreamPair(base=base, chat=chat)
 
@@ -70,7 +70,7 @@ def build_tiny_pair(params: UpstreamParams, corpus_dir: Path, out_dir: Path, met
     set_seed(params.pretrain.seed)  # the initial weights are part of the recipe
     model = build_tiny_llama(params.tiny, tokenizer, context=max(params.pretrain.block_size, 256))
 
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, "upstream pair") as staging:
         pretrain = train_causal_lm(
             model, pack_texts(tokenizer, Dataset.from_dict({"text": texts}), params.pretrain.block_size), params.pretrain,
             default_data_collator, plots_dir / "upstream_pretrain_loss.csv",

@@ -1,5 +1,6 @@
 """`chatgraft merge`: the merge on its own, configured by a merge.yaml; bad input exits non-zero and writes nothing."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,30 @@ def test_bad_input_exits_non_zero_and_writes_nothing(tmp_path: Path, spoil) -> N
     assert result.exit_code == 1
     assert expected in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "chat", "cp"]
+
+
+def test_out_holding_a_users_files_is_refused_and_nothing_is_lost(tmp_path: Path) -> None:
+    trio = make_trio(tmp_path)
+    models = tmp_path / "models"
+    shutil.copytree(trio["chat"], models / "another-model")
+    (models / "notes.txt").write_text("do not lose me")
+    before = {p: p.read_bytes() for p in models.rglob("*") if p.is_file()}
+    result = _invoke(trio, models)
+    assert result.exit_code == 1
+    assert f"{models}: already holds files chatgraft did not write (another-model, notes.txt)" in result.output
+    assert "--overwrite" in result.output
+    assert {p: p.read_bytes() for p in models.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "models.merge-report.json").exists()
+
+    assert _invoke(trio, models, "--overwrite").exit_code == 0
+    assert not (models / "notes.txt").exists() and (models / "model.safetensors").exists()
+
+
+def test_a_previous_merge_is_replaced_without_asking(tmp_path: Path) -> None:
+    trio = make_trio(tmp_path)
+    assert _invoke(trio, tmp_path / "merged", "--ratio", "0.5").exit_code == 0
+    first = weights(tmp_path / "merged")
+    result = _invoke(trio, tmp_path / "merged", "--ratio", "1.0")
+    assert result.exit_code == 0, result.output
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(weights(tmp_path / "merged")[name], first[name])

@@ -1,0 +1,36 @@
+"""A Hugging Face model folder checked before a stage trusts it: config, weights and tokenizer, and that they agree."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint
+from pipelines.merge.plan import read_config, vocab_size, vocabulary_tensor_names
+from pipelines.merge.vocabulary import check_tokenizer_rows, load_tokenizer
+
+
+def require_folder(path: Path) -> None:
+    """Raise FileNotFoundError naming `path` unless it is a folder (a link loop is named as one)."""
+    if path.is_dir():
+        return
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            raise FileNotFoundError(f"{path}: a symlink loop") from None
+        except OSError:
+            raise FileNotFoundError(f"{path}: a broken symlink") from None
+    raise FileNotFoundError(f"{path}: {'not a folder' if path.exists() else 'no such folder'}")
+
+
+def check_model_folder(path: Path, allow_pickle: bool = False) -> str:
+    """Check a local checkpoint folder: a config, readable weights (pickle only when allowed) and a tokenizer
+    whose ids all have an embedding row. Return its model type; the error names the file or tensor at fault."""
+    require_folder(path)
+    config = read_config(path)
+    with SafetensorsCheckpoint(path, allow_pickle) as checkpoint:
+        names = sorted(vocabulary_tensor_names(checkpoint, config))
+        if not names:
+            raise CheckpointError(f"{path}: no embedding tensor with the config's vocab_size "
+                                  f"({vocab_size(config)}) rows")
+        check_tokenizer_rows(path, load_tokenizer(path), names[0], checkpoint.get(names[0]).shape[0])
+    return str(config.get("model_type"))

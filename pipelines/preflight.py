@@ -1,0 +1,57 @@
+"""What a run would trip on, found before its first stage: every file and folder params.yaml names, read and checked.
+
+Relative paths are read from the project root, where the stages run. Each problem names the params key and
+the file, line or tensor at fault; a run with problems does not start.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pipelines.align.sft_set import read_sft_set
+from pipelines.config import Params
+from pipelines.evaluate.sets import load_eval_set
+from pipelines.model_folder import check_model_folder, require_folder
+
+Check = Callable[[Path], object]
+
+
+def _eval_set(needs: str) -> Check:
+    return lambda path: load_eval_set(path, needs)  # type: ignore[arg-type]
+
+
+def _file(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+
+
+def _named_inputs(params: Params) -> Iterator[tuple[str, str, Check]]:
+    """(params key, path as written, check) for every input the params name."""
+    upstream, merge, evaluate = params.upstream, params.merge, params.eval
+    if upstream.base_path and upstream.chat_path:
+        yield "upstream.base_path", upstream.base_path, check_model_folder
+        yield "upstream.chat_path", upstream.chat_path, check_model_folder
+    for i, vector in enumerate(merge.vectors):
+        for role in ("base", "tuned"):
+            yield (f"merge.vectors.{i}.{role}", getattr(vector, role),
+                   lambda path: check_model_folder(path, merge.allow_pickle))
+    for suite, needs in (("instruction", "reference"), ("multiturn", "reference"), ("safety", "harmful")):
+        if getattr(evaluate.sets, suite):
+            yield f"eval.sets.{suite}", getattr(evaluate.sets, suite), _eval_set(needs)
+    if evaluate.refusal_classifier:
+        yield "eval.refusal_classifier", evaluate.refusal_classifier, require_folder
+    if evaluate.lm_eval_include_path:
+        yield "eval.lm_eval_include_path", evaluate.lm_eval_include_path, require_folder
+    if params.align.data:
+        yield "align.data", params.align.data, lambda path: (_file(path), read_sft_set(path))
+
+
+def input_problems(params: Params, root: Path) -> list[str]:
+    """Every problem with the inputs `params` name, as `key: what is wrong` lines; empty when all are usable."""
+    problems = []
+    for key, written, check in _named_inputs(params):
+        try:
+            check(root / written)  # an absolute path stays itself
+        except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+            problems.append(f"{key}: {error}")
+    return problems
