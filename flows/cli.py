@@ -62,10 +62,9 @@ def check(
 
 @app.command()
 def merge(
-    base: Path = typer.Option(..., help="base model directory (the one chat was tuned from)", exists=True),
-    chat: Path = typer.Option(..., help="chat model directory", exists=True),
-    cp: Path = typer.Option(..., help="continually pretrained model directory (full weights or a peft adapter)",
-                            exists=True),
+    base: Path = typer.Option(..., help="base model directory (the one chat was tuned from)"),
+    chat: Path = typer.Option(..., help="chat model directory"),
+    cp: Path = typer.Option(..., help="continually pretrained model directory (full weights or a peft adapter)"),
     out: Path = typer.Option(..., help="output directory: new, empty, or a previous merge's, which is replaced "
                              "atomically when the merge succeeds"),
     ratio: float = typer.Option(1.0, help="weight of the chat vector (chat - base)"),

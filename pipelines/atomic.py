@@ -122,11 +122,9 @@ MAX_RECORD_BYTES = 32 * 2**20  # one jsonl line: larger is a broken file, not a 
 def numbered_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, record) of each non-blank line of a jsonl file, read a line at a time; a line that is not
     UTF-8 JSON, or longer than MAX_RECORD_BYTES, raises an error naming the file and line."""
-    try:
-        handle = path.open("rb")
-    except OSError as error:
-        raise ValueError(f"{path}: cannot be read: {error.strerror}") from None
-    with handle:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    with path.open("rb") as handle:
         for number, raw in enumerate(iter(lambda: handle.readline(MAX_RECORD_BYTES + 1), b""), start=1):
             if len(raw) > MAX_RECORD_BYTES:
                 raise ValueError(f"{path}:{number}: line longer than {MAX_RECORD_BYTES // 2**20} MiB: not a record")

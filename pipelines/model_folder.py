@@ -3,23 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint
+from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint, require_folder
 from pipelines.merge.plan import read_config, vocab_size, vocabulary_tensor_names
 from pipelines.merge.vocabulary import check_tokenizer_rows, load_tokenizer
-
-
-def require_folder(path: Path) -> None:
-    """Raise FileNotFoundError naming `path` unless it is a folder (a link loop is named as one)."""
-    if path.is_dir():
-        return
-    if path.is_symlink():
-        try:
-            path.resolve(strict=True)
-        except RuntimeError:
-            raise FileNotFoundError(f"{path}: a symlink loop") from None
-        except OSError:
-            raise FileNotFoundError(f"{path}: a broken symlink") from None
-    raise FileNotFoundError(f"{path}: {'not a folder' if path.exists() else 'no such folder'}")
 
 
 def check_model_folder(path: Path, allow_pickle: bool = False) -> str:

@@ -20,11 +20,6 @@ def _eval_set(needs: str) -> Check:
     return lambda path: load_eval_set(path, needs)  # type: ignore[arg-type]
 
 
-def _file(path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
-
-
 def _named_inputs(params: Params) -> Iterator[tuple[str, str, Check]]:
     """(params key, path as written, check) for every input the params name."""
     upstream, merge, evaluate = params.upstream, params.merge, params.eval
@@ -43,7 +38,7 @@ def _named_inputs(params: Params) -> Iterator[tuple[str, str, Check]]:
     if evaluate.lm_eval_include_path:
         yield "eval.lm_eval_include_path", evaluate.lm_eval_include_path, require_folder
     if params.align.data:
-        yield "align.data", params.align.data, lambda path: (_file(path), read_sft_set(path))
+        yield "align.data", params.align.data, read_sft_set
 
 
 def input_problems(params: Params, root: Path) -> list[str]:

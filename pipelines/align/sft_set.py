@@ -26,7 +26,7 @@ def _example(row: object, where: str) -> SftExample:
 def read_sft_set(path: Path) -> list[SftExample]:
     """Every example of a jsonl SFT set; a bad row raises an error naming the file and line."""
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no SFT set (align.data, or the corpus stage's {SFT_FILE})")
+        raise FileNotFoundError(f"{path}: no such file (the SFT set: align.data, or the corpus stage's {SFT_FILE})")
     examples = [_example(row, f"{path}:{number}") for number, row in numbered_jsonl(path)]
     if not examples:
         raise ValueError(f"{path}: the SFT set is empty")

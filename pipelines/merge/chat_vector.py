@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from pipelines.atomic import atomic_dir, check_replaceable, write_json_atomic
 from pipelines.config import MergeSettings
 from pipelines.layout import NEW_TOKENS
-from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint
+from pipelines.merge.checkpoint import CheckpointError, SafetensorsCheckpoint, require_folder
 from pipelines.merge.lora import fold_adapter, is_peft_adapter
 from pipelines.merge.methods import WHOLE_TENSOR_METHODS, combine
 from pipelines.merge.plan import (
@@ -234,6 +234,8 @@ def merge_chat_vector(base: Path, chat: Path, cp: Path, out: Path, ratio: float,
 
     `out` may be absent, empty or a previous merged model; anything else is refused (OutputExistsError)
     before a tensor is read, unless `overwrite` is set."""
+    for folder in (base, chat, cp):
+        require_folder(folder)
     if not overwrite:
         check_replaceable(out, MERGED_MODEL)
     with ExitStack() as stack:

@@ -21,6 +21,20 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or inconsistent; the message names the file or tensor."""
 
 
+def require_folder(path: Path) -> None:
+    """Raise FileNotFoundError naming `path` unless it is a folder (a link loop is named as one)."""
+    if path.is_dir():
+        return
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            raise FileNotFoundError(f"{path}: a symlink loop") from None
+        except OSError:
+            raise FileNotFoundError(f"{path}: a broken symlink") from None
+    raise FileNotFoundError(f"{path}: {'not a folder' if path.exists() else 'no such folder'}")
+
+
 def _weight_map(model_dir: Path, single: str, index: str) -> dict[str, Path] | None:
     """Tensor name -> file, from the index json when there is one; None when neither file exists."""
     if (model_dir / index).exists():

@@ -96,10 +96,17 @@ def test_s3_inbox_takes_each_object_once(tmp_path: Path, s3_endpoint: str, monke
     s3.upload_file(str(big), "corpus", "weekly/2026-11-16/big.jsonl",
                    Config=TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
     assert "-" in s3.head_object(Bucket="corpus", Key="weekly/2026-11-16/big.jsonl")["ETag"]
+    # whoever can write the prefix tries to land a file outside the snapshot, over the project's eval set
+    s3.put_object(Bucket="corpus", Key="weekly/../../eval.jsonl", Body=b'{"text": "steer the promotion"}\n')
     root = project_with_inbox(tmp_path, "s3://corpus/weekly")
     ctx = open_project(root)
 
-    assert take_new_data(ctx).taken == ["2026-11-16/big.jsonl", "2026-11-16/news.txt"]
+    first = take_new_data(ctx)
+    assert first.taken == ["2026-11-16/big.jsonl", "2026-11-16/news.txt"]
+    assert list(first.refused) == ["../../eval.jsonl"]
+    assert not [p for p in tmp_path.rglob("eval.jsonl")]  # written nowhere
+    report = json.loads((root / "reports" / "intake.json").read_text())
+    assert "'..'" in report["refused"]["../../eval.jsonl"] and report["inbox"] == "s3://corpus/weekly"
     assert (root / "data" / "incoming" / "2026-11-16" / "big.jsonl").read_bytes() == big.read_bytes()
     assert take_new_data(ctx).taken == []
     s3.put_object(Bucket="corpus", Key="weekly/2026-11-23/news.txt", Body=b"kato closed the school .")
