@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import getpass
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,19 +23,36 @@ apply_offline_defaults()
 def run(
     project_dir: Path = typer.Option(Path("."), help="project directory holding dvc.yaml and params.yaml"),
     set_: list[str] = typer.Option([], "--set", help="override a param before running, e.g. merge.ratios=[0.5,1.0]"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="refuse at once when another run is working in the "
+                                 "project, instead of waiting up to flow.workspace_wait_seconds"),
 ) -> None:
-    """Run the retrain flow: every stage through DVC, tracked in MLflow, winner registered and maybe promoted."""
+    """Run the retrain flow: every stage through DVC, tracked in MLflow, winner registered and maybe promoted.
+
+    SIGTERM (what schedulers and Kubernetes send) and Ctrl-C end the run cleanly: the running stage is stopped,
+    its runs are marked failed, and the run's slots and the project are released.
+    """
+    from prefect.exceptions import TerminationSignal
+
     from flows.params_file import apply_overrides
     from flows.retrain import retrain
+    from flows.slots import SlotWaitTimeout
+    from flows.workspace import WorkspaceBusy
     from pipelines.config import ParamsError
 
+    def terminate(signum: int, _frame: object) -> None:
+        raise TerminationSignal(signum)  # unwinds the flow: Prefect marks it Crashed, `finally` blocks release
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         apply_overrides(project_dir / "params.yaml", set_)
         _check_inputs(project_dir)  # before Prefect starts: a bad input is answered in seconds
-        result = retrain(project_dir=str(project_dir))
+        result = retrain(project_dir=str(project_dir), wait_for_workspace=not no_wait)
     except ParamsError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2)
+    except (WorkspaceBusy, SlotWaitTimeout) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3)
     typer.echo("\n" + result.leaderboard)
 
 
@@ -122,7 +140,7 @@ def _registry(project_dir: Path) -> tuple:
     from flows.context import open_project
 
     ctx = open_project(project_dir)
-    return ctx.store, ctx.params.promote.registered_model
+    return ctx.store, ctx.params.promote.registered_model, ctx.params.flow.slot_wait_seconds
 
 
 def _person(command: str) -> str:
@@ -133,10 +151,11 @@ def _moved(action: Callable[[], str]) -> None:
     from mlflow.exceptions import MlflowException
 
     from flows.promotion import PromotionError
+    from flows.slots import SlotWaitTimeout
 
     try:
         typer.echo(action())
-    except (PromotionError, MlflowException) as error:
+    except (PromotionError, MlflowException, SlotWaitTimeout) as error:
         typer.echo(f"error: {getattr(error, 'message', error)}", err=True)
         raise typer.Exit(1)
 
@@ -150,9 +169,9 @@ def promote(
     """Make VERSION the champion now, whatever the policy says (recorded with your user name)."""
     from flows.promotion import promote_by_hand
 
-    store, model = _registry(project_dir)
-    _moved(lambda: f"{model} champion: version {promote_by_hand(store, model, version, _person('promote'), reason)}"
-                   f" -> {version}")
+    store, model, wait = _registry(project_dir)
+    _moved(lambda: f"{model} champion: version "
+                   f"{promote_by_hand(store, model, version, _person('promote'), reason, wait)} -> {version}")
 
 
 @app.command()
@@ -162,8 +181,8 @@ def rollback(
     """Give champion back to the version that held it before the current one."""
     from flows.promotion import rollback as roll_back
 
-    store, model = _registry(project_dir)
-    _moved(lambda: "{} champion: version {} -> {}".format(model, *roll_back(store, model, _person("rollback"))))
+    store, model, wait = _registry(project_dir)
+    _moved(lambda: "{} champion: version {} -> {}".format(model, *roll_back(store, model, _person("rollback"), wait)))
 
 
 @app.command()
@@ -175,7 +194,7 @@ def pin(
     """Pin VERSION (tag pinned=true): while it is champion, the policy never moves champion away from it."""
     from flows.promotion import set_pinned
 
-    store, model = _registry(project_dir)
+    store, model, _ = _registry(project_dir)
 
     def action() -> str:
         set_pinned(store, model, version, not off)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import chdir, contextmanager
+from contextlib import chdir, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +14,26 @@ import yaml
 from dvc.repo import Repo
 
 
+LOCKED = "Unable to acquire lock"  # what DVC prints when another DVC process holds the repository
+STOP_SECONDS = 10
+
+
 class StageFailed(RuntimeError):
     """`dvc repro` of a stage failed; the message carries the end of its output."""
+
+
+class DvcLocked(StageFailed):
+    """Another DVC process holds the repository's lock: not a service error, so not retried."""
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group, SIGKILL what is left after STOP_SECONDS."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_SECONDS)
+            return
 
 
 @dataclass(frozen=True)
@@ -39,10 +58,21 @@ class DvcProject:
         """Run a dvc command; `stream` shows its output (the stage's progress bars) as it runs."""
         # Stage commands say `python`: it must be this interpreter, with the project installed.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        result = subprocess.run(
+        # its own process group: when this process is told to stop, the stage's processes stop with it
+        process = subprocess.Popen(
             [sys.executable, "-m", "dvc", *args], cwd=self.root, env={**os.environ, "PATH": path, **(env or {})},
-            capture_output=not stream, text=True,
+            stdout=None if stream else subprocess.PIPE, stderr=None if stream else subprocess.PIPE, text=True,
+            start_new_session=True,
         )
+        try:
+            stdout, stderr = process.communicate()
+        except BaseException:
+            _stop_group(process)
+            raise
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout or "", stderr or "")
+        if result.returncode != 0 and LOCKED in result.stdout + result.stderr:
+            raise DvcLocked(f"`dvc {' '.join(args)}` in {self.root}: another DVC command holds the "
+                                  "repository's lock (a `dvc` run by hand?)")
         if result.returncode != 0:
             output = "(its output is above)" if stream else "\n".join(
                 (result.stdout + result.stderr).splitlines()[-40:])

@@ -1,4 +1,5 @@
-"""Settings every chatgraft process needs here: no model hub is reachable, and telemetry has nowhere to go."""
+"""Settings every chatgraft process needs here: no model hub is reachable, telemetry has nowhere to go, and
+Prefect's concurrency leases outlive the process that took them."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,11 @@ OFFLINE_DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_ENABLE_TELEMETRY": "false",
+    # The embedded default starts a Prefect API per process; leases kept in its memory die with a killed run while
+    # the slots they hold stay counted. On disk (PREFECT_HOME), the next run finds and releases them.
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+    # The first start of the embedded API creates its database: on two busy cores that took over Prefect's 20 s.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 

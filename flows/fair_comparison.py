@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import get_run_logger
 
 from flows.context import RunContext
+from flows.lineage import lineage_tags
 from flows.tracking import registry
 from flows.tracking.stage_runs import end_run, log_metrics, start_run
 from pipelines.evaluate import evaluate_candidate
@@ -40,7 +41,8 @@ def record_version_metrics(ctx: RunContext, version: str, metrics: dict[str, flo
     """Log a version's metrics on the current data to a run of their own; the version's tags point at it."""
     fingerprint = current_fingerprint(ctx)
     run_id = start_run(ctx.store, f"re-evaluate v{version}",
-                       {"model_version": version, registry.EVAL_FINGERPRINT_TAG: fingerprint}, ctx.parent_run_id)
+                       {"model_version": version, registry.EVAL_FINGERPRINT_TAG: fingerprint,
+                        **lineage_tags(ctx.root)}, ctx.parent_run_id)
     log_metrics(ctx.store, run_id, metrics)
     end_run(ctx.store, run_id)
     registry.set_version_tags(ctx.store, ctx.params.promote.registered_model, version,

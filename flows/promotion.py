@@ -1,58 +1,40 @@
 """Moving `champion`, one move at a time: the policy's automatic moves and a person's promote, pin and rollback.
 
 Every move holds the Prefect global concurrency limit `chatgraft-promotion` (one slot) and re-reads the champion
-inside it, so two flows finishing together can never both crown their winner from the same stale view.
+inside it, so two flows finishing together can never both crown their winner from the same stale view. A move
+waits for the lock at most `wait_seconds` (flow.slot_wait_seconds), logging that it waits.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import logging
+from collections.abc import Callable
 
-from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
-
+from flows.slots import promotion_lock
 from flows.tracking import registry
 from flows.tracking.store import Store
-from pipelines.config import PromoteParams
+from pipelines.config import FlowParams, PromoteParams
 from pipelines.promotion import Champion, Decision, decide_promotion
-
-PROMOTION_LIMIT = "chatgraft-promotion"
-GPU_TAG = "gpu"
 
 
 class PromotionError(RuntimeError):
     """A requested move cannot be made; the message says why."""
 
 
-def ensure_concurrency_limits(gpu_slots: int | None = None) -> None:
-    """Create (or resize) the promotion lock and, when given, the `gpu` tag limit on the Prefect API."""
-    limits = {PROMOTION_LIMIT: 1} | ({f"tag:{GPU_TAG}": gpu_slots} if gpu_slots is not None else {})
-    with get_client(sync_client=True) as client:
-        for name, slots in limits.items():
-            try:
-                client.upsert_global_concurrency_limit_by_name(name, slots)
-            except ObjectAlreadyExists:  # another process created it between the read and the create
-                pass
-
-
-@contextmanager
-def promotion_lock() -> Iterator[None]:
-    """Hold the one promotion slot (strict: a missing limit is an error, never an unguarded move)."""
-    ensure_concurrency_limits()
-    with concurrency(PROMOTION_LIMIT, occupy=1, strict=True):
-        yield
+LOGGER = logging.getLogger("chatgraft.promotion")
+WAIT_SECONDS = FlowParams().slot_wait_seconds
 
 
 def apply_policy(store: Store, policy: PromoteParams, version: str, metrics: dict[str, float], actor: str,
-                 refresh: Callable[[Champion], Champion] = lambda held: held) -> Decision:
+                 refresh: Callable[[Champion], Champion] = lambda held: held,
+                 wait_seconds: float = WAIT_SECONDS) -> Decision:
     """Move `champion` to `version` when the policy says so, and record the decision on the version.
 
     `refresh` brings the champion's metrics up to date with the current evaluation data (it is called inside
     the lock, so it should be cheap by then: call it once before, too).
     """
     model = policy.registered_model
-    with promotion_lock():
+    with promotion_lock(wait_seconds, LOGGER):
+        registry.complete_champion_audit(store, model, actor)
         current = registry.champion(store, model)
         if current is not None and current.version == version:
             return Decision(False, [f"version {version} already is the champion"])
@@ -67,10 +49,13 @@ def apply_policy(store: Store, policy: PromoteParams, version: str, metrics: dic
     return decision
 
 
-def promote_by_hand(store: Store, model: str, version: str, actor: str, reason: str) -> str | None:
+def promote_by_hand(store: Store, model: str, version: str, actor: str, reason: str,
+                    wait_seconds: float = WAIT_SECONDS) -> str | None:
     """A person makes `version` champion (pinned or not); returns the previous champion."""
-    with promotion_lock():
-        registry.version_tags(store, model, version)  # fails clearly for a version that does not exist
+    with promotion_lock(wait_seconds, LOGGER):
+        if registry.version_tags(store, model, version).get(registry.INCOMPLETE_TAG) == "true":  # fails if absent
+            raise PromotionError(f"version {version} of {model} was registered by a run that was killed before its "
+                                 "lineage was recorded; register the model again")
         previous = registry.alias_holder(store, model, registry.CHAMPION)
         if previous == version:
             raise PromotionError(f"version {version} of {model} already is the champion")
@@ -80,9 +65,9 @@ def promote_by_hand(store: Store, model: str, version: str, actor: str, reason: 
     return previous
 
 
-def rollback(store: Store, model: str, actor: str) -> tuple[str, str]:
+def rollback(store: Store, model: str, actor: str, wait_seconds: float = WAIT_SECONDS) -> tuple[str, str]:
     """Give `champion` back to the version that held it before the current one; returns (from, to)."""
-    with promotion_lock():
+    with promotion_lock(wait_seconds, LOGGER):
         current = registry.alias_holder(store, model, registry.CHAMPION)
         if current is None:
             raise PromotionError(f"{model} has no champion to roll back")

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from uuid import UUID
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.context import open_project, require_usable_inputs
+from flows.context import RunContext, open_project, require_usable_inputs
 from flows.leaderboard_view import leaderboard_markdown, promotion_markdown
 from flows.lineage import lineage_tags
-from flows.promotion import ensure_concurrency_limits
+from flows.recovery import recover_crashed_runs, tag_workspace
+from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
     promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data, with_retries,
 )
 from flows.tracking.stage_runs import end_run, log_text, start_run
+from flows.workspace import workspace_id, workspace_lock
 from pipelines.evaluate import REFERENCE_CANDIDATES
 
 
@@ -37,11 +40,28 @@ class RetrainResult:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(project_dir: str = ".") -> RetrainResult:
-    """Reproduce every stage through DVC, track each in MLflow, register the winner and apply the promotion policy."""
+def retrain(project_dir: str = ".", wait_for_workspace: bool = True) -> RetrainResult:
+    """Reproduce every stage through DVC, track each in MLflow, register the winner and apply the promotion policy.
+
+    One run per project at a time: another waits (`flow.workspace_wait_seconds`), or refuses at once when
+    `wait_for_workspace` is false; the run that gets the project first closes what killed runs left open.
+    """
     ctx = open_project(Path(project_dir))
     require_usable_inputs(ctx.params, ctx.root)
-    ensure_concurrency_limits(ctx.params.flow.gpu_slots)
+    logger = get_run_logger()
+    wait = ctx.params.flow.workspace_wait_seconds if wait_for_workspace else 0.0
+    with workspace_lock(ctx.root, f"{flow_run.name} ({flow_run.id})", wait, logger):
+        workspace, current = workspace_id(ctx.root), UUID(str(flow_run.id))
+        tag_workspace(current, workspace)
+        recovery = recover_crashed_runs(ctx.store, workspace, current, flow_run.name)
+        if recovery:
+            logger.warning("closed what killed runs left: %s", recovery.summary())
+        ensure_concurrency_limits(ctx.params.flow.gpu_slots)
+        return _run_pipeline(ctx)
+
+
+def _run_pipeline(ctx: RunContext) -> RetrainResult:
+    """The stages in dvc.yaml's order, each a tracked task; then register, promote, push."""
     ctx = replace(ctx, parent_run_id=start_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)))
     try:
         ratios = ctx.params.merge.ratios

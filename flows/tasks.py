@@ -13,7 +13,8 @@ from flows.dvc_project import StageFailed
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
 from flows.inbox import Intake, inbox_files, take_inbox, write_intake_report
 from flows.lineage import lineage_tags
-from flows.promotion import GPU_TAG, apply_policy
+from flows.promotion import apply_policy
+from flows.slots import GPU_TAG, wait_for_gpu_slot
 from flows.tracking import registry
 from flows.tracking.stage_runs import end_run, log_metrics, log_stage_outputs, set_tags, start_run
 from pipelines.evaluate import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
@@ -53,7 +54,8 @@ def take_new_data(ctx: RunContext) -> Intake:
 def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     """Reproduce one DVC stage (skipped when up to date) and log its files to a nested MLflow run."""
     cached = ctx.dvc.is_up_to_date(stage)
-    run_id = start_run(ctx.store, stage, {"stage": stage, "cached": str(cached).lower()}, ctx.parent_run_id)
+    run_id = start_run(ctx.store, stage, {"stage": stage, "cached": str(cached).lower(), **lineage_tags(ctx.root)},
+                       ctx.parent_run_id)
     try:
         if not cached:
             ctx.dvc.reproduce(stage, env={"MLFLOW_TRACKING_URI": ctx.store.uri, "MLFLOW_RUN_ID": run_id})
@@ -79,9 +81,12 @@ def with_retries(ctx: RunContext, tracked: Task) -> Task:
 
 
 def run_stage(ctx: RunContext, stage: str) -> StageOutcome:
-    """The stage as a Prefect task; training and merge stages carry the `gpu` tag and its concurrency limit."""
-    tags = [GPU_TAG] if stage.split("@")[0] in GPU_STAGES else []
-    return with_retries(ctx, _run_stage).with_options(tags=tags, retry_condition_fn=_not_a_failed_stage)(ctx, stage)
+    """The stage as a Prefect task; training, merge and align stages wait for a `gpu` slot and hold it by its tag."""
+    gpu = stage.split("@")[0] in GPU_STAGES
+    if gpu:
+        wait_for_gpu_slot(stage, ctx.params.flow.slot_wait_seconds, get_run_logger())
+    return with_retries(ctx, _run_stage).with_options(tags=[GPU_TAG] if gpu else [],
+                                                      retry_condition_fn=_not_a_failed_stage)(ctx, stage)
 
 
 def _version_tags(ctx: RunContext, candidate: str, model_md5: str) -> dict[str, str]:
@@ -127,6 +132,10 @@ def _register(ctx: RunContext, candidate: str, board: dict, leaderboard_md: str)
 def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | None:
     """Register the best `promote.register_top_k` eligible merged or aligned models (once per weights hash); the
     winner's version becomes `challenger` and is returned."""
+    repaired = registry.repair_versions(ctx.store, ctx.params.promote.registered_model)
+    if repaired:
+        get_run_logger().warning("versions left without lineage by a killed run, completed or marked incomplete: %s",
+                                 repaired)
     ranked = sorted(board["candidates"].items(), key=lambda item: item[1]["rank"])
     eligible = [name for name, row in ranked if row["eligible"] and name.startswith(COMPETING_PREFIXES)]
     if not eligible:
@@ -146,7 +155,8 @@ def promote_challenger(ctx: RunContext, version: str, board: dict, actor: str) -
         champion_on_current_data(ctx, held)  # the slow part, outside the promotion lock
     challenger = {k: v for k, v in board["candidates"][board["winner"]].items() if isinstance(v, float)}
     decision = apply_policy(ctx.store, policy, version, challenger, actor,
-                            refresh=lambda current: champion_on_current_data(ctx, current))
+                            refresh=lambda current: champion_on_current_data(ctx, current),
+                            wait_seconds=ctx.params.flow.slot_wait_seconds)
     get_run_logger().info("version %s %s: %s", version, "promoted" if decision.promote else "not promoted",
                           "; ".join(decision.reasons))
     return decision

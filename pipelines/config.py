@@ -354,6 +354,10 @@ class FlowParams(Section):
     """How the Prefect flow runs the stages (no stage reads these, so changing them reruns nothing)."""
 
     gpu_slots: int = Field(1, ge=1, description="Prefect `gpu` tag limit: CP and merge tasks running at once")
+    slot_wait_seconds: float = Field(21600.0, ge=0, description="longest wait for a `gpu` slot or the promotion lock "
+                                     "(logging who holds it) before the task gives up naming the holder")
+    workspace_wait_seconds: float = Field(21600.0, ge=0, description="longest wait for another run in the same "
+                                          "project to finish before this one gives up; 0: refuse at once")
     retries: int = Field(2, ge=0, description="retries of a task that failed on a service (MLflow, S3), not on a stage")
     retry_delay_seconds: float = Field(10.0, ge=0, description="wait before each retry")
     inbox: str | None = Field(

@@ -17,6 +17,8 @@ MODEL_MD5_TAG = "dvc_model_md5"
 PINNED_TAG = "pinned"  # `true` (set in the UI or by `chatgraft pin`): only a person moves `champion` away
 EVAL_FINGERPRINT_TAG = "eval_fingerprint"  # what the version's metrics were measured on
 EVAL_RUN_TAG = "eval_run_id"  # the run holding those metrics, when not the one that registered the version
+INCOMPLETE_TAG = "incomplete"  # `true`: a killed run left the version without its lineage; never a candidate
+CHAMPION_DECISIONS = ("promoted", "promoted by hand", "rolled back to")  # what the champion's last decision says
 
 def _requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "transformers", "accelerate", "safetensors")]
@@ -32,18 +34,46 @@ def find_version(store: Store, model: str, model_md5: str) -> str | None:
 
 def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags: dict[str, str],
                    description: str) -> str:
-    """Log the checkpoint with the transformers flavor under `run_id` and register it; returns the version."""
+    """Log the checkpoint with the transformers flavor under `run_id` and register it with its tags in one call
+    (a kill leaves either no version or a version with its lineage); returns the version."""
     with mlflow.start_run(run_id=run_id):
         info = mlflow.transformers.log_model(
             # llm/v1/chat: a text-generation pipeline for load_model, chat messages in and out (through the
             # model's chat template) for pyfunc and `mlflow models serve`
-            transformers_model=str(checkpoint), name="model", task="llm/v1/chat",
-            registered_model_name=model, pip_requirements=_requirements(),
+            transformers_model=str(checkpoint), name="model", task="llm/v1/chat", pip_requirements=_requirements(),
         )
-    registered = str(info.registered_model_version)
-    set_version_tags(store, model, registered, tags)
+    registered = str(mlflow.register_model(info.model_uri, model, tags=tags).version)
     store.client.update_model_version(model, registered, description=description)
     return registered
+
+
+def repair_versions(store: Store, model: str) -> list[str]:
+    """Versions without their content hash (registered by a run killed before it tagged them, before registration
+    took its tags in one call) get their tags from the run that registered them, which carries the same ones;
+    a version whose run has none is tagged incomplete, so nothing reads it as a candidate. Returns the versions
+    repaired or marked."""
+    repaired = []
+    for held in store.client.search_model_versions(f"name = '{model}'"):
+        if MODEL_MD5_TAG in held.tags or held.tags.get(INCOMPLETE_TAG) == "true":
+            continue
+        run_tags = store.client.get_run(held.run_id).data.tags if held.run_id else {}
+        lineage = {k: v for k, v in run_tags.items() if not k.startswith("mlflow.")}
+        set_version_tags(store, model, str(held.version),
+                         lineage if MODEL_MD5_TAG in lineage else {INCOMPLETE_TAG: "true"})
+        repaired.append(str(held.version))
+    return repaired
+
+
+def complete_champion_audit(store: Store, model: str, actor: str) -> str | None:
+    """When `champion` holds a version whose last decision does not say it became champion (a move killed after the
+    alias moved and before its record), record it now (call under the promotion lock); returns that version."""
+    version = alias_holder(store, model, CHAMPION)
+    if version is None or version_tags(store, model, version).get("promotion.decision") in CHAMPION_DECISIONS:
+        return None
+    record_decision(store, model, version, "promoted", ["champion moved without a recorded decision (a move killed "
+                                                        "between the alias and its record, or one made in the UI)"],
+                    actor, "unknown")
+    return version
 
 
 def version_tags(store: Store, model: str, version: str) -> dict[str, str]:

@@ -1,17 +1,20 @@
 """Moving `champion` in a real MLflow registry (sqlite) under a real Prefect concurrency limit (test server)."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from prefect import flow, task
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from flows import promotion
 from flows.cli import app
+from flows.slots import GPU_TAG, SlotWaitTimeout, ensure_concurrency_limits, promotion_lock, wait_for_gpu_slot
 from flows.tracking import open_store, registry
 from flows.tracking.store import Store
 from pipelines.config import PromoteParams
@@ -121,3 +124,54 @@ def test_cli_promote_pin_and_rollback(project) -> None:
     assert chatgraft("pin", "1", "--off").exit_code == 0 and not registry.champion(store, MODEL).pinned
     missing = chatgraft("promote", "99")
     assert missing.exit_code == 1 and "99" in missing.output
+
+
+def test_a_waiting_promotion_gives_up_saying_why(project) -> None:
+    held = threading.Event()
+    done = threading.Event()
+
+    def hold() -> None:
+        with promotion_lock(10, logging.getLogger("holder")):
+            held.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(60)
+        with pytest.raises(SlotWaitTimeout, match="promotion lock after 2 s .*another promotion"):
+            with promotion_lock(1.5, logging.getLogger("waiter"), poll_seconds=0.5):
+                pass
+    finally:
+        done.set()
+        holder.join()
+    with promotion_lock(5, logging.getLogger("after")):  # given back by its holder
+        pass
+
+
+def test_a_gpu_wait_names_the_holding_task_run_and_flow_run(project, caplog) -> None:
+    ensure_concurrency_limits(gpu_slots=1)
+    running, release = threading.Event(), threading.Event()
+
+    @task(name="stage", task_run_name="cp", tags=[GPU_TAG])
+    def busy() -> None:
+        running.set()
+        release.wait(60)
+
+    @flow(flow_run_name="gpu-holder")
+    def holding() -> None:
+        busy()
+
+    thread = threading.Thread(target=holding)
+    thread.start()
+    try:
+        assert running.wait(60)
+        caplog.set_level(logging.INFO)
+        with pytest.raises(SlotWaitTimeout, match=r"gpu slot for merge@1.0 after 2 s .*task run cp of flow run "
+                                                  r"gpu-holder since 20"):
+            wait_for_gpu_slot("merge@1.0", 1.5, logging.getLogger("waiter"), poll_seconds=0.5)
+        assert "waiting for a gpu slot for merge@1.0: held by task run cp" in caplog.text
+    finally:
+        release.set()
+        thread.join()
+    wait_for_gpu_slot("merge@1.0", 5, logging.getLogger("waiter"))  # free again: returns at once

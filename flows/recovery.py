@@ -1,0 +1,106 @@
+"""What a killed run left behind, closed by the next run: Prefect runs left Running, MLflow runs left RUNNING,
+slots still counted, registry versions and champion moves left half-recorded.
+
+It runs while the workspace lock is held, so every other flow run of this workspace still marked Running is known
+to be dead: its process would hold the lock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from mlflow.entities import RunStatus
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags, TaskRunFilter,
+    TaskRunFilterState, TaskRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.states import Crashed
+
+from flows.slots import embedded, release_dead_gpu_slots, revoke_expired_leases
+from flows.tracking.store import Store
+
+UNFINISHED = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.SCHEDULED]
+FOUND_BY_TAG = "chatgraft.crashed_found_by"
+WORKSPACE_TAG_PREFIX = "chatgraft-workspace:"
+
+
+@dataclass
+class Recovery:
+    """What one run found and closed of the runs before it."""
+
+    flow_runs: list[str] = field(default_factory=list)
+    task_runs: list[str] = field(default_factory=list)
+    mlflow_runs: list[str] = field(default_factory=list)
+    slots: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.flow_runs or self.task_runs or self.mlflow_runs or self.slots)
+
+    def summary(self) -> str:
+        """One line for the log."""
+        return "; ".join(f"{what}: {', '.join(items)}" for what, items in (
+            ("crashed flow runs", self.flow_runs), ("their unfinished task runs", self.task_runs),
+            ("MLflow runs marked FAILED", self.mlflow_runs), ("slots given back", self.slots)) if items)
+
+
+def tag_workspace(flow_run_id: UUID, workspace: str) -> None:
+    """Tag the current flow run with its workspace, so that the next run there can find it if it dies."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        client.update_flow_run(flow_run_id, tags=sorted(set(run.tags) | {WORKSPACE_TAG_PREFIX + workspace}))
+
+
+def _crash_dead_flow_runs(workspace: str, current: UUID, reason: str, recovery: Recovery) -> set[UUID]:
+    with get_client(sync_client=True) as client:
+        dead = [run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[WORKSPACE_TAG_PREFIX + workspace]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=UNFINISHED)))) if run.id != current]
+        if not dead:
+            return set()
+        for run in dead:
+            client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
+            recovery.flow_runs.append(run.name)
+        ids = {run.id for run in dead}
+        for task_run in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(ids))),
+                task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=UNFINISHED)))):
+            client.set_task_run_state(task_run.id, Crashed(message=reason), force=True)  # gives its gpu slot back
+            recovery.task_runs.append(task_run.name)
+    return ids
+
+
+def _flow_run_over(flow_run_id: str, dead: set[UUID]) -> bool:
+    try:
+        run_id = UUID(flow_run_id)
+    except ValueError:
+        return False
+    if run_id in dead:
+        return True
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    return state is not None and state.is_final()
+
+
+def _fail_orphaned_mlflow_runs(store: Store, dead: set[UUID], found_by: str, recovery: Recovery) -> None:
+    """MLflow runs still RUNNING whose flow run is dead or over are marked FAILED, tagged with who found them."""
+    for run in store.client.search_runs([store.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        flow_run_id = run.data.tags.get("prefect_flow_run_id", "")
+        if flow_run_id and _flow_run_over(flow_run_id, dead):
+            store.client.set_tag(run.info.run_id, FOUND_BY_TAG, found_by)
+            store.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            recovery.mlflow_runs.append(run.info.run_name or run.info.run_id)
+
+
+def recover_crashed_runs(store: Store, workspace: str, current: UUID, current_name: str) -> Recovery:
+    """Close what killed runs of this workspace left open (call while holding the workspace lock)."""
+    found_by = f"flow run {current_name} ({current})"
+    reason = f"found dead by {found_by}: its process had ended without finishing the run"
+    recovery = Recovery()
+    dead = _crash_dead_flow_runs(workspace, current, reason, recovery)
+    _fail_orphaned_mlflow_runs(store, dead, found_by, recovery)
+    if embedded():
+        revoke_expired_leases()
+    recovery.slots += release_dead_gpu_slots(dead, reason)
+    return recovery
