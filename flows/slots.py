@@ -83,10 +83,11 @@ def gpu_holders(client: SyncPrefectClient) -> list[TaskRun]:
 
 
 def _dead(client: SyncPrefectClient, task_run: TaskRun, dead_flow_runs: set[UUID]) -> bool:
-    if task_run.state is None or task_run.state.is_final() or task_run.flow_run_id in dead_flow_runs:
-        return True
-    if task_run.flow_run_id is None:
+    """Whether an unfinished task run belongs to a flow run that is dead or over (a finished one keeps its state)."""
+    if task_run.state is None or task_run.state.is_final() or task_run.flow_run_id is None:
         return False
+    if task_run.flow_run_id in dead_flow_runs:
+        return True
     state = client.read_flow_run(task_run.flow_run_id).state
     return state is not None and state.is_final()
 
