@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,6 +9,7 @@ from contextlib import chdir, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 from dvc.repo import Repo
 
@@ -26,14 +26,19 @@ class DvcLocked(StageFailed):
     """Another DVC process holds the repository's lock: not a service error, so not retried."""
 
 
-def _stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group, SIGKILL what is left after STOP_SECONDS."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=STOP_SECONDS)
-            return
+def _stop_tree(process: subprocess.Popen) -> None:
+    """SIGTERM the dvc process and every process under it (the stage's), SIGKILL what is left after STOP_SECONDS."""
+    with suppress(psutil.NoSuchProcess):
+        dvc = psutil.Process(process.pid)
+        tree = [*dvc.children(recursive=True), dvc]
+        for member in tree:
+            with suppress(psutil.NoSuchProcess):
+                member.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=STOP_SECONDS)
+        for member in alive:
+            with suppress(psutil.NoSuchProcess):
+                member.kill()
+    process.wait()
 
 
 @dataclass(frozen=True)
@@ -58,16 +63,16 @@ class DvcProject:
         """Run a dvc command; `stream` shows its output (the stage's progress bars) as it runs."""
         # Stage commands say `python`: it must be this interpreter, with the project installed.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        # its own process group: when this process is told to stop, the stage's processes stop with it
+        # in this process's group: a kill of the group (an OOM kill, kill -9 -PGID, a pod's end) ends the stage too,
+        # never leaving it running unseen with DVC's lock; when only this process is told to stop, it stops the tree
         process = subprocess.Popen(
             [sys.executable, "-m", "dvc", *args], cwd=self.root, env={**os.environ, "PATH": path, **(env or {})},
             stdout=None if stream else subprocess.PIPE, stderr=None if stream else subprocess.PIPE, text=True,
-            start_new_session=True,
         )
         try:
             stdout, stderr = process.communicate()
         except BaseException:
-            _stop_group(process)
+            _stop_tree(process)
             raise
         result = subprocess.CompletedProcess(process.args, process.returncode, stdout or "", stderr or "")
         if result.returncode != 0 and LOCKED in result.stdout + result.stderr:

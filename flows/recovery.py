@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags, TaskRunFilter,
@@ -83,14 +83,27 @@ def _flow_run_over(flow_run_id: str, dead: set[UUID]) -> bool:
     return state is not None and state.is_final()
 
 
+def _fail(store: Store, run: Run, found_by: str) -> str:
+    store.client.set_tag(run.info.run_id, FOUND_BY_TAG, found_by)
+    store.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+    return run.info.run_name or run.info.run_id
+
+
 def _fail_orphaned_mlflow_runs(store: Store, dead: set[UUID], found_by: str, recovery: Recovery) -> None:
     """MLflow runs still RUNNING whose flow run is dead or over are marked FAILED, tagged with who found them."""
     for run in store.client.search_runs([store.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         flow_run_id = run.data.tags.get("prefect_flow_run_id", "")
         if flow_run_id and _flow_run_over(flow_run_id, dead):
-            store.client.set_tag(run.info.run_id, FOUND_BY_TAG, found_by)
-            store.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-            recovery.mlflow_runs.append(run.info.run_name or run.info.run_id)
+            recovery.mlflow_runs.append(_fail(store, run, found_by))
+
+
+def fail_abandoned_runs(store: Store, flow_run_id: UUID, keep: str, found_by: str) -> list[str]:
+    """This flow run's MLflow runs still RUNNING but `keep` (the flow's own), marked FAILED: a task whose service
+    call failed could not end its run, and its retry logged under a new one. Returns their names."""
+    running = store.client.search_runs(
+        [store.experiment_id], f"attributes.status = 'RUNNING' and tags.prefect_flow_run_id = '{flow_run_id}'",
+        max_results=1000)
+    return [_fail(store, run, found_by) for run in running if run.info.run_id != keep]
 
 
 def recover_crashed_runs(store: Store, workspace: str, current: UUID, current_name: str) -> Recovery:

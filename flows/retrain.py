@@ -5,6 +5,7 @@ intake -> corpus -> upstream -> cp -> merge@ratio -> evaluate@model -> curate ->
 """
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from uuid import UUID
@@ -16,7 +17,7 @@ from prefect.runtime import flow_run
 from flows.context import RunContext, open_project, require_usable_inputs
 from flows.leaderboard_view import leaderboard_markdown, promotion_markdown
 from flows.lineage import lineage_tags
-from flows.recovery import recover_crashed_runs, tag_workspace
+from flows.recovery import fail_abandoned_runs, recover_crashed_runs, tag_workspace
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
     promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data, with_retries,
@@ -60,6 +61,13 @@ def retrain(project_dir: str = ".", wait_for_workspace: bool = True) -> RetrainR
         return _run_pipeline(ctx)
 
 
+def _close_abandoned_runs(ctx: RunContext) -> None:
+    found_by = f"flow run {flow_run.name} ({flow_run.id}), at its end"
+    abandoned = fail_abandoned_runs(ctx.store, UUID(str(flow_run.id)), ctx.parent_run_id or "", found_by)
+    if abandoned:
+        get_run_logger().warning("MLflow runs left open by retried tasks, marked FAILED: %s", ", ".join(abandoned))
+
+
 def _run_pipeline(ctx: RunContext) -> RetrainResult:
     """The stages in dvc.yaml's order, each a tracked task; then register, promote, push."""
     ctx = replace(ctx, parent_run_id=start_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)))
@@ -82,8 +90,11 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
         decision = with_retries(ctx, promote_challenger)(ctx, version, board, actor) if version else None
         with_retries(ctx, push_outputs)(ctx)
     except BaseException:
+        with suppress(Exception):  # MLflow may be what failed: then the next run's recovery closes them
+            _close_abandoned_runs(ctx)
         end_run(ctx.store, ctx.parent_run_id, ok=False)
         raise
+    _close_abandoned_runs(ctx)
     summary = (f"version {version}: {'promoted to champion' if decision.promote else 'not promoted'} "
                f"({'; '.join(decision.reasons)})") if decision else "nothing registered"
     markdown = leaderboard_markdown(board, summary)

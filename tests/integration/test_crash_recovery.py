@@ -16,6 +16,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -93,6 +94,18 @@ def kill_inside(root: Path, step: str, rng: random.Random) -> None:
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    wait_until(lambda: not working_in(root), f"the processes of the run killed in {step} to end", seconds=10,
+               interval=0.2)
+
+
+def working_in(root: Path) -> list[str]:
+    """Command lines of the processes whose working directory is the project (a stage, DVC, the flow)."""
+    found = []
+    for process in psutil.process_iter(["cwd", "cmdline"]):
+        cwd = process.info["cwd"]
+        if cwd and Path(cwd).is_relative_to(root):
+            found.append(" ".join(process.info["cmdline"] or []))
+    return found
 
 
 def prefect_state(root: Path) -> dict:

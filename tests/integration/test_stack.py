@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,8 +16,10 @@ import psycopg2
 import pytest
 import requests
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.conftest import REPO, TINY_PARAMS, free_port, make_project, run
+from tests.conftest import REPO, TINY_PARAMS, free_port, make_project, run, wait_until
 
 pytestmark = pytest.mark.integration
 POSTGRES = os.environ.get("CHATGRAFT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -133,13 +136,34 @@ def chatgraft_run(root: Path, env: dict[str, str], *overrides: str, log: Path) -
     """`chatgraft run` against the stack in the background, output to `log`."""
     sets = [arg for override in overrides for arg in ("--set", override)]
     return subprocess.Popen([str(Path(sys.executable).parent / "chatgraft"), "run", "--project-dir", str(root), *sets],
-                            env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                            env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
-def test_s3_down_during_push_then_mlflow_restarted_mid_flow(stack, tmp_path: Path) -> None:
-    """Two outages, two runs: S3 down while pushing fails the run clearly with local state intact; the next run,
-    with the MLflow server restarted in its middle, retries the task that hit the outage, completes and pushes."""
-    root, env, _ = stack
+def prefect_state(env: dict[str, str]) -> tuple[dict[str, int], list[str]]:
+    """Slots each global limit counts, and the flow runs' states, as the stack's Prefect server has them."""
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        slots = {limit.name: limit.active_slots for limit in client.read_global_concurrency_limits()}
+        return slots, [run.state.type.value for run in client.read_flow_runs()]
+
+
+def test_killed_run_then_s3_down_during_push_then_mlflow_restarted_mid_flow(stack, tmp_path: Path) -> None:
+    """Three faults, three runs: a run whose process group is killed inside a merge holds a gpu slot and leaves
+    RUNNING runs on the servers, which the next run closes; that run meets S3 down while pushing and fails clearly
+    with local state intact; the next, with the MLflow server restarted in its middle, retries the task that hit
+    the outage, completes and pushes, and nothing is left running or held."""
+    root, env, name = stack
+    log = tmp_path / "killed.log"
+    killed = chatgraft_run(root, env, "merge.ratios=[0.5, 0.7]", log=log)
+    try:
+        wait_until(lambda: "Running stage 'merge@0.7'" in log.read_text() or killed.poll() is not None,
+                   "merge@0.7", seconds=600, interval=0.1)
+        assert killed.poll() is None, log.read_text()[-3000:]
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    assert query(f"{name}_mlflow", "SELECT count(*) FROM runs WHERE status = 'RUNNING'")[0][0] >= 2  # retrain, merge
+
     config_local = root / ".dvc" / "config.local"
     working = config_local.read_text()
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: S3 is down for DVC
@@ -149,6 +173,7 @@ def test_s3_down_during_push_then_mlflow_restarted_mid_flow(stack, tmp_path: Pat
     assert failed.wait(timeout=900) != 0
     output = log.read_text()
     assert "Retry 2/2" in output and "`dvc push` failed" in output
+    assert "closed what killed runs left" in output and "merge@0.7" in output
     assert (root / "models" / "merged" / "alpha-0.7" / "model.safetensors").exists()  # local state intact
     assert "up to date" in run([sys.executable, "-m", "dvc", "status"], root)
 
@@ -167,6 +192,10 @@ def test_s3_down_during_push_then_mlflow_restarted_mid_flow(stack, tmp_path: Pat
     in_sync = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud"], cwd=root, env={**os.environ, **env},
                              capture_output=True, text=True)
     assert in_sync.returncode == 0 and "in sync" in in_sync.stdout, in_sync.stdout + in_sync.stderr
+    assert not query(f"{name}_mlflow", "SELECT name FROM runs WHERE status = 'RUNNING'")
+    slots, flow_runs = prefect_state(env)
+    assert slots == {"tag:gpu": 0, "chatgraft-promotion": 0}
+    assert flow_runs.count("CRASHED") == 1 and "RUNNING" not in flow_runs
 
 
 def test_basic_auth_refuses_a_client_without_credentials(tmp_path: Path) -> None:
