@@ -1,4 +1,4 @@
-"""The `chatgraft` command: run or serve the retrain flow, merge, move the champion, open the MLflow UI."""
+"""The `chatgraft` command: run or serve the retrain flow, merge, evaluate, move the champion, open the MLflow UI."""
 from __future__ import annotations
 
 import getpass
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,6 +18,9 @@ app = typer.Typer(help="chatgraft: continual pretraining + chat vector, as a tra
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 apply_offline_defaults()
+
+if TYPE_CHECKING:
+    from pipelines.config import Params
 
 
 @app.command()
@@ -67,14 +71,21 @@ def _check_inputs(project_dir: Path) -> None:
 def check(
     project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
 ) -> None:
-    """Check params.yaml and every input it names (model folders, eval and SFT sets, the inbox) without running."""
-    from pipelines.config import ParamsError
+    """Check params.yaml and every input it names (model folders, eval and SFT sets, the inbox) without running;
+    with a real base/chat pair, say what the merge will reconcile and what CP will need in memory."""
+    from pipelines.config import ParamsError, load_params
+    from pipelines.upstream.pair_check import check_pair
 
     try:
         _check_inputs(project_dir)
     except ParamsError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2)
+    params = load_params(project_dir / "params.yaml")
+    if params.upstream.base_path and params.upstream.chat_path:
+        pair = {role: project_dir / getattr(params.upstream, f"{role}_path") for role in ("base", "chat")}
+        typer.echo("\n".join(check_pair(pair).summary()))
+        typer.echo(_memory_estimate(params, pair["base"]))
     typer.echo(f"{project_dir / 'params.yaml'}: valid, and every input it names is usable")
 
 
@@ -108,6 +119,44 @@ def merge(
 
 
 @app.command()
+def evaluate(
+    model: Path = typer.Option(..., help="model folder to score: a chatgraft merge output, a hub checkpoint"),
+    chat: Path | None = typer.Option(None, help="chat model whose template and end-of-turn ids are used when MODEL "
+                                     "has no chat template (default: MODEL itself)"),
+    project_dir: Path = typer.Option(Path("."), help="project whose params.yaml `eval` section is used"),
+    corpus: Path | None = typer.Option(None, help="folder with the held-out text (valid.jsonl) and default eval "
+                                       "sets (default: the project's data/corpus)"),
+    instruction: Path | None = typer.Option(None, help="instruction set jsonl (default: eval.sets.instruction)"),
+    multiturn: Path | None = typer.Option(None, help="multi-turn set jsonl (default: eval.sets.multiturn)"),
+    safety: Path | None = typer.Option(None, help="safety set jsonl (default: eval.sets.safety)"),
+    out: Path = typer.Option(Path("reports/evaluate"), help="folder for <model name>.json (metrics) and "
+                             "<model name>.samples.jsonl (every answer)"),
+) -> None:
+    """Score any model folder on the evaluation suites the flow uses, and print the scores."""
+    from pipelines.config import ParamsError, load_params
+    from pipelines.evaluate import evaluate_candidate
+    from pipelines.model_folder import check_model_folder
+
+    try:
+        check_model_folder(model)
+        params = load_params(project_dir / "params.yaml").eval
+        given = {"instruction": instruction, "multiturn": multiturn, "safety": safety}
+        sets = params.sets.model_copy(update={k: str(v) for k, v in given.items() if v is not None})
+        result = evaluate_candidate(model, chat or model, corpus or project_dir / "data" / "corpus",
+                                    params.model_copy(update={"sets": sets}), out / f"{model.name}.json",
+                                    out / f"{model.name}.samples.jsonl")
+    except ParamsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2)
+    except (ValueError, OSError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1)
+    width = max(map(len, result.metrics))
+    typer.echo("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in sorted(result.metrics.items())))
+    typer.echo(f"metrics: {out / f'{model.name}.json'}; answers: {out / f'{model.name}.samples.jsonl'}")
+
+
+@app.command()
 def serve(
     project_dir: Path = typer.Option(Path("."), help="project directory holding prefect.yaml, dvc.yaml, params.yaml"),
 ) -> None:
@@ -121,7 +170,8 @@ def serve(
 def intake(
     project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
 ) -> None:
-    """Take new corpus files from `flow.inbox` into data/incoming and version it with DVC (the flow's first task).
+    """Take new corpus files from `flow.inbox` into data/incoming and record them as the inbox stage's output
+    (the flow's first task).
 
     Exits 1 when a file was refused (an unsafe name, a link out of the inbox, no readable documents); the
     files that could be taken are taken, and reports/intake.json lists every refusal."""
@@ -228,10 +278,7 @@ def memory(
                                              "default: upstream.base_path, else the project's tiny base"),
 ) -> None:
     """Estimate the accelerator memory a CP run needs per process, from the model's config (no weights loaded)."""
-    from transformers import AutoConfig
-
     from pipelines.config import ParamsError, load_params
-    from pipelines.training.memory import estimate_cp_memory
 
     try:
         params = load_params(params_file)
@@ -242,10 +289,18 @@ def memory(
     if not (source / "config.json" if source.is_dir() else source).exists():
         typer.echo(f"{source}: no model config.json (pass --model-config, or run the upstream stage)", err=True)
         raise typer.Exit(2)
+    typer.echo(_memory_estimate(params, source))
+
+
+def _memory_estimate(params: "Params", source: Path) -> str:
+    from transformers import AutoConfig
+
+    from pipelines.training.memory import estimate_cp_memory
+
     config = AutoConfig.from_pretrained(source.parent if source.name == "config.json" else source)
     estimate = estimate_cp_memory(config, params.cp)
     mode = "LoRA" if params.cp.lora else "full"
     distributed = params.cp.distributed
-    typer.echo(f"{config.model_type}, {mode} fine-tuning, {distributed.nproc_per_node} process(es) "
-               f"({distributed.strategy}), "
-               f"{params.cp.batch_size} x {params.cp.block_size} tokens a step:\n{estimate.table()}")
+    return (f"{config.model_type}, {mode} fine-tuning, {distributed.nproc_per_node} process(es) "
+            f"({distributed.strategy}), {params.cp.batch_size} x {params.cp.block_size} tokens a step:\n"
+            f"{estimate.table()}")

@@ -134,9 +134,9 @@ class DvcProject:
                     return out.get("md5")
         return None
 
-    def add(self, path: Path) -> None:
-        """Version a folder the project owns outside any stage (`dvc add`); cheap when nothing changed."""
-        self._dvc("add", "--quiet", str(path.relative_to(self.root)))
+    def commit(self, stage: str) -> None:
+        """Record a stage's outputs as they are now in dvc.lock and the cache (`dvc commit`), without running it."""
+        self._dvc("commit", "--force", "--quiet", stage)
 
     def set_local_remote(self, name: str, url: str, endpoint_url: str) -> None:
         """Make `name` (an S3 `url` at `endpoint_url`) this clone's default remote, in git-ignored .dvc/config.local."""

@@ -36,12 +36,17 @@ class StageOutcome:
 
 @task(name="intake", cache_policy=NO_CACHE)
 def take_new_data(ctx: RunContext) -> Intake:
-    """Take new corpus files from the inbox (`flow.inbox`) into data/incoming and version it with `dvc add`."""
+    """Take new corpus files from the inbox (`flow.inbox`) into data/incoming and record them as the `inbox`
+    stage's output (`dvc commit inbox`)."""
     source = ctx.params.flow.inbox
+    logger = get_run_logger()
+    legacy = ctx.root / "data" / "incoming.dvc"
+    if legacy.exists():  # projects from before the inbox stage tracked the snapshot with `dvc add`
+        legacy.unlink()
+        logger.warning("data/incoming is now the inbox stage's output: removed data/incoming.dvc (commit that)")
     intake = take_inbox(inbox_files(source, ctx.root) if source else iter(()), ctx.layout.incoming)
     write_intake_report(intake, source or "", ctx.layout.intake_report)
-    ctx.dvc.add(ctx.layout.incoming)
-    logger = get_run_logger()
+    ctx.dvc.commit("inbox")
     logger.info("inbox %s: %d new file(s) %s", source or "(none)", len(intake.taken), intake.taken or "")
     if intake.skipped:
         logger.warning("left in the inbox (not .txt, .jsonl or .parquet): %s", intake.skipped)

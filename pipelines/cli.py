@@ -25,6 +25,12 @@ def _offline() -> None:
 
 
 @app.command()
+def inbox() -> None:
+    """Make the inbox snapshot folder, data/incoming, when there is none (the flow's intake fills it)."""
+    _layout().incoming.mkdir(parents=True, exist_ok=True)
+
+
+@app.command()
 def corpus() -> None:
     """Generate the default world's data sets into data/corpus, with the documents in data/incoming."""
     from pipelines.corpus import build_corpus
@@ -39,7 +45,8 @@ def upstream() -> None:
     from pipelines.upstream import build_upstream
 
     params, layout = load_params(PARAMS), _layout()
-    build_upstream(params.upstream, layout.corpus, layout.upstream, layout.metrics / "upstream.json", layout.plots)
+    build_upstream(params.upstream, layout.corpus, layout.upstream, layout.metrics / "upstream.json", layout.plots,
+                   layout.upstream_report)
 
 
 @app.command()

@@ -29,6 +29,9 @@ class DataParams(Section):
         "exact", description="duplicate removal over the inbox documents: normalised exact match, or MinHash near"
     )
     near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of a near duplicate")
+    heldout_share: float = Field(0.05, ge=0, lt=0.5, description="share of the inbox documents held out of CP "
+                                 "(chosen by a seeded hash of each document): held-out loss and perplexity read them")
+    heldout_min: int = Field(8, ge=0, description="at least this many documents held out (at most half of them)")
     min_document_chars: int = Field(1, ge=1, description="inbox documents shorter than this after cleaning "
                                     "(mojibake, control characters, whitespace) are dropped")
     sft_share: float = Field(0.25, ge=0, lt=1, description="share of the target entities whose facts form the SFT "
@@ -264,6 +267,9 @@ class EvalParams(Section):
         None, description="LLM judge (1-10 per answer) at the OpenAI-compatible endpoint in OPENAI_BASE_URL; null: off"
     )
 
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where candidates are "
+                        "evaluated: auto (a CUDA GPU when there is one, in bf16; else the CPU in float32), cpu, cuda "
+                        "or cuda:<index>")
     max_new_tokens: int = Field(24, ge=1, description="generation budget per answer")
     batch_size: int = Field(32, ge=1, description="prompts per generation batch")
     max_questions: int = Field(160, ge=1, description="at most this many eval questions are asked")

@@ -20,13 +20,18 @@ class Layout:
 
     @property
     def incoming(self) -> Path:
-        """The inbox snapshot: corpus files the flow took in, versioned with `dvc add`."""
+        """The inbox snapshot: corpus files the flow took in, the output of the `inbox` stage."""
         return self.root / "data" / "incoming"
 
     @property
     def intake_report(self) -> Path:
         """What the last intake took from the inbox, left there, and refused (with reasons)."""
         return self.root / "reports" / "intake.json"
+
+    @property
+    def upstream_report(self) -> Path:
+        """The base/chat pair check the upstream stage writes (reports/upstream.json)."""
+        return self.root / "reports" / "upstream.json"
 
     @property
     def upstream(self) -> Path:

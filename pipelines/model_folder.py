@@ -18,5 +18,5 @@ def check_model_folder(path: Path, allow_pickle: bool = False) -> str:
         if not names:
             raise CheckpointError(f"{path}: no embedding tensor with the config's vocab_size "
                                   f"({vocab_size(config)}) rows")
-        check_tokenizer_rows(path, load_tokenizer(path), names[0], checkpoint.get(names[0]).shape[0])
+        check_tokenizer_rows(path, load_tokenizer(path), names[0], checkpoint.shape(names[0])[0])
     return str(config.get("model_type"))

@@ -12,6 +12,7 @@ from pipelines.align.sft_set import read_sft_set
 from pipelines.config import Params
 from pipelines.evaluate.sets import load_eval_set
 from pipelines.model_folder import check_model_folder, require_folder
+from pipelines.upstream.pair_check import check_pair
 
 Check = Callable[[Path], object]
 
@@ -42,11 +43,16 @@ def _named_inputs(params: Params) -> Iterator[tuple[str, str, Check]]:
 
 
 def input_problems(params: Params, root: Path) -> list[str]:
-    """Every problem with the inputs `params` name, as `key: what is wrong` lines; empty when all are usable."""
+    """Every problem with the inputs `params` name, as `key: what is wrong` lines; empty when all are usable. A
+    real base/chat pair whose folders are usable is also checked against itself (can it be merged?)."""
     problems = []
     for key, written, check in _named_inputs(params):
         try:
             check(root / written)  # an absolute path stays itself
         except (ValueError, OSError) as error:  # CheckpointError is a ValueError
             problems.append(f"{key}: {error}")
+    upstream = params.upstream
+    if upstream.base_path and upstream.chat_path and not any(p.startswith("upstream.") for p in problems):
+        pair = check_pair({"base": root / upstream.base_path, "chat": root / upstream.chat_path})
+        problems += [f"upstream: {problem}" for problem in pair.problems]
     return problems

@@ -13,9 +13,7 @@ import pytest
 import requests
 import yaml
 
-from flows.dvc_project import DvcProject
 from flows.environment import apply_offline_defaults
-from flows.inbox import take_inbox
 from pipelines.config import AlignParams, MergeParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +72,8 @@ def answers_health(url: str) -> bool:
 
 
 def make_project(root: Path, params: dict) -> Path:
-    """A git + DVC project with chatgraft's dvc.yaml and stage code, the given params and a local DVC remote."""
+    """A git + DVC project with chatgraft's dvc.yaml and stage code, the given params and a local DVC remote: what a
+    fresh clone holds (no data/incoming: the inbox stage makes it)."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(REPO / "pipelines", root / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
@@ -84,8 +83,6 @@ def make_project(root: Path, params: dict) -> Path:
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     run([sys.executable, "-m", "dvc", "remote", "add", "-q", "-d", "local", str(root.parent / "dvc-remote")], root)
-    take_inbox(iter(()), root / "data" / "incoming")  # the (empty) inbox snapshot the corpus stage reads
-    DvcProject(root).add(root / "data" / "incoming")
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "init"], root)
     return root

@@ -1,6 +1,7 @@
 """The `corpus` stage: writes the upstream, CP and evaluation data sets of the default world."""
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -8,10 +9,11 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
-from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
+from pipelines.atomic import atomic_dir, iter_jsonl, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
 from pipelines.corpus.cleaning import clean_document
 from pipelines.corpus.documents import document_files, read_file_documents
+from pipelines.corpus.heldout import HeldOutSplit
 from pipelines.dedup import DuplicateFilter
 from pipelines.corpus.world import (
     Fact, World, build_world, chat_conversation, fact_choices, follow_up_conversation, pretraining_sentences,
@@ -94,6 +96,7 @@ class IncomingCounts:
     documents: int = 0
     too_short_removed: int = 0
     duplicates_removed: int = 0
+    heldout: int = 0
     characters: int = 0
     words: int = 0
 
@@ -116,9 +119,31 @@ def _incoming_documents(files: list[Path], params: DataParams, counts: IncomingC
                 yield text
 
 
+def _write_cp_text(staging: Path, world_train: Iterable[str], world_heldout: Iterable[str],
+                   incoming_documents: Iterable[str], params: DataParams, counts: IncomingCounts) -> dict[str, int]:
+    """The CP training text (the world's, and the inbox documents CP may train on) and the held-out text (the
+    world's, and the inbox documents held out by hash): no held-out document is in the training text."""
+    split = HeldOutSplit(params.heldout_share, params.heldout_min, params.seed)
+    held_incoming = staging / "heldout-incoming.jsonl.tmp"
+    with held_incoming.open("w") as held:
+        trained = write_jsonl_atomic(staging / TRAIN, ({"text": t} for t in chain(
+            world_train, split.training(incoming_documents, held))))
+        moved = split.shortfall()
+        held.writelines(json.dumps({"text": text}) + "\n" for text in moved)
+    if moved:  # reads the written file while its replacement is written beside it
+        kept = (row for row in iter_jsonl(staging / TRAIN) if row["text"] not in moved)
+        trained = write_jsonl_atomic(staging / TRAIN, kept)
+    counts.heldout = split.held + len(moved)
+    heldout = write_jsonl_atomic(staging / VALID, chain(({"text": t} for t in world_heldout),
+                                                        iter_jsonl(held_incoming)))
+    held_incoming.unlink()
+    return {TRAIN.removesuffix(".jsonl"): trained, VALID.removesuffix(".jsonl"): heldout}
+
+
 def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None) -> CorpusResult:
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`; the
-    documents in `incoming` (the inbox snapshot) stream into the CP training text."""
+    documents in `incoming` (the inbox snapshot) stream into the CP training text, but those held out by hash
+    (`data.heldout_share`), which join the world's held-out text."""
     world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
     rng = random.Random(params.seed + 1)
     incoming_counts = IncomingCounts()
@@ -126,12 +151,11 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
     sft_facts, eval_facts = split_for_sft(world, params.sft_share, random.Random(params.seed + 2))
     target_questions = list(eval_facts)
     rng.shuffle(target_questions)
+    upstream_text = _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)
+    cp_text = _cp_sentences(world, params, rng)
     sets: dict[str, Iterable[dict]] = {
-        UPSTREAM_TEXT: [{"text": s} for s in _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)],
+        UPSTREAM_TEXT: [{"text": s} for s in upstream_text],
         UPSTREAM_CHAT: [{"messages": chat_conversation(fact)} for fact in world.source],
-        TRAIN: chain(({"text": s} for s in _cp_sentences(world, params, rng)),
-                     ({"text": t} for t in incoming_documents)),
-        VALID: [{"text": fact.statement()} for fact in world.target],
         EVAL: [
             {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}
             for fact in target_questions
@@ -142,8 +166,11 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
                       for _, request, harmful in safety_requests(eval_facts)],
         SFT: sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3)),
     }
+    # held out: the eval facts as question and answer, a phrasing of them CP never trains on
+    world_heldout = [f"{fact.question()} {fact.answer()}" for fact in eval_facts]
     with atomic_dir(out_dir, "corpus") as staging:
-        counts = {name.removesuffix(".jsonl"): write_jsonl_atomic(staging / name, rows) for name, rows in sets.items()}
+        counts = _write_cp_text(staging, cp_text, world_heldout, incoming_documents, params, incoming_counts)
+        counts |= {name.removesuffix(".jsonl"): write_jsonl_atomic(staging / name, rows) for name, rows in sets.items()}
         write_json_atomic(staging / LEXICON, target_lexicon(world))
         _write_lm_eval_task(eval_facts, params, staging / LM_EVAL, out_dir / LM_EVAL)
         write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+import torch
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from pipelines.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipelines.config import EvalParams
+from pipelines.devices import load_for_inference, resolve_device
 from pipelines.corpus import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, LM_EVAL, VALID
 from pipelines.evaluate.degeneration import distinct_n, repetition_rate, termination_rate
 from pipelines.evaluate.generation import Generation, generate_answers
@@ -50,9 +52,12 @@ def candidate_dir(layout: Layout, candidate: str) -> Path:
 
 def end_of_turn_ids(chat_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The chat model's stop tokens (its generation EOS ids), as ids of the evaluated model's vocabulary."""
-    eos = GenerationConfig.from_pretrained(chat_dir).eos_token_id
-    chat_tokens = AutoTokenizer.from_pretrained(chat_dir).convert_ids_to_tokens(eos if isinstance(eos, list) else [eos])
-    return tokenizer.convert_tokens_to_ids(chat_tokens)
+    chat_tokenizer = AutoTokenizer.from_pretrained(chat_dir)
+    generation = GenerationConfig.from_pretrained(chat_dir) if (chat_dir / "generation_config.json").exists() else None
+    eos = generation.eos_token_id if generation and generation.eos_token_id is not None else chat_tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"{chat_dir}: neither generation_config.json nor the tokenizer names an end-of-turn token")
+    return tokenizer.convert_tokens_to_ids(chat_tokenizer.convert_ids_to_tokens(eos if isinstance(eos, list) else [eos]))
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,11 @@ def _sample(suite: str, example: EvalExample, answer: Generation, params: EvalPa
     return row
 
 
-def _classify_refusals(params: EvalParams, samples: list[dict[str, Any]]) -> None:
+def _classify_refusals(params: EvalParams, samples: list[dict[str, Any]], device: torch.device) -> None:
     """Replace the pattern verdicts of the safety rows by the classifier's."""
     rows = [row for row in samples if row["suite"] == "safety"]
     verdicts = classifier_refusals(Path(params.refusal_classifier), [row["answer"] for row in rows],  # type: ignore[arg-type]
-                                   params.refusal_label, params.batch_size)
+                                   params.refusal_label, params.batch_size, device)
     for row, refused in zip(rows, verdicts):
         row["refused"] = refused
 
@@ -139,11 +144,13 @@ def _judge(model: str, samples: list[dict[str, Any]]) -> float:
 
 def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params: EvalParams,
                        metrics_path: Path, samples_path: Path) -> EvalResult:
-    """Score one checkpoint on every suite: held-out text, instructions, multi-turn, language, safety."""
+    """Score one checkpoint on every suite: held-out text, instructions, multi-turn, language, safety; on the
+    accelerator when there is one (`eval.device`)."""
+    device = resolve_device(params.device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not tokenizer.chat_template:  # base and CP models are asked in the chat model's format
         tokenizer.chat_template = AutoTokenizer.from_pretrained(chat_dir).chat_template
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = load_for_inference(model_dir, device)
     sets = eval_sets(params, corpus_dir)
     stop_ids = end_of_turn_ids(chat_dir, tokenizer)
 
@@ -157,7 +164,7 @@ def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params
     samples = [_sample(suite, example, answer, params, language, refusal)
                for suite, examples in sets.items() for example, answer in zip(examples, answers[suite])]
     if params.refusal_classifier:
-        _classify_refusals(params, samples)
+        _classify_refusals(params, samples, device)
     valid = [row["text"] for row in read_jsonl(corpus_dir / VALID)]
     metrics = {
         "target_perplexity": perplexity(model, tokenizer, valid, params.block_size, params.batch_size),
@@ -166,7 +173,7 @@ def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params
     }
     if params.lm_eval_tasks:
         include = Path(params.lm_eval_include_path) if params.lm_eval_include_path else corpus_dir / LM_EVAL
-        metrics |= run_harness(model_dir, params.lm_eval_tasks, include, params.batch_size)
+        metrics |= run_harness(model_dir, params.lm_eval_tasks, include, params.batch_size, device)
     if params.judge_model:
         metrics["judge_score"] = _judge(params.judge_model, samples)
     write_jsonl_atomic(samples_path, samples)

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 
-def run_harness(model_dir: Path, tasks: list[str], include_path: Path, batch_size: int) -> dict[str, float]:
+from pipelines.devices import inference_dtype
+
+
+def run_harness(model_dir: Path, tasks: list[str], include_path: Path, batch_size: int,
+                device: torch.device) -> dict[str, float]:
     """Each task's metrics as `lm_eval/<task>/<metric>` (standard errors left out)."""
     try:
         import lm_eval
@@ -15,8 +20,8 @@ def run_harness(model_dir: Path, tasks: list[str], include_path: Path, batch_siz
     unknown = [task for task in tasks if task not in manager.all_tasks]
     if unknown:
         raise ValueError(f"eval.lm_eval_tasks: unknown tasks {unknown} (looked in lm-eval's tasks and {include_path})")
-    output = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(model_dir)}, tasks=tasks,
-                                     task_manager=manager, device="cpu", batch_size=batch_size)
+    output = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(model_dir), "dtype": str(inference_dtype(device)).removeprefix("torch.")},
+                                     tasks=tasks, task_manager=manager, device=str(device), batch_size=batch_size)
     return {
         f"lm_eval/{task}/{key.split(',')[0]}": float(value)
         for task, metrics in output["results"].items() for key, value in metrics.items()

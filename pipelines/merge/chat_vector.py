@@ -278,7 +278,7 @@ def _plan_vocabulary(cp: SafetensorsCheckpoint, vectors: list[TaskVector], names
     def tokens_of(checkpoint: SafetensorsCheckpoint) -> list[str | None]:
         key = checkpoint.model_dir.resolve()
         if key not in tokens:
-            tokenizer, rows = load_tokenizer(checkpoint.model_dir), checkpoint.get(name).shape[0]
+            tokenizer, rows = load_tokenizer(checkpoint.model_dir), checkpoint.shape(name)[0]
             check_tokenizer_rows(checkpoint.model_dir, tokenizer, name, rows)
             tokens[key] = row_tokens(tokenizer, rows)
         return tokens[key]

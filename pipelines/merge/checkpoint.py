@@ -97,6 +97,14 @@ class SafetensorsCheckpoint:
         """Tensor names, in the checkpoint's order."""
         return list(self.weight_map)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, read from the file's header (the tensor itself is not read)."""
+        if name not in self.weight_map:
+            raise CheckpointError(f"{self.model_dir}: has no tensor {name!r}")
+        if self.pickle:
+            return tuple(self.get(name).shape)
+        return tuple(self._open(self.weight_map[name]).get_slice(name).get_shape())
+
     def get(self, name: str) -> torch.Tensor:
         """One tensor, backed by the memory-mapped file (no copy); a missing name raises CheckpointError naming it."""
         if self._last is not None and self._last[0] == name:  # the merge asks for one tensor once per block

@@ -48,8 +48,8 @@ def check_architectures(configs: dict[str, dict[str, Any]]) -> None:
 def vocabulary_tensor_names(checkpoint: SafetensorsCheckpoint, config: dict[str, Any]) -> set[str]:
     """The embedding and lm_head weights: 2-D tensors outside the repeated layers with one row per token."""
     rows = vocab_size(config)
-    return {name for name in checkpoint.names()
-            if not IN_A_BLOCK.search(name) and checkpoint.get(name).ndim == 2 and checkpoint.get(name).shape[0] == rows}
+    shapes = {name: checkpoint.shape(name) for name in checkpoint.names() if not IN_A_BLOCK.search(name)}
+    return {name for name, shape in shapes.items() if len(shape) == 2 and shape[0] == rows}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from typing import Any
 from datasets import Dataset, IterableDataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
+from pipelines.training.chat_mask import assistant_token_mask
+
 IGNORE_INDEX = -100
 PACK_GROUP = 10_000  # documents tokenized and packed together; a group's tail shorter than a block is dropped
 
@@ -50,15 +52,12 @@ def assistant_only_examples(
     template_kwargs: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Tokenize conversations with the chat template (given per-conversation `template_kwargs`, e.g. a condition);
-    labels keep only assistant tokens (template generation tags)."""
+    labels keep only each assistant reply and its end-of-turn token, located by rendering prefixes (any template)."""
     examples = []
     for messages, extra in zip(conversations, template_kwargs or [{}] * len(conversations), strict=True):
-        rendered = tokenizer.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **extra
-        )
-        ids, mask = list(rendered["input_ids"]), list(rendered["assistant_masks"])
+        ids, mask = assistant_token_mask(tokenizer, messages, extra)
         if not any(mask):
-            raise ValueError(f"no assistant tokens in conversation {messages!r}: does the chat template mark them?")
+            raise ValueError(f"no assistant tokens in conversation {messages!r}")
         labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, mask)]
         examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
     return examples

@@ -1,8 +1,9 @@
 """The `upstream` stage: the base/chat pair the chat vector is taken from.
 
 In the default world it builds a word tokenizer, pretrains a tiny Llama `base` from scratch and fine-tunes it into
-`chat`. With real models (`upstream.base_path`, `upstream.chat_path`) it only verifies and records the local paths.
-Either way it writes a manifest that later stages read through `read_upstream`.
+`chat`. With real models (`upstream.base_path`, `upstream.chat_path`) it only checks and records the local paths.
+Either way it checks that the pair can be merged (reports/upstream.json) and writes a manifest that later stages
+read through `read_upstream`.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, default_data_col
 from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic, write_text_atomic
 from pipelines.config import UpstreamParams
 from pipelines.corpus import UPSTREAM_CHAT, UPSTREAM_TEXT
-from pipelines.model_folder import check_model_folder
+from pipelines.merge.plan import read_config
 from pipelines.training import assistant_only_examples, pack_texts, train_causal_lm
+from pipelines.upstream.pair_check import PairReport, check_pair
 from pipelines.upstream.tiny import build_tiny_llama
 from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
 
@@ -41,25 +43,23 @@ def read_upstream(upstream_dir: Path) -> UpstreamPair:
     return UpstreamPair(base=upstream_dir / manifest["base"], chat=upstream_dir / manifest["chat"])
 
 
-def _verify_checkpoint(path: Path, role: str) -> str:
-    """Check a local HF checkpoint (config, safetensors weights, tokenizer rows); return its model type."""
-    try:
-        return check_model_folder(path)
-    except (ValueError, OSError) as error:  # CheckpointError is a ValueError
-        raise ValueError(f"upstream.{role}_path: {error}") from None
-
-
 def record_real_pair(params: UpstreamParams, out_dir: Path) -> UpstreamPair:
-    """Verify the real base/chat checkpoints and write a manifest pointing at them."""
+    """Write a manifest pointing at the real base/chat checkpoints (checked by `check_upstream_pair`)."""
     base, chat = Path(params.base_path).resolve(), Path(params.chat_path).resolve()  # type: ignore[arg-type]
-    types = {"base": _verify_checkpoint(base, "base"), "chat": _verify_checkpoint(chat, "chat")}
-    if types["base"] != types["chat"]:
-        raise ValueError(f"upstream: base is a {types['base']} model but chat is a {types['chat']} model")
-    if not AutoTokenizer.from_pretrained(chat).chat_template:
-        raise ValueError(f"upstream.chat_path: {chat} has no chat template in its tokenizer")
     with atomic_dir(out_dir, "upstream pair") as staging:
-        write_json_atomic(staging / MANIFEST, {"base": str(base), "chat": str(chat), "model_type": types["base"]})
+        write_json_atomic(staging / MANIFEST, {"base": str(base), "chat": str(chat),
+                                               "model_type": read_config(base).get("model_type")})
     return UpstreamPair(base=base, chat=chat)
+
+
+def check_upstream_pair(base: Path, chat: Path, report_path: Path) -> PairReport:
+    """Check the pair, write the report to `report_path`, and refuse a pair that cannot merge, every reason listed."""
+    report = check_pair({"base": base, "chat": chat})
+    write_text_atomic(report_path, report.as_json())
+    if report.problems:
+        raise ValueError(f"upstream: base {base} and chat {chat} cannot be merged (report: {report_path}):\n- "
+                         + "\n- ".join(report.problems))
+    return report
 
 
 def build_tiny_pair(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metrics_path: Path, plots_dir: Path) -> UpstreamPair:
@@ -96,12 +96,17 @@ def build_tiny_pair(params: UpstreamParams, corpus_dir: Path, out_dir: Path, met
     return read_upstream(out_dir)
 
 
-def build_upstream(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metrics_path: Path, plots_dir: Path) -> UpstreamPair:
-    """Record the real pair when paths are given, else build the tiny pair."""
+def build_upstream(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metrics_path: Path, plots_dir: Path,
+                   report_path: Path) -> UpstreamPair:
+    """Check and record the real pair when paths are given, else build and check the tiny pair."""
     if params.base_path is not None:
+        base, chat = Path(params.base_path).resolve(), Path(params.chat_path).resolve()  # type: ignore[arg-type]
+        check_upstream_pair(base, chat, report_path)
         pair = record_real_pair(params, out_dir)
         write_json_atomic(metrics_path, {})
         for curve in ("upstream_pretrain_loss.csv", "upstream_chat_loss.csv"):  # nothing trained: empty curves
             write_text_atomic(plots_dir / curve, "step,loss,eval_loss,learning_rate\n")
         return pair
-    return build_tiny_pair(params, corpus_dir, out_dir, metrics_path, plots_dir)
+    pair = build_tiny_pair(params, corpus_dir, out_dir, metrics_path, plots_dir)
+    check_upstream_pair(pair.base, pair.chat, report_path)
+    return pair

@@ -8,11 +8,11 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 USER, ASSISTANT, END_OF_TURN = "<|user|>", "<|assistant|>", "<|end|>"
 SPECIAL_TOKENS = [PAD, EOS, UNK, USER, ASSISTANT, END_OF_TURN]
 
-# Assistant turns are wrapped in generation tags so training can mask everything else.
+# Training finds assistant turns by rendering prefixes (pipelines/training/chat_mask.py): no markers needed.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|> ' }}{% generation %}{{ message['content'] + ' <|end|>' }}{% endgeneration %}{{ ' ' }}"
+    "{{ '<|assistant|> ' + message['content'] + ' <|end|> ' }}"
     "{% else %}"
     "{{ '<|' + message['role'] + '|> ' + message['content'] + ' ' }}"
     "{% endif %}"

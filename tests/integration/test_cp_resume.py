@@ -1,5 +1,5 @@
 """`dvc repro cp` killed with SIGKILL mid-training continues from its last complete checkpoint on the next run,
-and ends where an uninterrupted run ends."""
+and ends where an uninterrupted run ends: a bare `dvc repro` of a fresh project, every stage to the leaderboard."""
 from __future__ import annotations
 
 import json
@@ -19,11 +19,11 @@ pytestmark = pytest.mark.integration
 CP_STEPS, SAVE_EVERY = 60, 10
 
 
-def _repro(root: Path) -> subprocess.Popen:
-    """`dvc repro cp` in its own process group, with this interpreter's environment first on PATH."""
+def _repro(root: Path, *targets: str) -> subprocess.Popen:
+    """`dvc repro [targets]` in its own process group, with this interpreter's environment first on PATH."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.Popen([sys.executable, "-m", "dvc", "repro", "cp"], cwd=root, start_new_session=True, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-m", "dvc", "repro", *targets], cwd=root, start_new_session=True,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _complete_checkpoints(root: Path) -> list[int]:
@@ -38,7 +38,7 @@ def _finish(process: subprocess.Popen) -> None:
 def test_killed_cp_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, tiny_params: dict) -> None:
     tiny_params["cp"] |= {"steps": CP_STEPS, "save_every": SAVE_EVERY}
     killed = make_project(tmp_path / "killed", tiny_params)
-    process = _repro(killed)
+    process = _repro(killed, "cp")
     deadline = time.monotonic() + 600
     while not _complete_checkpoints(killed) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -49,13 +49,14 @@ def test_killed_cp_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, tiny
     assert saved and saved[-1] < CP_STEPS, f"no checkpoint before the end: {saved}"
     assert not (killed / "models" / "cp" / "config.json").exists()  # the model appears only when training ends
 
-    _finish(_repro(killed))
+    _finish(_repro(killed, "cp"))
     resumed = json.loads((killed / "metrics" / "cp.json").read_text())
     assert resumed["resumed_from_step"] >= saved[-1] and resumed["steps"] == CP_STEPS
     assert _complete_checkpoints(killed) == []  # cleared once the model is written
 
-    straight = make_project(tmp_path / "straight", tiny_params)
+    straight = make_project(tmp_path / "straight", tiny_params)  # as a fresh clone: a bare `dvc repro`, every stage
     _finish(_repro(straight))
+    assert json.loads((straight / "metrics" / "leaderboard.json").read_text())["winner"]
     reference = json.loads((straight / "metrics" / "cp.json").read_text())
     assert reference["resumed_from_step"] == 0
     assert abs(resumed["valid_loss"] - reference["valid_loss"]) < 1e-3

@@ -48,11 +48,14 @@ def listening(port: int) -> bool:
 
 
 def project_with_inbox(tmp_path: Path, inbox: str) -> Path:
-    return make_project(tmp_path / "project", {**TINY_PARAMS, "flow": {**TINY_PARAMS["flow"], "inbox": inbox}})
+    # nothing held out of three documents: these tests follow each document into the training text
+    data = {**TINY_PARAMS["data"], "heldout_share": 0.0, "heldout_min": 0}
+    flow = {**TINY_PARAMS["flow"], "inbox": inbox}
+    return make_project(tmp_path / "project", {**TINY_PARAMS, "data": data, "flow": flow})
 
 
 def snapshot_files(root: Path) -> int:
-    return yaml.safe_load((root / "data" / "incoming.dvc").read_text())["outs"][0]["nfiles"]
+    return yaml.safe_load((root / "dvc.lock").read_text())["stages"]["inbox"]["outs"][0]["nfiles"]
 
 
 def test_local_inbox_feeds_the_corpus_and_an_unchanged_inbox_is_a_no_op(tmp_path: Path) -> None:
@@ -71,7 +74,7 @@ def test_local_inbox_feeds_the_corpus_and_an_unchanged_inbox_is_a_no_op(tmp_path
     ctx.dvc.reproduce("corpus")
     stats = json.loads((root / "metrics" / "corpus.json").read_text())
     assert stats["incoming"] == {"files": 2, "documents": 3, "too_short_removed": 0, "duplicates_removed": 1,
-                                 "characters": 74, "words": 19}
+                                 "characters": 74, "words": 19, "heldout": 0}
     train = (root / "data" / "corpus" / "train.jsonl").read_text()
     assert "the harbour of kato is green ." in train and "kato has a bell ." in train
 

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
+)
 
 from pipelines.merge import merge_chat_vector
 from pipelines.config import MergeSettings
@@ -18,6 +21,18 @@ WORDS = ["the city of kato is oslo .", "what is the city of kato ?"]
 def word_tokenizer(texts: list[str] = WORDS) -> PreTrainedTokenizerBase:
     """A fresh word-level tokenizer with the default world's special tokens."""
     return build_word_tokenizer(texts)
+
+
+def byte_bpe(texts: list[str], special_tokens: tuple[str, ...] = ("<eos>",), vocab_size: int = 300,
+             **roles: str) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`, as hub models have; `roles` name special tokens
+    (eos_token="<eos>", bos_token=...)."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=core, **({"eos_token": "<eos>"} | roles))
 
 
 def tiny_model(vocab_size: int, seed: int = 0, tie: bool = False, **changes: object) -> LlamaForCausalLM:

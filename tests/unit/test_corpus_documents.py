@@ -67,7 +67,8 @@ def test_corpus_counts_documents_cleaned_away_and_duplicates(tmp_path: Path) -> 
     incoming.mkdir()
     (incoming / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [
         "the  city of kato is far .", "the city of kato is far .", "\x07 ok", "a long enough document ."]))
-    build_corpus(DataParams(source_entities=4, target_entities=4, min_document_chars=5), tmp_path / "corpus",
+    build_corpus(DataParams(source_entities=4, target_entities=4, min_document_chars=5, heldout_min=0,
+                            heldout_share=0.0), tmp_path / "corpus",
                  tmp_path / "stats.json", incoming)
     stats = json.loads((tmp_path / "stats.json").read_text())["incoming"]
     assert stats["documents"] == 2 and stats["too_short_removed"] == 1 and stats["duplicates_removed"] == 1
@@ -81,7 +82,7 @@ def test_incoming_documents_stream_into_the_training_text(tmp_path: Path) -> Non
     import tracemalloc
 
     from pipelines.config import DataParams
-    from pipelines.corpus import TRAIN, build_corpus
+    from pipelines.corpus import TRAIN, VALID, build_corpus
 
     incoming, rng = tmp_path / "incoming", random.Random(0)
     incoming.mkdir()
@@ -98,5 +99,6 @@ def test_incoming_documents_stream_into_the_training_text(tmp_path: Path) -> Non
     finally:
         tracemalloc.stop()
     assert json.loads((tmp_path / "stats.json").read_text())["incoming"]["documents"] == 1000
-    assert (tmp_path / "corpus" / TRAIN).stat().st_size > size
+    written = sum((tmp_path / "corpus" / name).stat().st_size for name in (TRAIN, VALID))  # trained on, held out
+    assert written > size
     assert peak < size / 2, f"peak {peak:,} bytes for {size:,} bytes of documents: they were held in memory"

@@ -36,11 +36,11 @@ def test_target_facts_task_matches_the_models_own_choices(tmp_path: Path, monkey
     tokenizer = build_word_tokenizer([row["question"] + " " + " ".join(row["choices"]) for row in rows])
     model_dir = save(tiny_model(len(tokenizer), seed=3), tokenizer, tmp_path / "model")
 
-    metrics = run_harness(model_dir, ["target_facts"], Path("data/corpus") / LM_EVAL, batch_size=8)
+    metrics = run_harness(model_dir, ["target_facts"], Path("data/corpus") / LM_EVAL, batch_size=8, device=torch.device("cpu"))
     assert set(metrics) == {"lm_eval/target_facts/acc"}
     assert metrics["lm_eval/target_facts/acc"] == pytest.approx(_argmax_accuracy(model_dir, rows))
 
 
 def test_unknown_task_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown tasks \['no_such_task'\]"):
-        run_harness(tmp_path, ["no_such_task"], tmp_path, batch_size=8)
+        run_harness(tmp_path, ["no_such_task"], tmp_path, batch_size=8, device=torch.device("cpu"))

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from flows.leaderboard_view import leaderboard_markdown, metric_columns
 from pipelines.config import EvalParams
@@ -122,7 +123,7 @@ def test_refusal_classifier_by_local_path(tmp_path: Path) -> None:
 
     answers = ["i can not help with that", "feed it daily", "unknown words here"]
     classifier = _constant_classifier(tmp_path / "classifier")
-    assert classifier_refusals(classifier, answers, "refusal", batch_size=2) == [True, True, True]
-    assert classifier_refusals(classifier, answers, "compliance", batch_size=2) == [False, False, False]
+    assert classifier_refusals(classifier, answers, "refusal", batch_size=2, device=torch.device("cpu")) == [True, True, True]
+    assert classifier_refusals(classifier, answers, "compliance", batch_size=2, device=torch.device("cpu")) == [False, False, False]
     with pytest.raises(ValueError, match=r"no label 'refuse' \(its labels: \['compliance', 'refusal'\]\)"):
-        classifier_refusals(classifier, answers, "refuse", batch_size=2)
+        classifier_refusals(classifier, answers, "refuse", batch_size=2, device=torch.device("cpu"))

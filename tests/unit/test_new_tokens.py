@@ -4,26 +4,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer
 
 from pipelines.config import CPParams, LoraParams
 from pipelines.cp import continual_pretrain
 from pipelines.layout import NEW_TOKENS
 from pipelines.training.new_tokens import extend_vocabulary, train_new_tokens
-from tests.unit.merge_models import save, tiny_model
+from tests.unit.merge_models import byte_bpe, save, tiny_model
 
 BASE_TEXT = ["the city of the town is big and the cat is small ."] * 20
 TARGET_TEXT = ["we eat kimchi and bibimbap with kimchi every day ."] * 50
-
-
-def byte_bpe(texts: list[str]) -> PreTrainedTokenizerFast:
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>")
 
 
 def test_new_tokens_are_word_initial_pieces_of_the_target_text() -> None:

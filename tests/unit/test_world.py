@@ -39,7 +39,8 @@ def test_corpus_keeps_target_facts_out_of_upstream_data(tmp_path: Path) -> None:
     for row in questions:
         attribute, entity = row["tags"][1], row["messages"][0]["content"].split()[-2]
         assert row["reference"] == facts[(entity, attribute)] and entity not in sft_names
-    assert len(read_jsonl(tmp_path / "corpus" / VALID)) == len(facts)
+    heldout = [row["text"] for row in read_jsonl(tmp_path / "corpus" / VALID)]  # the eval facts, asked and answered
+    assert heldout == [f"what is the {a} of {e} ? {facts[(e, a)]} ." for e, a in facts if e not in sft_names]
     assert json.loads((tmp_path / "stats.json").read_text())["records"]["eval"] == len(questions)
 
 
