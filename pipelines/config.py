@@ -175,7 +175,7 @@ class MergeSettings(Section):
         "task_arithmetic", description="how several task vectors combine (one vector: all agree with task arithmetic at density 1)"
     )
     embedding_rows: Literal["overlap", "specials", "skip"] = Field(
-        "overlap", description="rows of embeddings/lm_head that get the delta, matched by token string: "
+        "specials", description="rows of embeddings/lm_head that get the delta, matched by token string: "
         "shared tokens, special/chat-template tokens only, none"
     )
     rules: list[TensorRule] = Field(default_factory=list, description="per-tensor rules by name, first match wins")
@@ -309,8 +309,8 @@ class PromoteParams(Section):
 class CurationParams(Section):
     """LIMA-style filters that turn a noisy SFT set into a small careful one (align.curation)."""
 
-    min_chars: int = Field(1, ge=0, description="answers shorter than this (characters, after cleaning) are dropped")
-    max_chars: int = Field(4096, ge=1, description="answers longer than this are dropped")
+    min_chars: int = Field(2, ge=0, description="answers shorter than this (characters, after cleaning) are dropped")
+    max_chars: int = Field(400, ge=1, description="answers longer than this are dropped")
     drop_first_person: bool = Field(True, description="drop answers written in the first person (I, my, me)")
     drop_references: bool = Field(True, description="drop answers that refer to other answers or earlier posts")
     strip_links: bool = Field(True, description="remove URLs and HTML tags from answers before the other checks")
@@ -359,7 +359,7 @@ class AlignParams(Section):
 class FlowParams(Section):
     """How the Prefect flow runs the stages (no stage reads these, so changing them reruns nothing)."""
 
-    gpu_slots: int = Field(1, ge=1, description="Prefect `gpu` tag limit: CP and merge tasks running at once")
+    gpu_slots: int = Field(1, ge=1, description="Prefect `gpu` tag limit: CP, merge and align tasks running at once")
     slot_wait_seconds: float = Field(21600.0, ge=0, description="longest wait for a `gpu` slot or the promotion lock "
                                      "(logging who holds it) before the task gives up naming the holder")
     workspace_wait_seconds: float = Field(21600.0, ge=0, description="longest wait for another run in the same "

@@ -89,6 +89,8 @@ def reference(cp: torch.Tensor, deltas: list[tuple[float, torch.Tensor, torch.Te
 
 
 def merge(trio: dict[str, Path], out: Path, ratio: float = 0.7, **settings: object):
-    """Run the engine with MergeSettings(**settings), the report beside the output."""
+    """Run the engine with MergeSettings(**settings), the report beside the output; every shared vocabulary row
+    gets the delta unless told (`embedding_rows: overlap`, the whole-matrix arithmetic the references compute)."""
+    settings = {"embedding_rows": "overlap", **settings}
     return merge_chat_vector(trio["base"], trio["chat"], trio["cp"], out, ratio, MergeSettings(**settings),
                              out.parent / f"{out.name}.json")
