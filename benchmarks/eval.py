@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipelines.atomic import read_jsonl
 from pipelines.config import load_params
 from pipelines.corpus import EVAL
-from pipelines.evaluate import candidate_dir, end_of_turn_ids
+from pipelines.candidates import candidate_dir
+from pipelines.evaluate import end_of_turn_ids
 from pipelines.evaluate.generation import Generation, generate_answers
 from pipelines.layout import Layout
 from pipelines.upstream import read_upstream

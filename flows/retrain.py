@@ -24,7 +24,7 @@ from flows.tasks import (
 )
 from flows.tracking.stage_runs import end_run, log_text, start_run
 from flows.workspace import workspace_id, workspace_lock
-from pipelines.evaluate import REFERENCE_CANDIDATES
+from pipelines.candidates import REFERENCE_CANDIDATES
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
 from flows.tracking import registry
 from flows.tracking.stage_runs import end_run, log_metrics, log_stage_outputs, set_tags, start_run
-from pipelines.evaluate import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
+from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.promotion import Decision
 from pipelines.upstream import read_upstream

@@ -93,12 +93,12 @@ def curate() -> None:
 def align(method: str = typer.Argument(help="an align method, as written in align.methods")) -> None:
     """Fine-tune the best merged model on the curated SFT set into models/aligned/<method>."""
     from pipelines.align import align_best_merged, best_merged
-    from pipelines.evaluate import candidate_dir
+    from pipelines.candidates import candidate_dir, merged_name
 
     params, layout = load_params(PARAMS), _layout()
     if method not in params.align.methods:
         raise typer.BadParameter(f"{method} is not in align.methods {params.align.methods}")
-    merged = best_merged({f"merged-{r}": layout.eval_metrics(f"merged-{r}") for r in params.merge.ratios},
+    merged = best_merged({merged_name(r): layout.eval_metrics(merged_name(r)) for r in params.merge.ratios},
                          params.promote)
     typer.echo(f"aligning {merged} with {method}")
     align_best_merged(method, params.align, layout.sft_set, merged, candidate_dir(layout, merged),
@@ -109,7 +109,8 @@ def align(method: str = typer.Argument(help="an align method, as written in alig
 @app.command()
 def evaluate(candidate: str = typer.Argument(help="base, chat, cp, merged-<ratio> or aligned-<method>")) -> None:
     """Score one candidate into metrics/eval/<candidate>.json and its samples."""
-    from pipelines.evaluate import candidate_dir, evaluate_candidate
+    from pipelines.candidates import candidate_dir
+    from pipelines.evaluate import evaluate_candidate
     from pipelines.upstream import read_upstream
 
     params, layout = load_params(PARAMS), _layout()

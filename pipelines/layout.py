@@ -71,7 +71,9 @@ class Layout:
         return self.root / "metrics" / "align"
 
     def eval_metrics(self, candidate: str) -> Path:
-        folder = self.align_metrics if candidate.startswith("aligned-") else self.root / "metrics" / "eval"
+        from pipelines.candidates import ALIGNED_PREFIX  # it names Layout: imported here, not at the top
+
+        folder = self.align_metrics if candidate.startswith(ALIGNED_PREFIX) else self.root / "metrics" / "eval"
         return folder / f"{candidate}.json"
 
     def eval_samples(self, candidate: str) -> Path:

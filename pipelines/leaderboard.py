@@ -7,14 +7,13 @@ from typing import Any
 
 from pipelines.atomic import write_json_atomic
 from pipelines.config import Params, PromoteParams
-from pipelines.evaluate import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, REFERENCE_CANDIDATES
+from pipelines.candidates import COMPETING_PREFIXES, REFERENCE_CANDIDATES, aligned_name, merged_name
 from pipelines.promotion import rank_candidates
 
 
 def candidate_names(params: Params) -> list[str]:
     """Every model the evaluate stages score: the references, one per merge ratio, one per align method."""
-    return [*REFERENCE_CANDIDATES, *(f"{MERGED_PREFIX}{ratio}" for ratio in params.merge.ratios),
-            *(f"{ALIGNED_PREFIX}{method}" for method in params.align.methods)]
+    return [*REFERENCE_CANDIDATES, *map(merged_name, params.merge.ratios), *map(aligned_name, params.align.methods)]
 
 
 def read_metrics(metric_files: dict[str, Path]) -> dict[str, dict[str, Any]]:

@@ -28,27 +28,6 @@ from pipelines.evaluate.safety import (
     DEFAULT_REFUSAL_PATTERNS, classifier_refusals, is_refusal, refusal_matcher, safety_rates,
 )
 from pipelines.evaluate.sets import EvalExample, load_eval_set
-from pipelines.layout import Layout
-from pipelines.upstream import read_upstream
-
-REFERENCE_CANDIDATES = ("base", "chat", "cp")
-MERGED_PREFIX = "merged-"
-ALIGNED_PREFIX = "aligned-"
-COMPETING_PREFIXES = (MERGED_PREFIX, ALIGNED_PREFIX)  # candidates that can win; the references only show the way
-
-
-def candidate_dir(layout: Layout, candidate: str) -> Path:
-    """The checkpoint of a named candidate: base, chat, cp, merged-<ratio> or aligned-<method>."""
-    if candidate in ("base", "chat"):
-        return getattr(read_upstream(layout.upstream), candidate)
-    if candidate == "cp":
-        return layout.cp_model
-    if candidate.startswith(MERGED_PREFIX):
-        return layout.merged_model(candidate.removeprefix(MERGED_PREFIX))
-    if candidate.startswith(ALIGNED_PREFIX):
-        return layout.aligned_model(candidate.removeprefix(ALIGNED_PREFIX))
-    raise ValueError(f"unknown candidate {candidate!r}: expected base, chat, cp, merged-<ratio> or aligned-<method>")
-
 
 def end_of_turn_ids(chat_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The chat model's stop tokens (its generation EOS ids), as ids of the evaluated model's vocabulary."""
