@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import yaml
+from dvc import stage as dvc_stage
 from dvc.repo import Repo
 
 
@@ -39,6 +40,14 @@ def _stop_tree(process: subprocess.Popen) -> None:
             with suppress(psutil.NoSuchProcess):
                 member.kill()
     process.wait()
+
+
+@dataclass(frozen=True)
+class PipelineStage:
+    """A (resolved) stage of dvc.yaml, in the file's order: its name, and whether it holds a `gpu` slot."""
+
+    name: str
+    gpu: bool
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,12 @@ class DvcProject:
         # DVC resolves stage paths against the working directory, not the repo root it was given.
         with chdir(self.root), Repo(".") as repo:
             yield repo
+
+    def stages(self) -> list[PipelineStage]:
+        """Every stage of dvc.yaml in the file's order (foreach expanded), which is the order the flow runs them."""
+        with self._repo() as repo:
+            return [PipelineStage(stage.addressing, bool((stage.meta or {}).get("gpu")))
+                    for stage in repo.index.stages if isinstance(stage, dvc_stage.PipelineStage)]
 
     def is_up_to_date(self, stage: str) -> bool:
         """True when dvc.lock matches the stage's deps, params and outs, so `repro` would skip it."""

@@ -20,11 +20,11 @@ from flows.lineage import lineage_tags
 from flows.recovery import fail_abandoned_runs, recover_crashed_runs, tag_workspace
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
-    promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data, with_retries,
+    INTAKE_STAGE, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data,
+    with_retries,
 )
 from flows.tracking.stage_runs import end_run, log_text, start_run
 from flows.workspace import workspace_id, workspace_lock
-from pipelines.candidates import REFERENCE_CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -69,20 +69,11 @@ def _close_abandoned_runs(ctx: RunContext) -> None:
 
 
 def _run_pipeline(ctx: RunContext) -> RetrainResult:
-    """The stages in dvc.yaml's order, each a tracked task; then register, promote, push."""
+    """The stages of dvc.yaml in its order, each a tracked task; then register, promote, push."""
     ctx = replace(ctx, parent_run_id=start_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)))
     try:
-        ratios = ctx.params.merge.ratios
-        intake = take_new_data(ctx)
-        outcomes = [run_stage(ctx, stage) for stage in ("corpus", "upstream", "cp")]
-        outcomes += [run_stage(ctx, f"merge@{ratio}") for ratio in ratios]
-        outcomes += [run_stage(ctx, f"evaluate@{name}") for name in REFERENCE_CANDIDATES]
-        outcomes += [run_stage(ctx, f"evaluate-merged@{ratio}") for ratio in ratios]
-        outcomes.append(run_stage(ctx, "curate"))
-        methods = ctx.params.align.methods
-        outcomes += [run_stage(ctx, f"align@{method}") for method in methods]
-        outcomes += [run_stage(ctx, f"evaluate-aligned@{method}") for method in methods]
-        outcomes.append(run_stage(ctx, "leaderboard"))
+        intake = take_new_data(ctx)  # records the inbox stage's output itself
+        outcomes = [run_stage(ctx, stage) for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE]
 
         board = read_leaderboard(ctx)
         version = with_retries(ctx, register_winner)(ctx, board, leaderboard_markdown(board))

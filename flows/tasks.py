@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
 from flows.context import RunContext
-from flows.dvc_project import StageFailed
+from flows.dvc_project import PipelineStage, StageFailed
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
 from flows.inbox import Intake, inbox_files, take_inbox, write_intake_report
 from flows.lineage import lineage_tags
@@ -22,7 +22,7 @@ from pipelines.layout import ALIGN_MANIFEST
 from pipelines.promotion import Decision
 from pipelines.upstream import read_upstream
 
-GPU_STAGES = ("cp", "merge", "align")  # stage names before `@`: these hold a `gpu` slot while they run
+INTAKE_STAGE = "inbox"  # its output is what the intake task takes in and records
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def take_new_data(ctx: RunContext) -> Intake:
         logger.warning("data/incoming is now the inbox stage's output: removed data/incoming.dvc (commit that)")
     intake = take_inbox(inbox_files(source, ctx.root) if source else iter(()), ctx.layout.incoming)
     write_intake_report(intake, source or "", ctx.layout.intake_report)
-    ctx.dvc.commit("inbox")
+    ctx.dvc.commit(INTAKE_STAGE)
     logger.info("inbox %s: %d new file(s) %s", source or "(none)", len(intake.taken), intake.taken or "")
     if intake.skipped:
         logger.warning("left in the inbox (not .txt, .jsonl or .parquet): %s", intake.skipped)
@@ -85,13 +85,13 @@ def with_retries(ctx: RunContext, tracked: Task) -> Task:
                                 retry_delay_seconds=ctx.params.flow.retry_delay_seconds)
 
 
-def run_stage(ctx: RunContext, stage: str) -> StageOutcome:
-    """The stage as a Prefect task; training, merge and align stages wait for a `gpu` slot and hold it by its tag."""
-    gpu = stage.split("@")[0] in GPU_STAGES
-    if gpu:
-        wait_for_gpu_slot(stage, ctx.params.flow.slot_wait_seconds, get_run_logger())
-    return with_retries(ctx, _run_stage).with_options(tags=[GPU_TAG] if gpu else [],
-                                                      retry_condition_fn=_not_a_failed_stage)(ctx, stage)
+def run_stage(ctx: RunContext, stage: PipelineStage) -> StageOutcome:
+    """The stage as a Prefect task; a stage marked `meta: {gpu: true}` in dvc.yaml (training, merge, align) waits
+    for a `gpu` slot and holds it by its tag."""
+    if stage.gpu:
+        wait_for_gpu_slot(stage.name, ctx.params.flow.slot_wait_seconds, get_run_logger())
+    return with_retries(ctx, _run_stage).with_options(tags=[GPU_TAG] if stage.gpu else [],
+                                                      retry_condition_fn=_not_a_failed_stage)(ctx, stage.name)
 
 
 def _version_tags(ctx: RunContext, candidate: str, model_md5: str) -> dict[str, str]:

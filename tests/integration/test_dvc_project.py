@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.dvc_project import DvcProject, StageFailed
+from flows.dvc_project import DvcProject, PipelineStage, StageFailed
 from tests.conftest import run
 
 DVC_YAML = """stages:
@@ -13,6 +13,11 @@ DVC_YAML = """stages:
     outs: [out.txt]
   broken:
     cmd: python -c "raise SystemExit(3)"
+  sweep:
+    foreach: [1, 2]
+    do:
+      cmd: python -c "print(${item})"
+      meta: {gpu: true}
 """
 
 
@@ -36,3 +41,8 @@ def test_reproduce_then_up_to_date_with_hashes(project: DvcProject) -> None:
 def test_failing_stage_raises_naming_it(project: DvcProject) -> None:
     with pytest.raises(StageFailed, match=r"`dvc repro --single-item broken` failed .*exit"):
         project.reproduce("broken")
+
+
+def test_stages_in_the_files_order_with_their_gpu_mark(project: DvcProject) -> None:
+    assert project.stages() == [PipelineStage("make", False), PipelineStage("broken", False),
+                                PipelineStage("sweep@1", True), PipelineStage("sweep@2", True)]
