@@ -115,7 +115,7 @@ def _wait(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) 
         try:
             if requests.get(url, timeout=2).status_code < 500:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy starting to answer
             time.sleep(0.5)
     raise RuntimeError(f"{what} did not answer {url} within {seconds} s; its log: {log}")
 
