@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu stack-up stack-down
+.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu gpu-check stack-up stack-down
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ bench-cp: install
 # Model FLOPs utilisation of CP training, a ~1B Llama in bf16 with packing and SDPA: needs a CUDA GPU.
 bench-mfu: install
 	$(PY) -m benchmarks.mfu $(MFU_ARGS)
+
+# On a CUDA machine: the default flow on the GPU (each stage's device and time), then bench-mfu; goal under 8 minutes.
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check --mfu-args "$(MFU_ARGS)"
 
 ui: install
 	$(VENV)/bin/chatgraft ui

@@ -8,11 +8,14 @@ from prefect.runtime import flow_run
 
 
 def git_revision(root: Path) -> str:
-    """HEAD's sha, with `-dirty` when tracked files changed; `unknown` outside a git repository."""
+    """HEAD's sha, with `-dirty` when tracked files changed; `unknown` outside a git repository or without git."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
 
-    sha = git("rev-parse", "HEAD")
+    try:
+        sha = git("rev-parse", "HEAD")
+    except FileNotFoundError:  # no git program (a bare accelerator image): DVC itself reads the repository
+        return "unknown"
     if not sha:
         return "unknown"
     return f"{sha}-dirty" if git("status", "--porcelain", "--untracked-files=no") else sha

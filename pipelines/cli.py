@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import typer
 
 from pipelines.config import load_params
 from pipelines.layout import Layout
+from pipelines.stage_log import record_stage
 
 app = typer.Typer(help="Run one chatgraft stage in the current project directory.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -19,9 +21,10 @@ def _layout() -> Layout:
 
 
 @app.callback()
-def _offline() -> None:
+def _every_stage() -> None:
     # No model hub is reachable from chatgraft's machines: never wait on one.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    record_stage(sys.argv[1:])
 
 
 @app.command()
