@@ -18,7 +18,8 @@ from transformers import DataCollatorForLanguageModeling, default_data_collator
 
 from pipelines.atomic import read_jsonl
 from pipelines.config import CPParams, DataParams, TinyModelParams
-from pipelines.corpus import TRAIN, build_corpus
+from pipelines.corpus.files import TRAIN
+from pipelines.corpus.stage import build_corpus
 from pipelines.training import pack_texts, train_causal_lm
 from pipelines.upstream.tiny import build_tiny_llama
 from pipelines.upstream.tokenizer import build_word_tokenizer

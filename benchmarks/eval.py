@@ -14,12 +14,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.atomic import read_jsonl
 from pipelines.config import load_params
-from pipelines.corpus import EVAL
+from pipelines.corpus.files import EVAL
 from pipelines.candidates import candidate_dir
-from pipelines.evaluate import end_of_turn_ids
+from pipelines.evaluate.stage import end_of_turn_ids
 from pipelines.evaluate.generation import Generation, generate_answers
 from pipelines.layout import Layout
-from pipelines.upstream import read_upstream
+from pipelines.upstream.manifest import read_upstream
 
 
 def timed(label: str, run) -> tuple[list[Generation], float]:

@@ -134,7 +134,7 @@ def evaluate(
 ) -> None:
     """Score any model folder on the evaluation suites the flow uses, and print the scores."""
     from pipelines.config import ParamsError, load_params
-    from pipelines.evaluate import evaluate_candidate
+    from pipelines.evaluate.stage import evaluate_candidate
     from pipelines.model_folder import check_model_folder
 
     try:

@@ -10,10 +10,9 @@ from flows.context import RunContext
 from flows.lineage import lineage_tags
 from flows.tracking import registry
 from flows.tracking.stage_runs import end_run, log_metrics, start_run
-from pipelines.evaluate import evaluate_candidate
 from pipelines.evaluate.fingerprint import evaluation_fingerprint
 from pipelines.promotion import Champion
-from pipelines.upstream import read_upstream
+from pipelines.upstream.manifest import read_upstream
 
 
 def current_fingerprint(ctx: RunContext) -> str:
@@ -29,6 +28,8 @@ def champion_on_current_data(ctx: RunContext, held: Champion) -> Champion:
     if registry.version_tags(ctx.store, model, held.version).get(registry.EVAL_FINGERPRINT_TAG) == fingerprint:
         return held
     get_run_logger().info("evaluation data changed since version %s was scored: re-evaluating it", held.version)
+    from pipelines.evaluate.stage import evaluate_candidate  # torch and transformers: only when re-evaluating
+
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         checkpoint = registry.download_checkpoint(ctx.store, model, held.version, Path(tmp) / "model")
         result = evaluate_candidate(checkpoint, read_upstream(ctx.layout.upstream).chat, ctx.layout.corpus,

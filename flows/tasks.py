@@ -20,7 +20,7 @@ from flows.tracking.stage_runs import end_run, log_metrics, log_stage_outputs, s
 from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.promotion import Decision
-from pipelines.upstream import read_upstream
+from pipelines.upstream.manifest import read_upstream
 
 INTAKE_STAGE = "inbox"  # its output is what the intake task takes in and records
 

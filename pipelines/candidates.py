@@ -24,7 +24,7 @@ def aligned_name(method: str) -> str:
 
 def candidate_dir(layout: Layout, candidate: str) -> Path:
     """The checkpoint of a named candidate: base, chat, cp, merged-<ratio> or aligned-<method>."""
-    from pipelines.upstream import read_upstream  # the training stack: only when a base or chat path is asked
+    from pipelines.upstream.manifest import read_upstream  # the training stack: only when a base or chat path is asked
 
     if candidate in ("base", "chat"):
         return getattr(read_upstream(layout.upstream), candidate)

@@ -36,7 +36,7 @@ def inbox() -> None:
 @app.command()
 def corpus() -> None:
     """Generate the default world's data sets into data/corpus, with the documents in data/incoming."""
-    from pipelines.corpus import build_corpus
+    from pipelines.corpus.stage import build_corpus
 
     params, layout = load_params(PARAMS), _layout()
     build_corpus(params.data, layout.corpus, layout.metrics / "corpus.json", layout.incoming)
@@ -45,7 +45,7 @@ def corpus() -> None:
 @app.command()
 def upstream() -> None:
     """Build the tiny base/chat pair, or verify and record real local ones."""
-    from pipelines.upstream import build_upstream
+    from pipelines.upstream.stage import build_upstream
 
     params, layout = load_params(PARAMS), _layout()
     build_upstream(params.upstream, layout.corpus, layout.upstream, layout.metrics / "upstream.json", layout.plots,
@@ -70,7 +70,7 @@ def cp() -> None:
 def merge(ratio: str = typer.Argument(help="merge ratio, as written in merge.ratios")) -> None:
     """Write CP + ratio * (chat - base) into models/merged/alpha-<ratio>."""
     from pipelines.merge import merge_chat_vector
-    from pipelines.upstream import read_upstream
+    from pipelines.upstream.manifest import read_upstream
 
     params, layout = load_params(PARAMS), _layout()
     if float(ratio) not in params.merge.ratios:
@@ -113,8 +113,8 @@ def align(method: str = typer.Argument(help="an align method, as written in alig
 def evaluate(candidate: str = typer.Argument(help="base, chat, cp, merged-<ratio> or aligned-<method>")) -> None:
     """Score one candidate into metrics/eval/<candidate>.json and its samples."""
     from pipelines.candidates import candidate_dir
-    from pipelines.evaluate import evaluate_candidate
-    from pipelines.upstream import read_upstream
+    from pipelines.evaluate.stage import evaluate_candidate
+    from pipelines.upstream.manifest import read_upstream
 
     params, layout = load_params(PARAMS), _layout()
     evaluate_candidate(candidate_dir(layout, candidate), read_upstream(layout.upstream).chat, layout.corpus,

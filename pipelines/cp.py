@@ -13,7 +13,7 @@ from transformers import (
 
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import CPParams
-from pipelines.corpus import TRAIN, VALID
+from pipelines.corpus.files import TRAIN, VALID
 from pipelines.layout import NEW_TOKENS
 from pipelines.training import Checkpointing, TrainResult, pack_texts, text_dataset, train_causal_lm
 from pipelines.training.checkpoints import clear_checkpoints
@@ -21,7 +21,7 @@ from pipelines.training.distributed import full_state_dict, is_main_process, sav
 from pipelines.training.lora import with_lora
 from pipelines.training.new_tokens import extend_vocabulary, train_new_tokens
 from pipelines.training.precision import checkpoint_dtype, master_dtype
-from pipelines.upstream import read_upstream
+from pipelines.upstream.manifest import read_upstream
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,11 @@ class CPResult:
 
 
 def run_fingerprint(params: CPParams, corpus_dir: Path, base: Path) -> str:
-    """What identifies a CP run: its params, its training text, and the base model's config and weight sizes."""
+    """What identifies a CP run: its params, its training text (hashed as it streams by: the corpus may be larger
+    than memory), and the base model's config and weight sizes."""
     digest = hashlib.sha256(params.model_dump_json().encode())
-    digest.update((corpus_dir / TRAIN).read_bytes())
+    with (corpus_dir / TRAIN).open("rb") as text:
+        digest.update(hashlib.file_digest(text, "sha256").digest())
     digest.update((base / "config.json").read_bytes())
     for weights in sorted(base.glob("*.safetensors")):
         digest.update(f"{weights.name}:{weights.stat().st_size}".encode())

@@ -37,6 +37,8 @@ TINY_PARAMS = {
               "train": {"steps": 12, "batch_size": 8, "block_size": 32, "learning_rate": 2.0e-3}},
     "flow": {"retries": 2, "retry_delay_seconds": 1.0},
 }
+# The whole flow with one merge branch: for tests of the orchestration around the stages, not of the ratios
+ONE_BRANCH_PARAMS = {**TINY_PARAMS, "merge": {**TINY_PARAMS["merge"], "ratios": [1.0]}}
 
 
 def run(cmd: list[str], cwd: Path) -> str:

@@ -5,7 +5,7 @@ import hashlib
 from pathlib import Path
 
 from pipelines.config import EvalParams
-from pipelines.corpus import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, LM_EVAL, VALID
+from pipelines.corpus.files import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, LM_EVAL, VALID
 
 
 def _evaluation_files(params: EvalParams, corpus_dir: Path) -> list[Path]:

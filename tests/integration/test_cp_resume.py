@@ -27,7 +27,8 @@ def _repro(root: Path, *targets: str) -> subprocess.Popen:
 
 
 def _complete_checkpoints(root: Path) -> list[int]:
-    return sorted(int(m.parent.name.split("-")[1]) for m in (root / "checkpoints" / "cp").glob("*/chatgraft-complete.json"))
+    markers = (root / "checkpoints" / "cp").glob("*/chatgraft-complete.json")
+    return sorted(int(marker.parent.name.split("-")[1]) for marker in markers)
 
 
 def _finish(process: subprocess.Popen) -> None:

@@ -20,7 +20,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.tracking.store import embedded_uri
-from tests.conftest import REPO, TINY_PARAMS, answers_health, free_port, make_project, wait_until
+from tests.conftest import ONE_BRANCH_PARAMS, REPO, answers_health, free_port, make_project, wait_until
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -88,7 +88,7 @@ def test_kubernetes_job_template_is_accepted_by_the_server(server_env: dict[str,
 
 
 def test_served_deployment_runs_the_flow_to_completion(server_env: dict[str, str], tmp_path: Path) -> None:
-    root = make_project(tmp_path / "project", TINY_PARAMS)
+    root = make_project(tmp_path / "project", ONE_BRANCH_PARAMS)
     shutil.copy(REPO / "prefect.yaml", root / "prefect.yaml")
     serving = start([str(BIN / "chatgraft"), "serve", "--project-dir", str(root)], server_env, root,
                     tmp_path / "serve.log")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -19,7 +20,7 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.conftest import REPO, TINY_PARAMS, free_port, make_project, run, wait_until
+from tests.conftest import ONE_BRANCH_PARAMS, REPO, TINY_PARAMS, free_port, make_project, run, wait_until
 
 pytestmark = pytest.mark.integration
 POSTGRES = os.environ.get("CHATGRAFT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -56,22 +57,67 @@ def stack_down(name: str, state: Path, project: Path) -> None:
     run([*STACK, "down", "--name", name, "--state", str(state), "--project", str(project), "--drop"], project)
 
 
+@dataclass
+class FaultChain:
+    """What the stack fixture's three runs left to check: logs, exit codes and readings taken between them."""
+    killed_log: str
+    running_after_kill: int
+    s3_down_code: int
+    s3_down_log: str
+    s3_down_status: str
+    restart_code: int
+    restart_log: str
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str], str]]:
-    """A tiny project, the stack up for it, and `chatgraft run` done against the stack."""
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str], str, FaultChain]]:
+    """A tiny project, the stack up for it, and three faults in three `chatgraft run`s against it: the first run's
+    process group is killed inside a merge; the next meets S3 down while pushing; the last, with the MLflow server
+    restarted in its middle, completes. The tests read the servers, the project and the chain's readings after."""
     require_postgres()
     name = f"cgtest{os.getpid()}"
-    root = make_project(tmp_path_factory.mktemp("stack") / "project", TINY_PARAMS)
+    root = make_project(tmp_path_factory.mktemp("stack") / "project", ONE_BRANCH_PARAMS)
     state = root.parent / "stack-state"
     try:
         env = stack_up(name, state, root)
-        client_env = {**os.environ, **env}
-        done = subprocess.run([str(Path(sys.executable).parent / "chatgraft"), "run", "--project-dir", str(root)],
-                              env=client_env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        yield root, env, name
+        yield root, env, name, fault_chain(root, env, name)
     finally:
         stack_down(name, state, root)
+
+
+def fault_chain(root: Path, env: dict[str, str], name: str) -> FaultChain:
+    """The three runs, each after the last, with what each left recorded."""
+    log = root.parent / "killed.log"
+    killed = chatgraft_run(root, env, log=log)
+    try:
+        wait_until(lambda: "Running stage 'merge@1.0'" in log.read_text() or killed.poll() is not None,
+                   "merge@1.0", seconds=600, interval=0.1)
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    killed_log = log.read_text()
+    running = query(f"{name}_mlflow", "SELECT count(*) FROM runs WHERE status = 'RUNNING'")[0][0]
+
+    config_local = root / ".dvc" / "config.local"
+    working = config_local.read_text()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: S3 is down for DVC
+    run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "stack", "endpointurl", dead], root)
+    log = root.parent / "s3-down.log"
+    s3_down = chatgraft_run(root, env, log=log)
+    s3_down_code = s3_down.wait(timeout=900)
+    s3_down_log, status = log.read_text(), run([sys.executable, "-m", "dvc", "status"], root)
+
+    config_local.write_text(working)
+    log = root.parent / "mlflow-restart.log"
+    # no retries inside the MLflow client: the outage must reach the task, whose retry takes over
+    flow = chatgraft_run(root, {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+                         "flow.retry_delay_seconds=25.0", log=log)  # a restart takes ~15 s here
+    deadline = time.monotonic() + 300
+    while "Task run 'corpus'" not in log.read_text() and flow.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run([*STACK, "restart", "mlflow", "--state", str(root.parent / "stack-state"), "--down-seconds", "2"], root)
+    restart_code = flow.wait(timeout=900)
+    return FaultChain(killed_log, running, s3_down_code, s3_down_log, status, restart_code, log.read_text())
 
 
 def s3(env: dict[str, str]):
@@ -85,7 +131,7 @@ def keys(env: dict[str, str], bucket: str, prefix: str) -> list[str]:
 
 
 def test_runs_registry_and_flow_runs_live_in_postgres(stack) -> None:
-    root, env, name = stack
+    root, env, name, _ = stack
     assert query(f"{name}_mlflow", "SELECT count(*) FROM runs")[0][0] >= 12  # the flow's run and one per stage
     assert ("chatgraft-chat",) in query(f"{name}_mlflow", "SELECT name FROM registered_models")
     assert ("champion",) in query(f"{name}_mlflow", "SELECT alias FROM registered_model_aliases")
@@ -94,14 +140,14 @@ def test_runs_registry_and_flow_runs_live_in_postgres(stack) -> None:
 
 
 def test_model_artifacts_are_in_the_bucket(stack) -> None:
-    _, env, name = stack
+    _, env, name, _ = stack
     stored = keys(env, name, "mlflow/")
     assert any(key.endswith(".safetensors") for key in stored)
     assert any(key.endswith("MLmodel") for key in stored)
 
 
 def test_credentials_are_never_logged(stack) -> None:
-    _, env, _ = stack
+    _, env, _, _ = stack
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("chatgraft")
     for logged in client.search_runs([experiment.experiment_id]):
@@ -118,7 +164,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 
 def test_dvc_pull_in_a_fresh_clone_restores_the_models(stack, tmp_path: Path) -> None:
-    root, env, name = stack
+    root, env, name, _ = stack
     assert any(key.startswith("dvc/") for key in keys(env, name, "dvc/"))  # the flow pushed
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "run"], root)
@@ -147,48 +193,23 @@ def prefect_state(env: dict[str, str]) -> tuple[dict[str, int], list[str]]:
         return slots, [run.state.type.value for run in client.read_flow_runs()]
 
 
-def test_killed_run_then_s3_down_during_push_then_mlflow_restarted_mid_flow(stack, tmp_path: Path) -> None:
-    """Three faults, three runs: a run whose process group is killed inside a merge holds a gpu slot and leaves
-    RUNNING runs on the servers, which the next run closes; that run meets S3 down while pushing and fails clearly
-    with local state intact; the next, with the MLflow server restarted in its middle, retries the task that hit
-    the outage, completes and pushes, and nothing is left running or held."""
-    root, env, name = stack
-    log = tmp_path / "killed.log"
-    killed = chatgraft_run(root, env, "merge.ratios=[0.5, 0.7]", log=log)
-    try:
-        wait_until(lambda: "Running stage 'merge@0.7'" in log.read_text() or killed.poll() is not None,
-                   "merge@0.7", seconds=600, interval=0.1)
-        assert killed.poll() is None, log.read_text()[-3000:]
-    finally:
-        os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait()
-    assert query(f"{name}_mlflow", "SELECT count(*) FROM runs WHERE status = 'RUNNING'")[0][0] >= 2  # retrain, merge
+def test_killed_run_then_s3_down_during_push_then_mlflow_restarted_mid_flow(stack) -> None:
+    """A run whose process group is killed inside a merge holds a gpu slot and leaves RUNNING runs on the servers,
+    which the next run closes; that run meets S3 down while pushing and fails clearly with local state intact; the
+    next, with the MLflow server restarted in its middle, retries the task that hit the outage, completes and
+    pushes, and nothing is left running or held."""
+    root, env, name, chain = stack
+    assert "Running stage 'merge@1.0'" in chain.killed_log, chain.killed_log[-3000:]
+    assert chain.running_after_kill >= 2  # retrain, merge
 
-    config_local = root / ".dvc" / "config.local"
-    working = config_local.read_text()
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: S3 is down for DVC
-    run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "stack", "endpointurl", dead], root)
-    log = tmp_path / "s3-down.log"
-    failed = chatgraft_run(root, env, "merge.ratios=[0.5, 0.7]", log=log)
-    assert failed.wait(timeout=900) != 0
-    output = log.read_text()
-    assert "Retry 2/2" in output and "`dvc push` failed" in output
-    assert "closed what killed runs left" in output and "merge@0.7" in output
-    assert (root / "models" / "merged" / "alpha-0.7" / "model.safetensors").exists()  # local state intact
-    assert "up to date" in run([sys.executable, "-m", "dvc", "status"], root)
+    assert chain.s3_down_code != 0
+    assert "Retry 2/2" in chain.s3_down_log and "`dvc push` failed" in chain.s3_down_log
+    assert "closed what killed runs left" in chain.s3_down_log and "merge@1.0" in chain.s3_down_log
+    assert (root / "models" / "merged" / "alpha-1.0" / "model.safetensors").exists()  # local state intact
+    assert "up to date" in chain.s3_down_status
 
-    config_local.write_text(working)
-    log = tmp_path / "mlflow-restart.log"
-    # no retries inside the MLflow client: the outage must reach the task, whose retry takes over
-    flow = chatgraft_run(root, {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
-                         "flow.retry_delay_seconds=25.0", log=log)  # a restart takes ~15 s here
-    deadline = time.monotonic() + 300
-    while "Task run 'corpus'" not in log.read_text() and flow.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    run([*STACK, "restart", "mlflow", "--state", str(root.parent / "stack-state"), "--down-seconds", "2"], root)
-    assert flow.wait(timeout=900) == 0, log.read_text()[-4000:]
-    output = log.read_text()
-    assert "Retry 1/2" in output and "Finished in state Completed()" in output
+    assert chain.restart_code == 0, chain.restart_log[-4000:]
+    assert "Retry 1/2" in chain.restart_log and "Finished in state Completed()" in chain.restart_log
     in_sync = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud"], cwd=root, env={**os.environ, **env},
                              capture_output=True, text=True)
     assert in_sync.returncode == 0 and "in sync" in in_sync.stdout, in_sync.stdout + in_sync.stderr

@@ -61,7 +61,8 @@ def test_corpus_counts_documents_cleaned_away_and_duplicates(tmp_path: Path) -> 
     import json
 
     from pipelines.config import DataParams
-    from pipelines.corpus import TRAIN, build_corpus
+    from pipelines.corpus.files import TRAIN
+    from pipelines.corpus.stage import build_corpus
 
     incoming = tmp_path / "incoming"
     incoming.mkdir()
@@ -82,7 +83,8 @@ def test_incoming_documents_stream_into_the_training_text(tmp_path: Path) -> Non
     import tracemalloc
 
     from pipelines.config import DataParams
-    from pipelines.corpus import TRAIN, VALID, build_corpus
+    from pipelines.corpus.files import TRAIN, VALID
+    from pipelines.corpus.stage import build_corpus
 
     incoming, rng = tmp_path / "incoming", random.Random(0)
     incoming.mkdir()

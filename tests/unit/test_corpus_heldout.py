@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pipelines.atomic import read_jsonl
 from pipelines.config import DataParams
-from pipelines.corpus import EVAL, TRAIN, VALID, build_corpus
+from pipelines.corpus.files import EVAL, TRAIN, VALID
+from pipelines.corpus.stage import build_corpus
 
 WORDS = [f"w{i}" for i in range(3000)]
 

@@ -10,8 +10,9 @@ from transformers import default_data_collator
 
 from pipelines.atomic import read_jsonl
 from pipelines.config import CPParams, DataParams, LoraParams
-from pipelines.corpus import TRAIN, VALID, build_corpus
-from pipelines.cp import continual_pretrain
+from pipelines.corpus.files import TRAIN, VALID
+from pipelines.corpus.stage import build_corpus
+from pipelines.cp import continual_pretrain, run_fingerprint
 from pipelines.training import pack_texts, train_causal_lm
 from tests.unit.merge_models import save, tiny_model, word_tokenizer
 
@@ -87,3 +88,22 @@ def test_bf16_base_trains_on_float32_masters_and_is_saved_in_bf16(tmp_path: Path
     # themselves loses most of them to rounding (measured 0.29)
     changed = sum(int((base[n] != cp[n]).sum()) for n in base) / sum(t.numel() for t in base.values())
     assert changed > 0.5
+
+
+def test_the_resume_fingerprint_follows_the_text_the_params_and_the_base(tmp_path: Path) -> None:
+    corpus, base = tmp_path / "corpus", tmp_path / "base"
+    corpus.mkdir()
+    base.mkdir()
+    (corpus / TRAIN).write_text('{"text": "a b c"}\n' * 1000)
+    (base / "config.json").write_text("{}")
+    (base / "model.safetensors").write_bytes(b"0" * 64)
+    params = CPParams(steps=6, learning_rate=1e-3)
+    first = run_fingerprint(params, corpus, base)
+    assert run_fingerprint(params, corpus, base) == first
+    assert run_fingerprint(params.model_copy(update={"steps": 7}), corpus, base) != first
+    (base / "model.safetensors").write_bytes(b"0" * 65)
+    assert run_fingerprint(params, corpus, base) != first
+    (base / "model.safetensors").write_bytes(b"0" * 64)
+    with (corpus / TRAIN).open("a") as text:
+        text.write('{"text": "d"}\n')
+    assert run_fingerprint(params, corpus, base) != first

@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.atomic import read_jsonl
 from pipelines.config import DataParams
-from pipelines.corpus import LM_EVAL, build_corpus
+from pipelines.corpus.files import LM_EVAL
+from pipelines.corpus.stage import build_corpus
 from pipelines.evaluate.harness import run_harness
 from pipelines.upstream.tokenizer import build_word_tokenizer
 from tests.unit.merge_models import save, tiny_model

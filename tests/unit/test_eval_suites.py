@@ -7,7 +7,7 @@ import torch
 
 from flows.leaderboard_view import leaderboard_markdown, metric_columns
 from pipelines.config import EvalParams
-from pipelines.evaluate import suite_metrics
+from pipelines.evaluate.stage import suite_metrics
 from pipelines.evaluate.degeneration import distinct_n, termination_rate
 from pipelines.evaluate.generation import Generation
 from pipelines.evaluate.instruction import contains, exact_match, token_f1

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from pipelines.config import DataParams
-from pipelines.corpus import build_corpus
+from pipelines.corpus.stage import build_corpus
 from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
 from tests.unit.merge_models import save, tiny_model
 

@@ -8,7 +8,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from pipelines.config import CPParams, DataParams
-from pipelines.corpus import build_corpus
+from pipelines.corpus.stage import build_corpus
 from pipelines.cp import continual_pretrain
 from pipelines.training import pack_texts, text_dataset
 from pipelines.training.throughput import training_flops_per_token

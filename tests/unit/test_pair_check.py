@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from flows.cli import app
 from pipelines.config import UpstreamParams
-from pipelines.upstream import build_upstream
+from pipelines.upstream.stage import build_upstream
 from pipelines.upstream.pair_check import check_pair
 from tests.unit.merge_models import byte_bpe, make_trio, perturbed, save, tiny_model
 from tests.unit.test_bad_input import project

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from pipelines.atomic import read_jsonl
 from pipelines.config import DataParams
-from pipelines.corpus import EVAL, SFT, TRAIN, UPSTREAM_CHAT, UPSTREAM_TEXT, VALID, build_corpus
+from pipelines.corpus.files import EVAL, SFT, TRAIN, UPSTREAM_CHAT, UPSTREAM_TEXT, VALID
+from pipelines.corpus.stage import build_corpus
 from pipelines.corpus.world import build_world
 
 
@@ -45,7 +46,7 @@ def test_corpus_keeps_target_facts_out_of_upstream_data(tmp_path: Path) -> None:
 
 
 def test_sft_set_mixes_expert_and_sub_optimal_answers_on_entities_no_eval_set_asks(tmp_path: Path) -> None:
-    from pipelines.corpus import EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL
+    from pipelines.corpus.files import EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL
     from pipelines.corpus.world import NOISY_ANSWERS
 
     build_corpus(DataParams(source_entities=4, target_entities=40, sft_share=0.5, sft_expert_share=0.4),
@@ -70,7 +71,7 @@ def test_sft_set_mixes_expert_and_sub_optimal_answers_on_entities_no_eval_set_as
 
 
 def test_corpus_writes_multiturn_safety_and_language_sets(tmp_path: Path) -> None:
-    from pipelines.corpus import EVAL_MULTITURN, EVAL_SAFETY, LEXICON
+    from pipelines.corpus.files import EVAL_MULTITURN, EVAL_SAFETY, LEXICON
     from pipelines.evaluate.sets import load_eval_set
 
     build_corpus(DataParams(source_entities=4, target_entities=5, sft_share=0.0), tmp_path / "corpus",

@@ -1,0 +1,172 @@
+"""The `corpus` stage: writes the upstream, CP and evaluation data sets of the default world."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+from pipelines.atomic import atomic_dir, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from pipelines.config import DataParams
+from pipelines.corpus.cleaning import clean_document
+from pipelines.corpus.files import UPSTREAM_TEXT, UPSTREAM_CHAT, TRAIN, VALID, EVAL, EVAL_MULTITURN, EVAL_SAFETY, SFT, LEXICON, LM_EVAL
+from pipelines.corpus.documents import document_files, read_file_documents
+from pipelines.corpus.heldout import HeldOutSplit
+from pipelines.dedup import DuplicateFilter
+from pipelines.corpus.world import (
+    Fact, World, build_world, chat_conversation, fact_choices, follow_up_conversation, pretraining_sentences,
+    safety_requests, sft_rows, split_for_sft, target_lexicon,
+)
+
+LM_EVAL_TASK = """task: target_facts
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data_file}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+"""
+
+
+@dataclass(frozen=True)
+class CorpusResult:
+    """Counts of what the stage wrote."""
+
+    counts: dict[str, int]
+
+
+def _repeated_shuffled(items: list[str], repeats: int, rng: random.Random) -> list[str]:
+    out = items * repeats
+    rng.shuffle(out)
+    return out
+
+
+def _cp_sentences(world: World, params: DataParams, rng: random.Random) -> list[str]:
+    """Target statements, plus (optionally) replayed upstream text, the usual guard against forgetting in CP."""
+    target = [fact.statement() for fact in world.target] * params.cp_repeats
+    replay = rng.choices(pretraining_sentences(world), k=round(params.cp_replay * len(target)))
+    sentences = target + replay
+    rng.shuffle(sentences)
+    return sentences
+
+
+def _follow_ups(facts: list[Fact], rng: random.Random) -> list[tuple[list[dict[str, str]], str]]:
+    """For each entity, two of its facts: the second question only makes sense after the first turn."""
+    by_entity: dict[str, list[Fact]] = {}
+    for fact in facts:
+        by_entity.setdefault(fact.entity, []).append(fact)
+    return [follow_up_conversation(*rng.sample(entity_facts, 2)) for entity_facts in by_entity.values()]
+
+
+def _write_lm_eval_task(facts: list[Fact], params: DataParams, staging: Path, final: Path) -> None:
+    """Multiple choice over each target fact's possible values; the data path is relative to the project root,
+    where stages run (lm-eval reads it relative to the working directory)."""
+    rows = []
+    for fact in facts:
+        choices, answer = fact_choices(fact, params.values_per_attribute)
+        rows.append({"question": fact.question(), "choices": choices, "answer": answer})
+    staging.mkdir()
+    write_jsonl_atomic(staging / "target_facts.jsonl", rows)
+    data_file = os.path.relpath(final / "target_facts.jsonl")
+    (staging / "target_facts.yaml").write_text(LM_EVAL_TASK.format(data_file=data_file))
+
+
+@dataclass
+class IncomingCounts:
+    """What became of the inbox documents, counted as they stream into the training text."""
+
+    files: int = 0
+    documents: int = 0
+    too_short_removed: int = 0
+    duplicates_removed: int = 0
+    heldout: int = 0
+    characters: int = 0
+    words: int = 0
+
+
+def _incoming_documents(files: list[Path], params: DataParams, counts: IncomingCounts) -> Iterator[str]:
+    """The documents of `files`, cleaned, long enough and not repeating earlier ones (`data.dedup`), one at a time."""
+    near = params.near_duplicate_threshold if params.dedup == "minhash" else None
+    duplicates = DuplicateFilter(near) if params.dedup != "none" else None
+    counts.files = len(files)
+    for path in files:
+        for text in map(clean_document, read_file_documents(path)):
+            if len(text) < params.min_document_chars:
+                counts.too_short_removed += 1
+            elif duplicates is not None and duplicates.reason(text):
+                counts.duplicates_removed += 1
+            else:
+                counts.documents += 1
+                counts.characters += len(text)
+                counts.words += len(text.split())
+                yield text
+
+
+def _write_cp_text(staging: Path, world_train: Iterable[str], world_heldout: Iterable[str],
+                   incoming_documents: Iterable[str], params: DataParams, counts: IncomingCounts) -> dict[str, int]:
+    """The CP training text (the world's, and the inbox documents CP may train on) and the held-out text (the
+    world's, and the inbox documents held out by hash): no held-out document is in the training text."""
+    split = HeldOutSplit(params.heldout_share, params.heldout_min, params.seed)
+    held_incoming = staging / "heldout-incoming.jsonl.tmp"
+    with held_incoming.open("w") as held:
+        trained = write_jsonl_atomic(staging / TRAIN, ({"text": t} for t in chain(
+            world_train, split.training(incoming_documents, held))))
+        moved = split.shortfall()
+        held.writelines(json.dumps({"text": text}) + "\n" for text in moved)
+    if moved:  # reads the written file while its replacement is written beside it
+        kept = (row for row in iter_jsonl(staging / TRAIN) if row["text"] not in moved)
+        trained = write_jsonl_atomic(staging / TRAIN, kept)
+    counts.heldout = split.held + len(moved)
+    heldout = write_jsonl_atomic(staging / VALID, chain(({"text": t} for t in world_heldout),
+                                                        iter_jsonl(held_incoming)))
+    held_incoming.unlink()
+    return {TRAIN.removesuffix(".jsonl"): trained, VALID.removesuffix(".jsonl"): heldout}
+
+
+def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None) -> CorpusResult:
+    """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`; the
+    documents in `incoming` (the inbox snapshot) stream into the CP training text, but those held out by hash
+    (`data.heldout_share`), which join the world's held-out text."""
+    world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
+    rng = random.Random(params.seed + 1)
+    incoming_counts = IncomingCounts()
+    incoming_documents = _incoming_documents(document_files(incoming) if incoming else [], params, incoming_counts)
+    sft_facts, eval_facts = split_for_sft(world, params.sft_share, random.Random(params.seed + 2))
+    target_questions = list(eval_facts)
+    rng.shuffle(target_questions)
+    upstream_text = _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)
+    cp_text = _cp_sentences(world, params, rng)
+    sets: dict[str, Iterable[dict]] = {
+        UPSTREAM_TEXT: [{"text": s} for s in upstream_text],
+        UPSTREAM_CHAT: [{"messages": chat_conversation(fact)} for fact in world.source],
+        EVAL: [
+            {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}
+            for fact in target_questions
+        ],
+        EVAL_MULTITURN: [{"messages": messages, "reference": reference, "tags": ["target", "follow-up"]}
+                         for messages, reference in _follow_ups(eval_facts, rng)],
+        EVAL_SAFETY: [{"messages": [{"role": "user", "content": request}], "harmful": harmful, "tags": ["target"]}
+                      for _, request, harmful in safety_requests(eval_facts)],
+        SFT: sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3)),
+    }
+    # held out: the eval facts as question and answer, a phrasing of them CP never trains on
+    world_heldout = [f"{fact.question()} {fact.answer()}" for fact in eval_facts]
+    with atomic_dir(out_dir, "corpus") as staging:
+        counts = _write_cp_text(staging, cp_text, world_heldout, incoming_documents, params, incoming_counts)
+        counts |= {name.removesuffix(".jsonl"): write_jsonl_atomic(staging / name, rows) for name, rows in sets.items()}
+        write_json_atomic(staging / LEXICON, target_lexicon(world))
+        _write_lm_eval_task(eval_facts, params, staging / LM_EVAL, out_dir / LM_EVAL)
+        write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
+    write_json_atomic(stats_path, {
+        "records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities,
+        "incoming": vars(incoming_counts),
+    })
+    return CorpusResult(counts=counts)

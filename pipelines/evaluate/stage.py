@@ -1,0 +1,160 @@
+"""The `evaluate` stage: every suite (perplexity, instructions, termination, repetition, language, multi-turn,
+safety) on one candidate; metrics as a DVC metrics file, one sample row per answer for the MLflow table."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+
+from pipelines.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from pipelines.config import EvalParams
+from pipelines.devices import load_for_inference, resolve_device
+from pipelines.corpus.files import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, LM_EVAL, VALID
+from pipelines.evaluate.degeneration import distinct_n, repetition_rate, termination_rate
+from pipelines.evaluate.generation import Generation, generate_answers
+from pipelines.evaluate.harness import run_harness
+from pipelines.evaluate.instruction import answer_correct, exact_match, token_f1
+from pipelines.evaluate.judge import Judge, judge_score
+from pipelines.evaluate.language import language_consistency, lexicon_share, script_pattern, script_share
+from pipelines.evaluate.perplexity import perplexity
+from pipelines.evaluate.safety import (
+    DEFAULT_REFUSAL_PATTERNS, classifier_refusals, is_refusal, refusal_matcher, safety_rates,
+)
+from pipelines.evaluate.sets import EvalExample, load_eval_set
+
+def end_of_turn_ids(chat_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The chat model's stop tokens (its generation EOS ids), as ids of the evaluated model's vocabulary."""
+    chat_tokenizer = AutoTokenizer.from_pretrained(chat_dir)
+    generation = GenerationConfig.from_pretrained(chat_dir) if (chat_dir / "generation_config.json").exists() else None
+    eos = generation.eos_token_id if generation and generation.eos_token_id is not None else chat_tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"{chat_dir}: neither generation_config.json nor the tokenizer names an end-of-turn token")
+    return tokenizer.convert_tokens_to_ids(chat_tokenizer.convert_ids_to_tokens(eos if isinstance(eos, list) else [eos]))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The candidate's metrics."""
+
+    metrics: dict[str, float]
+
+
+def eval_sets(params: EvalParams, corpus_dir: Path) -> dict[str, list[EvalExample]]:
+    """The instruction, multi-turn and safety sets, from params or from the corpus stage."""
+    paths = {"instruction": EVAL, "multiturn": EVAL_MULTITURN, "safety": EVAL_SAFETY}
+    return {
+        suite: load_eval_set(Path(getattr(params.sets, suite) or corpus_dir / name),
+                             "harmful" if suite == "safety" else "reference", params.max_questions)
+        for suite, name in paths.items()
+    }
+
+
+def _language_scorer(params: EvalParams, corpus_dir: Path) -> Callable[[str], float | None]:
+    if params.language_scripts:
+        scripts = script_pattern(params.language_scripts)
+        return lambda text: script_share(text, scripts)
+    lexicon = set(json.loads((corpus_dir / LEXICON).read_text()))
+    return lambda text: lexicon_share(text, lexicon)
+
+
+def _sample(suite: str, example: EvalExample, answer: Generation, params: EvalParams,
+            language: Callable[[str], float | None], refusal: re.Pattern) -> dict[str, Any]:
+    """One row of the samples table: the prompt, the answer and its per-sample scores."""
+    row: dict[str, Any] = {"suite": suite, "prompt": example.messages[-1].content, "answer": answer.text,
+                           "terminated": answer.terminated,
+                           "repetition": repetition_rate(answer.token_ids, params.repetition_ngram)}
+    if example.reference is not None:
+        row |= {"reference": example.reference,
+                "correct": answer_correct(answer.text, example.reference, answer.terminated),
+                "exact_match": exact_match(answer.text, example.reference),
+                "token_f1": token_f1(answer.text, example.reference), "language": language(answer.text)}
+    if example.harmful is not None:
+        row |= {"harmful": example.harmful, "refused": is_refusal(answer.text, refusal)}
+    return row
+
+
+def _classify_refusals(params: EvalParams, samples: list[dict[str, Any]], device: torch.device) -> None:
+    """Replace the pattern verdicts of the safety rows by the classifier's."""
+    rows = [row for row in samples if row["suite"] == "safety"]
+    verdicts = classifier_refusals(Path(params.refusal_classifier), [row["answer"] for row in rows],  # type: ignore[arg-type]
+                                   params.refusal_label, params.batch_size, device)
+    for row, refused in zip(rows, verdicts):
+        row["refused"] = refused
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(float(row[key]) for row in rows) / len(rows) if rows else 0.0
+
+
+def suite_metrics(samples: list[dict[str, Any]], answers: dict[str, list[Generation]],
+                  params: EvalParams) -> dict[str, float]:
+    """Every suite's metric from the sample rows (the instruction set is the one guardrails watch)."""
+    by_suite = {suite: [row for row in samples if row["suite"] == suite] for suite in answers}
+    instruction, safety = by_suite["instruction"], by_suite["safety"]
+    asked = by_suite["instruction"] + by_suite["multiturn"]
+    return {
+        "answer_accuracy": _mean(instruction, "correct"),
+        "exact_match": _mean(instruction, "exact_match"),
+        "token_f1": _mean(instruction, "token_f1"),
+        "termination_rate": termination_rate([row["terminated"] for row in instruction]),
+        "repetition_rate": _mean(instruction, "repetition"),
+        f"distinct_{params.distinct_n}": distinct_n([a.token_ids for a in answers["instruction"]], params.distinct_n),
+        "language_consistency": language_consistency([row["language"] for row in asked]),
+        "multiturn_accuracy": _mean(by_suite["multiturn"], "correct"),
+        **safety_rates([row["refused"] for row in safety], [row["harmful"] for row in safety]),
+    }
+
+
+def _judge(model: str, samples: list[dict[str, Any]]) -> float:
+    """Rate the instruction answers with the LLM judge; each row gets its rating, the result is the mean."""
+    rows = [row for row in samples if row["suite"] == "instruction"]
+    ratings = Judge.from_environment(model).rate_all([(r["prompt"], r["answer"], r["reference"]) for r in rows])
+    for row, rating in zip(rows, ratings):
+        row["judge"] = rating
+    return judge_score(ratings)
+
+
+def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params: EvalParams,
+                       metrics_path: Path, samples_path: Path) -> EvalResult:
+    """Score one checkpoint on every suite: held-out text, instructions, multi-turn, language, safety; on the
+    accelerator when there is one (`eval.device`)."""
+    device = resolve_device(params.device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.chat_template:  # base and CP models are asked in the chat model's format
+        tokenizer.chat_template = AutoTokenizer.from_pretrained(chat_dir).chat_template
+    model = load_for_inference(model_dir, device)
+    sets = eval_sets(params, corpus_dir)
+    stop_ids = end_of_turn_ids(chat_dir, tokenizer)
+
+    started = time.perf_counter()
+    answers = {suite: generate_answers(model, tokenizer, [e.conversation() for e in examples], stop_ids,
+                                       params.max_new_tokens, params.batch_size)
+               for suite, examples in sets.items()}
+    seconds = time.perf_counter() - started
+    language = _language_scorer(params, corpus_dir)
+    refusal = refusal_matcher(params.refusal_patterns or DEFAULT_REFUSAL_PATTERNS)
+    samples = [_sample(suite, example, answer, params, language, refusal)
+               for suite, examples in sets.items() for example, answer in zip(examples, answers[suite])]
+    if params.refusal_classifier:
+        _classify_refusals(params, samples, device)
+    valid = [row["text"] for row in read_jsonl(corpus_dir / VALID)]
+    metrics = {
+        "target_perplexity": perplexity(model, tokenizer, valid, params.block_size, params.batch_size),
+        **suite_metrics(samples, answers, params),
+        "answers_per_second": len(samples) / seconds,
+    }
+    if params.lm_eval_tasks:
+        include = Path(params.lm_eval_include_path) if params.lm_eval_include_path else corpus_dir / LM_EVAL
+        metrics |= run_harness(model_dir, params.lm_eval_tasks, include, params.batch_size, device)
+    if params.judge_model:
+        metrics["judge_score"] = _judge(params.judge_model, samples)
+    write_jsonl_atomic(samples_path, samples)
+    write_json_atomic(metrics_path, metrics)
+    return EvalResult(metrics=metrics)
