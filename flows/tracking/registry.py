@@ -1,7 +1,6 @@
 """The MLflow Model Registry side: register a winner once per content hash, read and move aliases, audit tags."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path

@@ -17,7 +17,7 @@ from pipelines.config import UpstreamParams
 from pipelines.corpus.files import UPSTREAM_CHAT, UPSTREAM_TEXT
 from pipelines.merge.plan import read_config
 from pipelines.training import assistant_only_examples, pack_texts, train_causal_lm
-from pipelines.upstream.manifest import MANIFEST, UpstreamPair
+from pipelines.upstream.manifest import MANIFEST, UpstreamPair, read_upstream
 from pipelines.upstream.pair_check import PairReport, check_pair
 from pipelines.upstream.tiny import build_tiny_llama
 from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
