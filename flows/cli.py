@@ -142,9 +142,11 @@ def evaluate(
         params = load_params(project_dir / "params.yaml").eval
         given = {"instruction": instruction, "multiturn": multiturn, "safety": safety}
         sets = params.sets.model_copy(update={k: str(v) for k, v in given.items() if v is not None})
-        result = evaluate_candidate(model, chat or model, corpus or project_dir / "data" / "corpus",
-                                    params.model_copy(update={"sets": sets}), out / f"{model.name}.json",
-                                    out / f"{model.name}.samples.jsonl")
+        result = evaluate_candidate(model_dir=model, chat_dir=chat or model,
+                                    corpus_dir=corpus or project_dir / "data" / "corpus",
+                                    params=params.model_copy(update={"sets": sets}),
+                                    metrics_path=out / f"{model.name}.json",
+                                    samples_path=out / f"{model.name}.samples.jsonl")
     except ParamsError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2)
@@ -153,6 +155,7 @@ def evaluate(
         raise typer.Exit(1)
     width = max(map(len, result.metrics))
     typer.echo("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in sorted(result.metrics.items())))
+    typer.echo(f"{result.answers_per_second:.1f} answers a second")
     typer.echo(f"metrics: {out / f'{model.name}.json'}; answers: {out / f'{model.name}.samples.jsonl'}")
 
 

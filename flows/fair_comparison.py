@@ -32,8 +32,9 @@ def champion_on_current_data(ctx: RunContext, held: Champion) -> Champion:
 
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         checkpoint = registry.download_checkpoint(ctx.store, model, held.version, Path(tmp) / "model")
-        result = evaluate_candidate(checkpoint, read_upstream(ctx.layout.upstream).chat, ctx.layout.corpus,
-                                    ctx.params.eval, Path(tmp) / "metrics.json", Path(tmp) / "samples.jsonl")
+        result = evaluate_candidate(model_dir=checkpoint, chat_dir=read_upstream(ctx.layout.upstream).chat,
+                                    corpus_dir=ctx.layout.corpus, params=ctx.params.eval,
+                                    metrics_path=Path(tmp) / "metrics.json", samples_path=Path(tmp) / "samples.jsonl")
     record_version_metrics(ctx, held.version, result.metrics)
     return Champion(held.version, result.metrics, held.pinned)
 

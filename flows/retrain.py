@@ -1,6 +1,6 @@
 """The `retrain` flow: the DESIGN diagram, top to bottom.
 
-intake -> corpus -> upstream -> cp -> merge@ratio -> evaluate@model -> curate -> align@method -> evaluate-aligned@method
+intake -> corpus -> upstream -> cp -> merge@ratio -> evaluate* -> curate -> align@method -> evaluate-aligned@method
        -> leaderboard -> register -> promote -> push
 """
 from __future__ import annotations

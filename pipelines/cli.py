@@ -111,14 +111,15 @@ def align(method: str = typer.Argument(help="an align method, as written in alig
 
 @app.command()
 def evaluate(candidate: str = typer.Argument(help="base, chat, cp, merged-<ratio> or aligned-<method>")) -> None:
-    """Score one candidate into metrics/eval/<candidate>.json and its samples."""
+    """Score one candidate into its metrics file (Layout.eval_metrics), its samples and its speed."""
     from pipelines.candidates import candidate_dir
     from pipelines.evaluate.stage import evaluate_candidate
     from pipelines.upstream.manifest import read_upstream
 
     params, layout = load_params(PARAMS), _layout()
-    evaluate_candidate(candidate_dir(layout, candidate), read_upstream(layout.upstream).chat, layout.corpus,
-                       params.eval, layout.eval_metrics(candidate), layout.eval_samples(candidate))
+    evaluate_candidate(model_dir=candidate_dir(layout, candidate), chat_dir=read_upstream(layout.upstream).chat,
+                       corpus_dir=layout.corpus, params=params.eval, metrics_path=layout.eval_metrics(candidate),
+                       samples_path=layout.eval_samples(candidate), speed_path=layout.speed_metrics(candidate))
 
 
 @app.command()

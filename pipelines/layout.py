@@ -67,14 +67,29 @@ class Layout:
     @property
     def align_metrics(self) -> Path:
         """Curation report, training and evaluation metrics of the aligned models: apart from metrics/eval, which
-        the align stages read to pick the best merged model."""
+        the leaderboard reads, and from the merged models' scores, which the align stages read."""
         return self.root / "metrics" / "align"
 
-    def eval_metrics(self, candidate: str) -> Path:
-        from pipelines.candidates import ALIGNED_PREFIX  # it names Layout: imported here, not at the top
+    @property
+    def merged_eval_metrics(self) -> Path:
+        """The merged models' scores, a folder of their own: all the align stages read to pick the best one."""
+        return self.root / "metrics" / "eval" / "merged"
 
-        folder = self.align_metrics if candidate.startswith(ALIGNED_PREFIX) else self.root / "metrics" / "eval"
-        return folder / f"{candidate}.json"
+    def eval_metrics(self, candidate: str) -> Path:
+        """Where `candidate`'s scores go: metrics/eval (merged models in metrics/eval/merged), aligned models'
+        in metrics/align."""
+        from pipelines.candidates import ALIGNED_PREFIX, MERGED_PREFIX  # it names Layout: imported here
+
+        if candidate.startswith(ALIGNED_PREFIX):
+            return self.align_metrics / f"{candidate}.json"
+        if candidate.startswith(MERGED_PREFIX):
+            return self.merged_eval_metrics / f"{candidate}.json"
+        return self.root / "metrics" / "eval" / f"{candidate}.json"
+
+    def speed_metrics(self, candidate: str) -> Path:
+        """`candidate`'s generation speed (answers a second): a wall-clock figure that differs on every run, so
+        apart from the scores that later stages depend on."""
+        return self.root / "metrics" / "speed" / f"{candidate}.json"
 
     def eval_samples(self, candidate: str) -> Path:
         return self.root / "reports" / "samples" / f"{candidate}.jsonl"

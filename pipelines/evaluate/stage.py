@@ -41,9 +41,10 @@ def end_of_turn_ids(chat_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[
 
 @dataclass(frozen=True)
 class EvalResult:
-    """The candidate's metrics."""
+    """The candidate's scores, and how fast it answered (kept apart: a wall-clock figure, other on every run)."""
 
     metrics: dict[str, float]
+    answers_per_second: float
 
 
 def eval_sets(params: EvalParams, corpus_dir: Path) -> dict[str, list[EvalExample]]:
@@ -121,10 +122,12 @@ def _judge(model: str, samples: list[dict[str, Any]]) -> float:
     return judge_score(ratings)
 
 
-def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params: EvalParams,
-                       metrics_path: Path, samples_path: Path) -> EvalResult:
+def evaluate_candidate(*, model_dir: Path, chat_dir: Path, corpus_dir: Path, params: EvalParams,
+                       metrics_path: Path, samples_path: Path, speed_path: Path | None = None) -> EvalResult:
     """Score one checkpoint on every suite: held-out text, instructions, multi-turn, language, safety; on the
-    accelerator when there is one (`eval.device`)."""
+    accelerator when there is one (`eval.device`). The scores go to `metrics_path`, every answer to
+    `samples_path`, and the answers a second to `speed_path` when given (never beside the scores, which later
+    stages depend on)."""
     device = resolve_device(params.device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not tokenizer.chat_template:  # base and CP models are asked in the chat model's format
@@ -148,7 +151,6 @@ def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params
     metrics = {
         "target_perplexity": perplexity(model, tokenizer, valid, params.block_size, params.batch_size),
         **suite_metrics(samples, answers, params),
-        "answers_per_second": len(samples) / seconds,
     }
     if params.lm_eval_tasks:
         include = Path(params.lm_eval_include_path) if params.lm_eval_include_path else corpus_dir / LM_EVAL
@@ -157,4 +159,7 @@ def evaluate_candidate(model_dir: Path, chat_dir: Path, corpus_dir: Path, params
         metrics["judge_score"] = _judge(params.judge_model, samples)
     write_jsonl_atomic(samples_path, samples)
     write_json_atomic(metrics_path, metrics)
-    return EvalResult(metrics=metrics)
+    speed = len(samples) / seconds
+    if speed_path:
+        write_json_atomic(speed_path, {"answers_per_second": speed})
+    return EvalResult(metrics=metrics, answers_per_second=speed)

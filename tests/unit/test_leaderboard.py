@@ -30,7 +30,9 @@ def test_candidate_names_follow_the_ratios_and_align_methods() -> None:
 def test_aligned_metrics_live_apart_from_the_ones_align_reads(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     assert layout.eval_metrics("aligned-sft").parent == layout.align_metrics
-    assert layout.eval_metrics("merged-1.0").parent == tmp_path / "metrics" / "eval"
+    assert layout.eval_metrics("merged-1.0").parent == layout.merged_eval_metrics
+    assert layout.eval_metrics("cp").parent == tmp_path / "metrics" / "eval"  # the references: read by no align
+    assert layout.speed_metrics("cp").parent not in {layout.merged_eval_metrics, layout.align_metrics}
 
 
 def test_winner_is_the_best_eligible_merged_model(tmp_path: Path) -> None:
