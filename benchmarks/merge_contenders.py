@@ -20,7 +20,7 @@ def engine(base: Path, chat: Path, cp: Path, out: Path) -> None:
     from pipelines.config import MergeSettings
     from pipelines.merge import merge_chat_vector
 
-    merge_chat_vector(base, chat, cp, out, RATIO, MergeSettings())
+    merge_chat_vector(base=base, chat=chat, cp=cp, out=out, ratio=RATIO, settings=MergeSettings())
 
 
 def naive(base: Path, chat: Path, cp: Path, out: Path) -> None:

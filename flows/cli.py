@@ -111,7 +111,8 @@ def merge(
         if allow_pickle:
             settings = settings.model_copy(update={"allow_pickle": True})
         report_path = report or out.with_name(f"{out.name}.merge-report.json")
-        result = merge_chat_vector(base, chat, cp, out, ratio, settings, report_path, overwrite=overwrite)
+        result = merge_chat_vector(base=base, chat=chat, cp=cp, out=out, ratio=ratio, settings=settings,
+                                   report_path=report_path, overwrite=overwrite)
     except (ParamsError, ValueError, OSError) as error:  # CheckpointError: ValueError; OutputExistsError: OSError
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1)

@@ -62,8 +62,10 @@ def cp() -> None:
     distributed = params.cp.distributed
     if (distributed.nproc_per_node > 1 or distributed.strategy == "fsdp") and not under_launcher():
         raise typer.Exit(relaunch(distributed.nproc_per_node, ["cp"]))  # accelerate sets FSDP up under torchrun
-    continual_pretrain(params.cp, layout.corpus, layout.upstream, layout.cp_model, layout.metrics / "cp.json",
-                       layout.plots / "cp_loss.csv", layout.cp_checkpoints, layout.datasets_cache)
+    continual_pretrain(params=params.cp, corpus_dir=layout.corpus, upstream_dir=layout.upstream,
+                       out_dir=layout.cp_model, metrics_path=layout.metrics / "cp.json",
+                       curve_csv=layout.plots / "cp_loss.csv", checkpoint_dir=layout.cp_checkpoints,
+                       cache_dir=layout.datasets_cache)
 
 
 @app.command()
@@ -76,8 +78,8 @@ def merge(ratio: str = typer.Argument(help="merge ratio, as written in merge.rat
     if float(ratio) not in params.merge.ratios:
         raise typer.BadParameter(f"{ratio} is not in merge.ratios {params.merge.ratios}")
     pair = read_upstream(layout.upstream)
-    merge_chat_vector(pair.base, pair.chat, layout.cp_model, layout.merged_model(ratio), float(ratio), params.merge,
-                      layout.merge_report(ratio))
+    merge_chat_vector(base=pair.base, chat=pair.chat, cp=layout.cp_model, out=layout.merged_model(ratio),
+                      ratio=float(ratio), settings=params.merge, report_path=layout.merge_report(ratio))
 
 
 @app.command()
@@ -104,9 +106,10 @@ def align(method: str = typer.Argument(help="an align method, as written in alig
     merged = best_merged({merged_name(r): layout.eval_metrics(merged_name(r)) for r in params.merge.ratios},
                          params.promote)
     typer.echo(f"aligning {merged} with {method}")
-    align_best_merged(method, params.align, layout.sft_set, merged, candidate_dir(layout, merged),
-                      layout.aligned_model(method), layout.align_metrics / f"train-{method}.json",
-                      layout.plots / f"align_{method}_loss.csv")
+    align_best_merged(method=method, params=params.align, sft_dir=layout.sft_set, merged_name=merged,
+                      merged_dir=candidate_dir(layout, merged), out_dir=layout.aligned_model(method),
+                      metrics_path=layout.align_metrics / f"train-{method}.json",
+                      curve_csv=layout.plots / f"align_{method}_loss.csv")
 
 
 @app.command()

@@ -56,7 +56,7 @@ def _extend_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 
 def continual_pretrain(
-    params: CPParams, corpus_dir: Path, upstream_dir: Path, out_dir: Path, metrics_path: Path, curve_csv: Path,
+    *, params: CPParams, corpus_dir: Path, upstream_dir: Path, out_dir: Path, metrics_path: Path, curve_csv: Path,
     checkpoint_dir: Path, cache_dir: Path | None = None,
 ) -> CPResult:
     """Train the base on packed target text, keep its tokenizer, and write metrics and the loss curve.

@@ -33,7 +33,7 @@ def best_merged(metric_files: dict[str, Path], policy: PromoteParams) -> str:
     return rank_candidates(read_metrics(metric_files), policy)[0].name
 
 
-def align_best_merged(method: str, params: AlignParams, sft_dir: Path, merged_name: str, merged_dir: Path,
+def align_best_merged(*, method: str, params: AlignParams, sft_dir: Path, merged_name: str, merged_dir: Path,
                       out_dir: Path, metrics_path: Path, curve_csv: Path) -> None:
     """Fine-tune `merged_dir` with `method` into `out_dir` (with a manifest naming its source); metrics to
     `metrics_path`."""

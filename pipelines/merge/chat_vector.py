@@ -227,7 +227,7 @@ def _task_vectors(base: Path, chat: Path, ratio: float, settings: MergeSettings,
             for name, b, t, r in sources]
 
 
-def merge_chat_vector(base: Path, chat: Path, cp: Path, out: Path, ratio: float, settings: MergeSettings,
+def merge_chat_vector(*, base: Path, chat: Path, cp: Path, out: Path, ratio: float, settings: MergeSettings,
                       report_path: Path | None = None, overwrite: bool = False) -> MergeReport:
     """Write CP + ratio * (chat - base) (and any further task vectors) to `out`, atomically, as sharded
     safetensors with the merged tokenizer; write the per-tensor report to `report_path` when given.

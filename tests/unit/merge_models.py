@@ -92,5 +92,5 @@ def merge(trio: dict[str, Path], out: Path, ratio: float = 0.7, **settings: obje
     """Run the engine with MergeSettings(**settings), the report beside the output; every shared vocabulary row
     gets the delta unless told (`embedding_rows: overlap`, the whole-matrix arithmetic the references compute)."""
     settings = {"embedding_rows": "overlap", **settings}
-    return merge_chat_vector(trio["base"], trio["chat"], trio["cp"], out, ratio, MergeSettings(**settings),
-                             out.parent / f"{out.name}.json")
+    return merge_chat_vector(base=trio["base"], chat=trio["chat"], cp=trio["cp"], out=out, ratio=ratio,
+                             settings=MergeSettings(**settings), report_path=out.parent / f"{out.name}.json")

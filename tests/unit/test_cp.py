@@ -34,8 +34,9 @@ def test_lora_cp_changes_only_adapted_layers(tmp_path: Path) -> None:
     runs = []
     for state in (1, 2):  # the adapters' initial values are drawn from the params' seed, whatever came before
         torch.manual_seed(state)
-        continual_pretrain(params, corpus, upstream, tmp_path / f"cp-{state}", tmp_path / "cp.json",
-                           tmp_path / "cp.csv", tmp_path / "checkpoints")
+        continual_pretrain(params=params, corpus_dir=corpus, upstream_dir=upstream,
+                           out_dir=tmp_path / f"cp-{state}", metrics_path=tmp_path / "cp.json",
+                           curve_csv=tmp_path / "cp.csv", checkpoint_dir=tmp_path / "checkpoints")
         runs.append(load_file(tmp_path / f"cp-{state}" / "model.safetensors"))
     base, cp = load_file(upstream / "base" / "model.safetensors"), runs[0]
     assert cp.keys() == base.keys()  # full weights, no adapter tensors
@@ -79,8 +80,9 @@ def test_bf16_base_trains_on_float32_masters_and_is_saved_in_bf16(tmp_path: Path
     build_corpus(DataParams(source_entities=4, target_entities=4), corpus, tmp_path / "corpus.json")
     upstream = _upstream(tmp_path, corpus, dtype=torch.bfloat16)
     params = CPParams(steps=5, batch_size=4, block_size=16, learning_rate=3e-5, save_every=0)
-    continual_pretrain(params, corpus, upstream, tmp_path / "cp", tmp_path / "cp.json", tmp_path / "cp.csv",
-                       tmp_path / "checkpoints")
+    continual_pretrain(params=params, corpus_dir=corpus, upstream_dir=upstream, out_dir=tmp_path / "cp",
+                       metrics_path=tmp_path / "cp.json", curve_csv=tmp_path / "cp.csv",
+                       checkpoint_dir=tmp_path / "checkpoints")
     base, cp = load_file(upstream / "base" / "model.safetensors"), load_file(tmp_path / "cp" / "model.safetensors")
     assert {tensor.dtype for tensor in cp.values()} == {torch.bfloat16}
     assert json.loads((tmp_path / "cp" / "config.json").read_text())["dtype"] == "bfloat16"

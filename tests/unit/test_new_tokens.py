@@ -46,8 +46,9 @@ def test_cp_extends_the_vocabulary_and_records_the_mapping(tmp_path: Path) -> No
     save(tiny_model(len(tokenizer)), tokenizer, tmp_path / "upstream" / "base")
     (tmp_path / "upstream" / "upstream.json").write_text(json.dumps({"base": "base", "chat": "base"}))
     params = CPParams(steps=2, batch_size=2, block_size=16, learning_rate=1e-3, save_every=0, new_tokens=4)
-    continual_pretrain(params, corpus, tmp_path / "upstream", tmp_path / "cp", tmp_path / "cp.json",
-                       tmp_path / "cp.csv", tmp_path / "checkpoints")
+    continual_pretrain(params=params, corpus_dir=corpus, upstream_dir=tmp_path / "upstream", out_dir=tmp_path / "cp",
+                       metrics_path=tmp_path / "cp.json", curve_csv=tmp_path / "cp.csv",
+                       checkpoint_dir=tmp_path / "checkpoints")
     mapping = json.loads((tmp_path / "cp" / NEW_TOKENS).read_text())
     extended = AutoTokenizer.from_pretrained(tmp_path / "cp")
     assert len(mapping) == 4 and len(extended) == len(tokenizer) + 4

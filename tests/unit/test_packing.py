@@ -66,8 +66,9 @@ def test_cp_trains_on_a_stream(tmp_path: Path) -> None:
     build_corpus(DataParams(source_entities=4, target_entities=4), corpus, tmp_path / "corpus.json")
     params = CPParams(steps=5, batch_size=4, block_size=16, learning_rate=1e-2, save_every=0, streaming=True,
                       peak_tflops=0.001)  # a made-up peak: MFU is figured on CPU too
-    continual_pretrain(params, corpus, _upstream(tmp_path, corpus), tmp_path / "cp", tmp_path / "cp.json",
-                       tmp_path / "cp.csv", tmp_path / "checkpoints")
+    continual_pretrain(params=params, corpus_dir=corpus, upstream_dir=_upstream(tmp_path, corpus),
+                       out_dir=tmp_path / "cp", metrics_path=tmp_path / "cp.json", curve_csv=tmp_path / "cp.csv",
+                       checkpoint_dir=tmp_path / "checkpoints")
     metrics = json.loads((tmp_path / "cp.json").read_text())
     assert metrics["steps"] == 5 and metrics["tokens_per_second"] > 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "cp")
