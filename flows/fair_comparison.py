@@ -9,7 +9,7 @@ from prefect import get_run_logger
 from flows.context import RunContext
 from flows.lineage import lineage_tags
 from flows.tracking import registry
-from flows.tracking.stage_runs import end_run, log_metrics, start_run
+from flows.tracking.stage_runs import log_metrics, tracked_run
 from pipelines.evaluate.fingerprint import evaluation_fingerprint
 from pipelines.promotion import Champion
 from pipelines.upstream.manifest import read_upstream
@@ -42,10 +42,8 @@ def champion_on_current_data(ctx: RunContext, held: Champion) -> Champion:
 def record_version_metrics(ctx: RunContext, version: str, metrics: dict[str, float]) -> None:
     """Log a version's metrics on the current data to a run of their own; the version's tags point at it."""
     fingerprint = current_fingerprint(ctx)
-    run_id = start_run(ctx.store, f"re-evaluate v{version}",
-                       {"model_version": version, registry.EVAL_FINGERPRINT_TAG: fingerprint,
-                        **lineage_tags(ctx.root)}, ctx.parent_run_id)
-    log_metrics(ctx.store, run_id, metrics)
-    end_run(ctx.store, run_id)
+    tags = {"model_version": version, registry.EVAL_FINGERPRINT_TAG: fingerprint, **lineage_tags(ctx.root)}
+    with tracked_run(ctx.store, f"re-evaluate v{version}", tags, ctx.parent_run_id) as run_id:
+        log_metrics(ctx.store, run_id, metrics)
     registry.set_version_tags(ctx.store, ctx.params.promote.registered_model, version,
                               {registry.EVAL_FINGERPRINT_TAG: fingerprint, registry.EVAL_RUN_TAG: run_id})

@@ -23,7 +23,7 @@ from flows.tasks import (
     INTAKE_STAGE, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data,
     with_retries,
 )
-from flows.tracking.stage_runs import end_run, log_text, start_run
+from flows.tracking.stage_runs import log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock
 
 
@@ -70,30 +70,29 @@ def _close_abandoned_runs(ctx: RunContext) -> None:
 
 def _run_pipeline(ctx: RunContext) -> RetrainResult:
     """The stages of dvc.yaml in its order, each a tracked task; then register, promote, push."""
-    ctx = replace(ctx, parent_run_id=start_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)))
-    try:
-        intake = take_new_data(ctx)  # records the inbox stage's output itself
-        outcomes = [run_stage(ctx, stage) for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE]
+    with tracked_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)) as parent_run_id:
+        ctx = replace(ctx, parent_run_id=parent_run_id)
+        try:
+            intake = take_new_data(ctx)  # records the inbox stage's output itself
+            outcomes = [run_stage(ctx, stage) for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE]
 
-        board = read_leaderboard(ctx)
-        version = with_retries(ctx, register_winner)(ctx, board, leaderboard_markdown(board))
-        actor = f"retrain flow run {flow_run.id}"
-        decision = with_retries(ctx, promote_challenger)(ctx, version, board, actor) if version else None
-        with_retries(ctx, push_outputs)(ctx)
-    except BaseException:
-        with suppress(Exception):  # MLflow may be what failed: then the next run's recovery closes them
-            _close_abandoned_runs(ctx)
-        end_run(ctx.store, ctx.parent_run_id, ok=False)
-        raise
-    _close_abandoned_runs(ctx)
-    summary = (f"version {version}: {'promoted to champion' if decision.promote else 'not promoted'} "
-               f"({'; '.join(decision.reasons)})") if decision else "nothing registered"
-    markdown = leaderboard_markdown(board, summary)
-    create_markdown_artifact(markdown, key="leaderboard", description="retrain leaderboard")
-    create_markdown_artifact(promotion_markdown(version, decision), key="promotion",
-                             description="why the challenger was or was not promoted")
-    log_text(ctx.store, ctx.parent_run_id, markdown, "leaderboard.md")
-    end_run(ctx.store, ctx.parent_run_id)
+            board = read_leaderboard(ctx)
+            version = with_retries(ctx, register_winner)(ctx, board, leaderboard_markdown(board))
+            actor = f"retrain flow run {flow_run.id}"
+            decision = with_retries(ctx, promote_challenger)(ctx, version, board, actor) if version else None
+            with_retries(ctx, push_outputs)(ctx)
+        except BaseException:
+            with suppress(Exception):  # MLflow may be what failed: then the next run's recovery closes them
+                _close_abandoned_runs(ctx)
+            raise
+        _close_abandoned_runs(ctx)
+        summary = (f"version {version}: {'promoted to champion' if decision.promote else 'not promoted'} "
+                   f"({'; '.join(decision.reasons)})") if decision else "nothing registered"
+        markdown = leaderboard_markdown(board, summary)
+        create_markdown_artifact(markdown, key="leaderboard", description="retrain leaderboard")
+        create_markdown_artifact(promotion_markdown(version, decision), key="promotion",
+                                 description="why the challenger was or was not promoted")
+        log_text(ctx.store, parent_run_id, markdown, "leaderboard.md")
     return RetrainResult(board["winner"], version, bool(decision and decision.promote),
                          decision.reasons if decision else [], [o.stage for o in outcomes if not o.cached], markdown,
                          intake.taken)

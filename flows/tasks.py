@@ -16,7 +16,7 @@ from flows.lineage import lineage_tags
 from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
 from flows.tracking import registry
-from flows.tracking.stage_runs import end_run, log_metrics, log_stage_outputs, set_tags, start_run
+from flows.tracking.stage_runs import log_metrics, log_stage_outputs, set_tags, tracked_run
 from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.promotion import Decision
@@ -59,17 +59,12 @@ def take_new_data(ctx: RunContext) -> Intake:
 def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     """Reproduce one DVC stage (skipped when up to date) and log its files to a nested MLflow run."""
     cached = ctx.dvc.is_up_to_date(stage)
-    run_id = start_run(ctx.store, stage, {"stage": stage, "cached": str(cached).lower(), **lineage_tags(ctx.root)},
-                       ctx.parent_run_id)
-    try:
+    tags = {"stage": stage, "cached": str(cached).lower(), **lineage_tags(ctx.root)}
+    with tracked_run(ctx.store, stage, tags, ctx.parent_run_id) as run_id:
         if not cached:
             ctx.dvc.reproduce(stage, env={"MLFLOW_TRACKING_URI": ctx.store.uri, "MLFLOW_RUN_ID": run_id})
         log_stage_outputs(ctx.store, run_id, ctx.root, ctx.dvc.spec(stage), ctx.raw_params)
         set_tags(ctx.store, run_id, lineage_tags(ctx.root, ctx.dvc.lock_hashes(stage)))
-    except BaseException:
-        end_run(ctx.store, run_id, ok=False)
-        raise
-    end_run(ctx.store, run_id)
     get_run_logger().info("%s: %s", stage, "up to date, logged from its files" if cached else "reproduced")
     return StageOutcome(stage, run_id, cached)
 
@@ -123,10 +118,9 @@ def _register(ctx: RunContext, candidate: str, board: dict, leaderboard_md: str)
     version = registry.find_version(ctx.store, model, model_md5)
     if version is None:
         tags = _version_tags(ctx, candidate, model_md5)
-        run_id = start_run(ctx.store, "register", tags, ctx.parent_run_id)
-        log_metrics(ctx.store, run_id, board["candidates"][candidate])
-        version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md)
-        end_run(ctx.store, run_id)
+        with tracked_run(ctx.store, "register", tags, ctx.parent_run_id) as run_id:
+            log_metrics(ctx.store, run_id, board["candidates"][candidate])
+            version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md)
     elif registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG) != current_fingerprint(ctx):
         record_version_metrics(ctx, version, board["candidates"][candidate])  # same weights, new evaluation data
     get_run_logger().info("%s is version %s of %s", candidate, version, model)

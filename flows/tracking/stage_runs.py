@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +30,27 @@ def flatten(data: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
     return flat
 
 
-def start_run(store: Store, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
-    """Create a run (nested under `parent_run_id` when given) and return its id."""
+def _start_run(store: Store, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
     if parent_run_id:
         tags = {**tags, "mlflow.parentRunId": parent_run_id}
     return store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
 
 
-def end_run(store: Store, run_id: str, ok: bool = True) -> None:
-    """Mark a run finished or failed."""
+def _end_run(store: Store, run_id: str, ok: bool = True) -> None:
     store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+@contextmanager
+def tracked_run(store: Store, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[str]:
+    """An MLflow run (nested under `parent_run_id` when given) open for the block, its id yielded: FINISHED when
+    the block ends, FAILED when it raises or is interrupted."""
+    run_id = _start_run(store, name, tags, parent_run_id)
+    try:
+        yield run_id
+    except BaseException:
+        _end_run(store, run_id, ok=False)
+        raise
+    _end_run(store, run_id)
 
 
 def _log_params(store: Store, run_id: str, params: dict[str, Any], keys: list[str]) -> None:
