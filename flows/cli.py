@@ -20,6 +20,7 @@ app = typer.Typer(help="chatgraft: continual pretraining + chat vector, as a tra
 apply_offline_defaults()
 
 if TYPE_CHECKING:
+    from flows.retrain import RetrainResult
     from pipelines.config import Params
 
 
@@ -35,29 +36,36 @@ def run(
     SIGTERM (what schedulers and Kubernetes send) and Ctrl-C end the run cleanly: the running stage is stopped,
     its runs are marked failed, and the run's slots and the project are released.
     """
+    from flows.params_file import apply_overrides
+    from pipelines.config import ParamsError
+
+    try:
+        apply_overrides(project_dir / "params.yaml", set_)  # before Prefect and MLflow load: a typo is answered at once
+        _check_inputs(project_dir)  # before Prefect starts: a bad input is answered in seconds
+        result = _retrain(project_dir, wait=not no_wait)
+    except ParamsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2)
+    typer.echo("\n" + result.leaderboard)
+
+
+def _retrain(project_dir: Path, wait: bool) -> RetrainResult:
+    """The retrain flow, ended cleanly by SIGTERM; a busy project or slot is exit status 3."""
     from prefect.exceptions import TerminationSignal
 
-    from flows.params_file import apply_overrides
     from flows.retrain import retrain
     from flows.slots import SlotWaitTimeout
     from flows.workspace import WorkspaceBusy
-    from pipelines.config import ParamsError
 
     def terminate(signum: int, _frame: object) -> None:
         raise TerminationSignal(signum)  # unwinds the flow: Prefect marks it Crashed, `finally` blocks release
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        apply_overrides(project_dir / "params.yaml", set_)
-        _check_inputs(project_dir)  # before Prefect starts: a bad input is answered in seconds
-        result = retrain(project_dir=str(project_dir), wait_for_workspace=not no_wait)
-    except ParamsError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2)
+        return retrain(project_dir=str(project_dir), wait_for_workspace=wait)
     except (WorkspaceBusy, SlotWaitTimeout) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(3)
-    typer.echo("\n" + result.leaderboard)
 
 
 def _check_inputs(project_dir: Path) -> None:
