@@ -165,6 +165,31 @@ class DvcProject:
         except StageFailed:
             pass
 
+    def _imported_url(self, dvc_file: Path) -> str | None:
+        """The source an import's .dvc file records, as written there; None when there is no such import."""
+        if not dvc_file.exists():
+            return None
+        deps = (yaml.safe_load(dvc_file.read_text()) or {}).get("deps") or [{}]
+        return deps[0].get("path")
+
+    def import_url(self, url: str, out: Path) -> str | None:
+        """Track the folder or S3 prefix `url` as `out` (a path under the root): `dvc import-url` the first time (or
+        when `url` changed), else `dvc update`, which downloads only when the source changed. Returns the md5 of
+        what is imported now. S3 credentials and endpoint come from the environment (AWS_*), as boto3 reads them."""
+        dvc_file = out.with_name(out.name + ".dvc")
+        recorded = self._imported_url(dvc_file)
+        local = "://" not in url
+        same = recorded is not None and (
+            (dvc_file.parent / recorded).resolve() == (self.root / url).resolve() if local else recorded == url)
+        relative = str(out.relative_to(self.root))
+        if same:
+            self._dvc("update", "--quiet", str(dvc_file.relative_to(self.root)))
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self._dvc("import-url", "--force", "--quiet", str(self.root / url) if local else url, relative)
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+        return outs[0].get("md5")
+
     def push(self) -> str:
         """Push every cached output to the default remote."""
         return self._dvc("push")

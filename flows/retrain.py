@@ -1,6 +1,6 @@
 """The `retrain` flow: the DESIGN diagram, top to bottom.
 
-intake -> corpus -> upstream -> cp -> merge@ratio -> evaluate* -> curate -> align@method -> evaluate-aligned@method
+intake -> import-documents -> corpus -> upstream -> cp -> merge@ratio -> evaluate* -> curate -> align@method -> evaluate-aligned@method
        -> leaderboard -> register -> promote -> push
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flows.lineage import lineage_tags
 from flows.recovery import fail_abandoned_runs, recover_crashed_runs, tag_workspace
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
-    INTAKE_STAGE, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data,
+    INTAKE_STAGE, import_documents, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data,
     with_retries,
 )
 from flows.tracking.stage_runs import log_text, tracked_run
@@ -74,6 +74,7 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
         ctx = replace(ctx, parent_run_id=parent_run_id)
         try:
             intake = take_new_data(ctx)  # records the inbox stage's output itself
+            import_documents(ctx)
             outcomes = [run_stage(ctx, stage) for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE]
 
             board = read_leaderboard(ctx)

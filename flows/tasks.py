@@ -55,6 +55,18 @@ def take_new_data(ctx: RunContext) -> Intake:
     return intake
 
 
+@task(name="import-documents", cache_policy=NO_CACHE)
+def import_documents(ctx: RunContext) -> str | None:
+    """With `data.source: documents`, import `data.documents` into data/documents/imported with DVC (or update it:
+    downloaded again only when the source changed); returns the md5 DVC recorded, None for the generated world."""
+    if ctx.params.data.source != "documents" or not ctx.params.data.documents:
+        return None
+    md5 = ctx.dvc.import_url(ctx.params.data.documents, ctx.layout.documents)
+    get_run_logger().info("documents %s: imported as %s (md5 %s)", ctx.params.data.documents,
+                          ctx.layout.documents.relative_to(ctx.root), md5)
+    return md5
+
+
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     """Reproduce one DVC stage (skipped when up to date) and log its files to a nested MLflow run."""

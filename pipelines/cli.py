@@ -35,11 +35,12 @@ def inbox() -> None:
 
 @app.command()
 def corpus() -> None:
-    """Generate the default world's data sets into data/corpus, with the documents in data/incoming."""
+    """Write the corpus into data/corpus: the default world's data sets, or the imported documents (data.source),
+    with the documents in data/incoming."""
     from pipelines.corpus.stage import build_corpus
 
     params, layout = load_params(PARAMS), _layout()
-    build_corpus(params.data, layout.corpus, layout.metrics / "corpus.json", layout.incoming)
+    build_corpus(params.data, layout.corpus, layout.metrics / "corpus.json", layout.incoming, layout.documents)
 
 
 @app.command()

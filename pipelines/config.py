@@ -15,9 +15,16 @@ class Section(BaseModel):
 
 
 class DataParams(Section):
-    """The default world's generator (used when `source` is `generator`)."""
+    """Where the CP corpus comes from: the default world's generator, or documents of one's own."""
 
-    source: Literal["generator"] = Field("generator", description="where the corpus comes from")
+    source: Literal["generator", "documents"] = Field(
+        "generator", description="generator: the default world (its text and every set); documents: the CP corpus "
+        "is `documents` (and the inbox) only, every other set comes from params"
+    )
+    documents: str | None = Field(
+        None, description="source documents: the corpus, a folder (outside the project) or s3://bucket/prefix of "
+        ".txt/.jsonl/.parquet files, imported with `dvc import-url` and refreshed with `dvc update` each run"
+    )
     seed: int = Field(0, description="seed of the world: names, facts and sampling")
     source_entities: int = Field(40, ge=4, description="entities of the source world (known to base and chat)")
     target_entities: int = Field(40, ge=4, description="entities of the target world (only in the CP corpus)")
@@ -383,6 +390,30 @@ class Params(Section):
     align: AlignParams = Field(default_factory=AlignParams)
     flow: FlowParams = Field(default_factory=FlowParams)
 
+    @model_validator(mode="after")
+    def _documents_bring_their_sets(self) -> "Params":
+        """A corpus of one's own brings everything the generated world would have written: no tiny stand-ins."""
+        if self.data.source != "documents":
+            return self
+        sets = self.eval.sets
+        needed = {
+            "data.documents": self.data.documents,
+            "upstream.base_path": self.upstream.base_path,
+            "eval.sets.instruction": sets.instruction,
+            "eval.sets.multiturn": sets.multiturn,
+            "eval.sets.safety": sets.safety,
+            "eval.language_scripts": self.eval.language_scripts,  # the generated world's lexicon is not theirs
+        }
+        if self.align.methods:
+            needed["align.data"] = self.align.data
+        if self.eval.lm_eval_tasks:
+            needed["eval.lm_eval_include_path"] = self.eval.lm_eval_include_path
+        missing = [key for key, value in needed.items() if not value]
+        if missing:
+            raise ValueError(f"data.source documents: set {', '.join(missing)} (the generated world's sets and "
+                             "tiny models are not made for a corpus of one's own)")
+        return self
+
 
 class ParamsError(ValueError):
     """params.yaml (or an override) is invalid; the message names the key path and what was expected."""
@@ -392,7 +423,7 @@ def _describe(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid params"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(root)"
-        got = "" if item["type"] == "extra_forbidden" else f" (got {item['input']!r})"
+        got = "" if item["type"] == "extra_forbidden" or not item["loc"] else f" (got {item['input']!r})"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         lines.append(f"  {key}: {message}{got}")
     return "\n".join(lines)

@@ -24,6 +24,11 @@ class Layout:
         return self.root / "data" / "incoming"
 
     @property
+    def documents(self) -> Path:
+        """The imported corpus of `data.source: documents` (`dvc import-url` of `data.documents`)."""
+        return self.root / "data" / "documents" / "imported"
+
+    @property
     def intake_report(self) -> Path:
         """What the last intake took from the inbox, left there, and refused (with reasons)."""
         return self.root / "reports" / "intake.json"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipelines.align.sft_set import read_sft_set
 from pipelines.config import Params
+from pipelines.corpus.documents import check_document_folder
 from pipelines.evaluate.sets import load_eval_set
 from pipelines.model_folder import check_model_folder, require_folder
 from pipelines.upstream.pair_check import check_pair
@@ -24,6 +25,9 @@ def _eval_set(needs: str) -> Check:
 def _named_inputs(params: Params) -> Iterator[tuple[str, str, Check]]:
     """(params key, path as written, check) for every input the params name."""
     upstream, merge, evaluate = params.upstream, params.merge, params.eval
+    documents = params.data.documents
+    if params.data.source == "documents" and documents and "://" not in documents:  # S3 is read by the import
+        yield "data.documents", documents, check_document_folder
     if upstream.base_path and upstream.chat_path:
         yield "upstream.base_path", upstream.base_path, check_model_folder
         yield "upstream.chat_path", upstream.chat_path, check_model_folder

@@ -1,7 +1,9 @@
 """Shared fixtures: offline settings, tiny models, and throwaway chatgraft projects (git + DVC) on tiny worlds."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import requests
 import yaml
 
 from flows.environment import apply_offline_defaults
+from flows.tracking.store import embedded_uri
 from pipelines.config import AlignParams, MergeParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,12 +76,39 @@ def answers_health(url: str) -> bool:
         return False
 
 
+def ask_served_model(root: Path, model_uri: str, question: str) -> dict:
+    """Serve `model_uri` of `root`'s embedded MLflow with `mlflow models serve`, ask one chat question, stop the
+    server by its process id; returns the completion's one choice, checked to be a well-formed one."""
+    port = free_port()
+    venv_bin = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH, as in an activated venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": embedded_uri(root), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
+                               "--env-manager", "local", "-p", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answers_health(url), "mlflow models serve", seconds=180)
+        request = {"messages": [{"role": "user", "content": question}], "max_tokens": 3}
+        answer = requests.post(f"{url}/invocations", json=request, timeout=60)
+        assert answer.ok, answer.text
+        (completion,) = answer.json()  # one OpenAI-style chat completion per request
+        (choice,) = completion["choices"]
+        # a tiny model may end its turn at once (CPU numerics decide): the answer's shape is what is checked
+        assert choice["finish_reason"] in ("stop", "length")
+        return choice
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def make_project(root: Path, params: dict) -> Path:
     """A git + DVC project with chatgraft's dvc.yaml and stage code, the given params and a local DVC remote: what a
     fresh clone holds (no data/incoming: the inbox stage makes it)."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(REPO / "pipelines", root / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "data" / "documents").mkdir(parents=True)
+    shutil.copy(REPO / "data" / "documents" / "README.md", root / "data" / "documents" / "README.md")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)

@@ -11,7 +11,7 @@ from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import AlignParams
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.training import TrainResult, assistant_only_examples, train_causal_lm
-from pipelines.training.data import IGNORE_INDEX
+from pipelines.training.data import IGNORE_INDEX, with_pad_token
 from pipelines.training.lora import with_lora
 from pipelines.training.weighted import LOSS_WEIGHT, WeightedCollator
 
@@ -54,7 +54,7 @@ def align_model(method: str, params: AlignParams, examples: list[SftExample], me
     the tokenizer (its chat template conditioned on the best class for c-rlft) and `manifest` (as align.json) to
     `out_dir`, atomically."""
     set_seed(params.train.seed)  # new embedding rows and LoRA's initial adapters are drawn: part of the recipe
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(merged_dir), merged_dir)
     if not tokenizer.chat_template:
         raise ValueError(f"{merged_dir}: the merged model's tokenizer has no chat template to fine-tune on")
     model = AutoModelForCausalLM.from_pretrained(merged_dir)

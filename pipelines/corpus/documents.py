@@ -57,3 +57,16 @@ def read_file_documents(path: Path) -> Iterator[str]:
 def document_files(folder: Path) -> list[Path]:
     """The files under `folder`, in path order; none when the folder is absent."""
     return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else []
+
+
+def check_document_folder(folder: Path) -> None:
+    """Raise naming `folder` unless it holds at least one document file and nothing the corpus stage cannot read."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    files = document_files(folder)
+    others = [str(path.relative_to(folder)) for path in files if path.suffix not in DOCUMENT_SUFFIXES]
+    if others:
+        raise ValueError(f"{folder}: files that are not {', '.join(DOCUMENT_SUFFIXES)}: {', '.join(others[:5])}"
+                         + (f" and {len(others) - 5} more" if len(others) > 5 else ""))
+    if not files:
+        raise ValueError(f"{folder}: no document files ({', '.join(DOCUMENT_SUFFIXES)})")

@@ -1,4 +1,5 @@
-"""The `corpus` stage: writes the upstream, CP and evaluation data sets of the default world."""
+"""The `corpus` stage: the CP training and held-out text, from the default world's generator (with every other
+data set the world needs) or from documents of one's own (`data.source: documents`, nothing generated)."""
 from __future__ import annotations
 
 import json
@@ -131,7 +132,40 @@ def _write_cp_text(staging: Path, world_train: Iterable[str], world_heldout: Ite
     return {TRAIN.removesuffix(".jsonl"): trained, VALID.removesuffix(".jsonl"): heldout}
 
 
-def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None) -> CorpusResult:
+def _write_stats(stats_path: Path, counts: dict[str, int], params: DataParams, documents: IncomingCounts) -> None:
+    """The records written, and what became of the documents (the inbox's, or with `documents` all of them)."""
+    world = {"source_entities": params.source_entities, "target_entities": params.target_entities}
+    described = {"incoming": vars(documents)} if params.source == "generator" else {"documents": vars(documents)}
+    write_json_atomic(stats_path, {"records": counts, **(world if params.source == "generator" else {}), **described})
+
+
+def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None,
+                 documents: Path | None = None) -> CorpusResult:
+    """Write the corpus to `out_dir` (atomically) and its counts to `stats_path`: the default world's, or with
+    `data.source: documents` the training and held-out text of the documents in `documents` (the imported corpus)."""
+    if params.source == "documents":
+        if documents is None or not documents.is_dir():
+            raise FileNotFoundError(f"data.documents: no imported documents at {documents} (the flow imports "
+                                    "them with `dvc import-url` before the corpus stage)")
+        return build_document_corpus(params, out_dir, stats_path, [documents] + ([incoming] if incoming else []))
+    return build_world_corpus(params, out_dir, stats_path, incoming)
+
+
+def build_document_corpus(params: DataParams, out_dir: Path, stats_path: Path, folders: list[Path]) -> CorpusResult:
+    """The CP text from the documents under `folders` only, streamed: cleaned, deduplicated and split by document
+    hash into training and held-out text (`data.heldout_share`)."""
+    counts = IncomingCounts()
+    files = [path for folder in folders for path in document_files(folder)]
+    with atomic_dir(out_dir, "corpus") as staging:
+        written = _write_cp_text(staging, [], [], _incoming_documents(files, params, counts), params, counts)
+        if not written[TRAIN.removesuffix(".jsonl")]:  # raised inside: the last corpus stays as it was
+            raise ValueError(f"data.documents: no document left to train on in {', '.join(map(str, folders))} "
+                             f"({counts.files} files, {counts.documents} documents kept, {counts.heldout} held out)")
+    _write_stats(stats_path, written, params, counts)
+    return CorpusResult(counts=written)
+
+
+def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None) -> CorpusResult:
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`; the
     documents in `incoming` (the inbox snapshot) stream into the CP training text, but those held out by hash
     (`data.heldout_share`), which join the world's held-out text."""
@@ -165,8 +199,5 @@ def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: 
         write_json_atomic(staging / LEXICON, target_lexicon(world))
         _write_lm_eval_task(eval_facts, params, staging / LM_EVAL, out_dir / LM_EVAL)
         write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
-    write_json_atomic(stats_path, {
-        "records": counts, "source_entities": params.source_entities, "target_entities": params.target_entities,
-        "incoming": vars(incoming_counts),
-    })
+    _write_stats(stats_path, counts, params, incoming_counts)
     return CorpusResult(counts=counts)

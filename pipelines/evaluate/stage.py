@@ -28,15 +28,25 @@ from pipelines.evaluate.safety import (
     DEFAULT_REFUSAL_PATTERNS, classifier_refusals, is_refusal, refusal_matcher, safety_rates,
 )
 from pipelines.evaluate.sets import EvalExample, load_eval_set
+from pipelines.training.data import with_pad_token
+
 
 def end_of_turn_ids(chat_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The chat model's stop tokens (its generation EOS ids), as ids of the evaluated model's vocabulary."""
+    """The chat model's stop tokens (its generation EOS ids), as ids of the evaluated model's vocabulary; those it
+    lacks (a base model has no chat-only token such as `<|im_end|>`) cannot be generated and are left out, down to
+    the model's own end-of-sequence token when none is left."""
     chat_tokenizer = AutoTokenizer.from_pretrained(chat_dir)
     generation = GenerationConfig.from_pretrained(chat_dir) if (chat_dir / "generation_config.json").exists() else None
     eos = generation.eos_token_id if generation and generation.eos_token_id is not None else chat_tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"{chat_dir}: neither generation_config.json nor the tokenizer names an end-of-turn token")
-    return tokenizer.convert_tokens_to_ids(chat_tokenizer.convert_ids_to_tokens(eos if isinstance(eos, list) else [eos]))
+    tokens = chat_tokenizer.convert_ids_to_tokens(eos if isinstance(eos, list) else [eos])
+    vocabulary = tokenizer.get_vocab()
+    known = [vocabulary[token] for token in tokens if token in vocabulary]
+    if not known and tokenizer.eos_token_id is None:
+        raise ValueError(f"{chat_dir}: the evaluated model knows none of the chat model's end-of-turn tokens "
+                         f"{tokens} and has no end-of-sequence token of its own")
+    return known or [tokenizer.eos_token_id]
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ def evaluate_candidate(*, model_dir: Path, chat_dir: Path, corpus_dir: Path, par
     `samples_path`, and the answers a second to `speed_path` when given (never beside the scores, which later
     stages depend on)."""
     device = resolve_device(params.device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir)
     if not tokenizer.chat_template:  # base and CP models are asked in the chat model's format
         tokenizer.chat_template = AutoTokenizer.from_pretrained(chat_dir).chat_template
     model = load_for_inference(model_dir, device)

@@ -15,6 +15,16 @@ IGNORE_INDEX = -100
 PACK_GROUP = 10_000  # documents tokenized and packed together; a group's tail shorter than a block is dropped
 
 
+def with_pad_token(tokenizer: PreTrainedTokenizerBase, source: Path) -> PreTrainedTokenizerBase:
+    """`tokenizer`, padding with its end-of-sequence token when it has no pad token (most hub base models have
+    none): padded positions are masked out, so the id only has to exist."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"{source}: the tokenizer has neither a pad nor an end-of-sequence token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def text_dataset(path: Path, streaming: bool = False, cache_dir: Path | None = None) -> Dataset | IterableDataset:
     """The rows of a jsonl file with a `text` key: an Arrow dataset (memory-mapped, cached in `cache_dir`), or read
     lazily when `streaming` (corpora larger than memory)."""

@@ -1,4 +1,5 @@
-"""The flow's first task: new corpus files from a folder or an S3 prefix (moto's server) into the DVC snapshot."""
+"""The flow's first tasks: new corpus files from a folder or an S3 prefix (moto's server) into the DVC snapshot, and
+the documents of `data.source: documents` imported by DVC."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ from boto3.s3.transfer import TransferConfig
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.context import open_project
-from flows.tasks import take_new_data
+from flows.tasks import import_documents, take_new_data
+from pipelines.atomic import read_jsonl
 from tests.conftest import TINY_PARAMS, free_port, make_project, wait_until
 
 pytestmark = pytest.mark.integration
@@ -115,3 +117,36 @@ def test_s3_inbox_takes_each_object_once(tmp_path: Path, s3_endpoint: str, monke
     s3.put_object(Bucket="corpus", Key="weekly/2026-11-23/news.txt", Body=b"kato closed the school .")
     assert take_new_data(ctx).taken == ["2026-11-23/news.txt"]
     assert snapshot_files(root) == 3
+
+
+def test_s3_documents_are_imported_by_dvc_and_updated_when_the_prefix_changes(
+        tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="documents")
+    s3.put_object(Bucket="documents", Key="ko/a.jsonl", Body=b'{"text": "kato opened a school ."}\n'
+                                                               b'{"text": "vela closed a harbour ."}\n')
+    s3.put_object(Bucket="documents", Key="ko/deep/b.txt", Body=b"moru rang the bell .")
+    # the pair and the sets must be named with documents; these stages do not read them
+    params = {**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "source": "documents", "documents": "s3://documents/ko",
+                                      "heldout_share": 0.0, "heldout_min": 0},
+              "upstream": {**TINY_PARAMS["upstream"], "base_path": "/b", "chat_path": "/c"},
+              "eval": {**TINY_PARAMS["eval"], "language_scripts": ["Latin"],
+                       "sets": {"instruction": "i.jsonl", "multiturn": "m.jsonl", "safety": "s.jsonl"}}}
+    ctx = open_project(make_project(tmp_path / "project", params))
+
+    take_new_data(ctx)
+    first = import_documents(ctx)
+    ctx.dvc.reproduce("corpus")
+    train = [row["text"] for row in read_jsonl(ctx.layout.corpus / "train.jsonl")]
+    assert sorted(train) == ["kato opened a school .", "moru rang the bell .", "vela closed a harbour ."]
+    imported = yaml.safe_load((ctx.layout.documents.parent / "imported.dvc").read_text())
+    assert imported["deps"][0]["path"] == "s3://documents/ko" and imported["outs"][0]["nfiles"] == 2
+
+    assert import_documents(ctx) == first and ctx.dvc.is_up_to_date("corpus")  # unchanged prefix: nothing to do
+    s3.put_object(Bucket="documents", Key="ko/c.txt", Body=b"tane built a road .")
+    assert import_documents(ctx) != first and not ctx.dvc.is_up_to_date("corpus")
+    ctx.dvc.reproduce("corpus")
+    assert "tane built a road ." in (ctx.layout.corpus / "train.jsonl").read_text()

@@ -29,7 +29,7 @@ from flows.retrain import retrain
 from flows.tracking.store import embedded_uri
 from pipelines.devices import resolve_device
 from pipelines.layout import ALIGN_MANIFEST
-from tests.conftest import TINY_PARAMS, answers_health, free_port, make_project, wait_until
+from tests.conftest import TINY_PARAMS, answers_health, ask_served_model, free_port, make_project, wait_until
 
 pytestmark = pytest.mark.integration
 MODEL = "chatgraft-chat"
@@ -138,27 +138,8 @@ def test_champion_loads_with_mlflow_transformers(first_run) -> None:
 
 
 def test_champion_is_served_by_mlflow_models_serve(first_run) -> None:
-    root, _, _ = first_run
-    port = free_port()
-    venv_bin = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH, as in an activated venv
-    env = {**os.environ, "MLFLOW_TRACKING_URI": embedded_uri(root), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                               f"models:/{MODEL}@champion", "--env-manager", "local", "-p", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: answers_health(url), "mlflow models serve", seconds=180)
-        question = {"messages": [{"role": "user", "content": "what is the city of kato ?"}], "max_tokens": 3}
-        answer = requests.post(f"{url}/invocations", json=question, timeout=60)
-        assert answer.ok, answer.text
-        (completion,) = answer.json()  # one OpenAI-style chat completion per request
-        (choice,) = completion["choices"]
-        # a tiny model may end its turn at once (CPU numerics decide): the answer's shape is what is checked
-        assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
-        assert choice["finish_reason"] in ("stop", "length")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    choice = ask_served_model(first_run[0], f"models:/{MODEL}@champion", "what is the city of kato ?")
+    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
 
 
 def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) -> None:

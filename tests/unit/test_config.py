@@ -49,3 +49,22 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("cp: [1, 2\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_documents_bring_their_own_sets_and_pair_each_missing_one_named() -> None:
+    complete = {
+        "data": {"source": "documents", "documents": "s3://corpora/ko"},
+        "upstream": {"base_path": "/m/base", "chat_path": "/m/chat"},
+        "eval": {"language_scripts": ["Hangul"],
+                 "sets": {"instruction": "i.jsonl", "multiturn": "m.jsonl", "safety": "s.jsonl"}},
+        "align": {"data": "sft.jsonl"},
+    }
+    assert validate_params(complete).data.documents == "s3://corpora/ko"
+    without = {**complete, "eval": {"language_scripts": ["Hangul"], "sets": {"instruction": "i.jsonl"}},
+               "align": {"methods": ["sft"]}}
+    with pytest.raises(ParamsError) as error:
+        validate_params(without)
+    message = str(error.value)
+    assert "eval.sets.multiturn" in message and "eval.sets.safety" in message and "align.data" in message
+    assert "eval.sets.instruction" not in message and "data.documents," not in message
+    assert validate_params({**complete, "align": {"methods": []}}).align.data is None  # no align: no SFT set

@@ -104,3 +104,40 @@ def test_incoming_documents_stream_into_the_training_text(tmp_path: Path) -> Non
     written = sum((tmp_path / "corpus" / name).stat().st_size for name in (TRAIN, VALID))  # trained on, held out
     assert written > size
     assert peak < size / 2, f"peak {peak:,} bytes for {size:,} bytes of documents: they were held in memory"
+
+
+def test_a_document_corpus_is_the_documents_only_streamed(tmp_path: Path) -> None:
+    import json
+    import random
+    import tracemalloc
+
+    from pipelines.atomic import read_jsonl
+    from pipelines.config import DataParams
+    from pipelines.corpus.files import TRAIN, VALID
+    from pipelines.corpus.stage import build_corpus
+
+    documents, rng = tmp_path / "imported", random.Random(1)
+    (documents / "part").mkdir(parents=True)
+    words = [f"w{i}" for i in range(5000)]
+    texts = [" ".join(rng.choices(words, k=500)) for _ in range(1200)]  # ~3.5 MB; parquet is read a batch at a time
+    (documents / "part" / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:1000]))
+    pd.DataFrame({"text": texts[1000:]}).to_parquet(documents / "b.parquet")
+    params = DataParams(source="documents", documents="/anywhere", heldout_share=0.1)
+    tracemalloc.start()
+    try:
+        build_corpus(params, tmp_path / "corpus", tmp_path / "stats.json", tmp_path / "no-inbox", documents)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    train = [row["text"] for row in read_jsonl(tmp_path / "corpus" / TRAIN)]
+    held = [row["text"] for row in read_jsonl(tmp_path / "corpus" / VALID)]
+    assert sorted(train + held) == sorted(texts) and 80 <= len(held) <= 160  # nothing generated, ~10% held out
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["documents"]["files"] == 2 and "source_entities" not in stats
+    assert peak < sum(map(len, texts)) / 2, f"peak {peak:,} bytes: the documents were held in memory"
+
+    (documents / "part" / "a.jsonl").write_text("")
+    (documents / "b.parquet").unlink()
+    with pytest.raises(ValueError, match="data.documents: no document left to train on"):
+        build_corpus(params, tmp_path / "corpus", tmp_path / "stats.json", None, documents)
+    assert len(list(read_jsonl(tmp_path / "corpus" / TRAIN))) == len(train)  # the last corpus is kept whole
