@@ -18,7 +18,7 @@ BUFFER = 64 << 20
 def engine(base: Path, chat: Path, cp: Path, out: Path) -> None:
     """chatgraft's streaming merge, default settings (overlap rows)."""
     from pipelines.config import MergeSettings
-    from pipelines.merge import merge_chat_vector
+    from pipelines.merge.chat_vector import merge_chat_vector
 
     merge_chat_vector(base=base, chat=chat, cp=cp, out=out, ratio=RATIO, settings=MergeSettings())
 

@@ -112,7 +112,7 @@ def merge(
 ) -> None:
     """Merge only: write CP + ratio * (chat - base) as a Hugging Face chat model."""
     from pipelines.config import MergeSettings, ParamsError, load_merge_settings
-    from pipelines.merge import merge_chat_vector
+    from pipelines.merge.chat_vector import merge_chat_vector
 
     try:
         settings = load_merge_settings(config) if config else MergeSettings()

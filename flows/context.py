@@ -31,13 +31,16 @@ class RunContext:
 
 def require_usable_inputs(params: Params, root: Path) -> None:
     """Raise ParamsError listing every input params.yaml names that a run would trip on (paths, sets, model
-    folders, the inbox), so that a run refuses before its first stage instead of failing hours in."""
+    folders, the inbox, an S3 corpus), so that a run refuses before its first stage instead of failing hours in."""
     from flows.inbox import inbox_problem  # boto3, transformers: only for the commands that check inputs
     from pipelines.preflight import input_problems
 
     problems = input_problems(params, root)
     if params.flow.inbox and (problem := inbox_problem(params.flow.inbox, root)):
         problems.append(f"flow.inbox: {problem}")
+    documents = params.data.documents if params.data.source == "documents" else None
+    if documents and documents.startswith("s3://") and (problem := inbox_problem(documents, root)):
+        problems.append(f"data.documents: {problem}")  # a folder is checked with the other paths
     if problems:
         raise ParamsError("\n  ".join([f"{root / 'params.yaml'}: inputs a run cannot use", *problems]))
 

@@ -94,6 +94,6 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
         create_markdown_artifact(promotion_markdown(version, decision), key="promotion",
                                  description="why the challenger was or was not promoted")
         log_text(ctx.store, parent_run_id, markdown, "leaderboard.md")
-    return RetrainResult(board["winner"], version, bool(decision and decision.promote),
+    return RetrainResult(board.winner, version, bool(decision and decision.promote),
                          decision.reasons if decision else [], [o.stage for o in outcomes if not o.cached], markdown,
                          intake.taken)

@@ -19,6 +19,7 @@ from flows.tracking import registry
 from flows.tracking.stage_runs import log_metrics, log_stage_outputs, set_tags, tracked_run
 from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.layout import ALIGN_MANIFEST
+from pipelines.leaderboard import Leaderboard
 from pipelines.promotion import Decision
 from pipelines.upstream.manifest import read_upstream
 
@@ -122,7 +123,7 @@ def _version_tags(ctx: RunContext, candidate: str, model_md5: str) -> dict[str, 
     return tags
 
 
-def _register(ctx: RunContext, candidate: str, board: dict, leaderboard_md: str) -> str:
+def _register(ctx: RunContext, candidate: str, board: Leaderboard, leaderboard_md: str) -> str:
     """The version of `candidate`'s weights: registered now, or found (and its metrics brought up to date)."""
     model = ctx.params.promote.registered_model
     checkpoint = candidate_dir(ctx.layout, candidate)
@@ -131,24 +132,23 @@ def _register(ctx: RunContext, candidate: str, board: dict, leaderboard_md: str)
     if version is None:
         tags = _version_tags(ctx, candidate, model_md5)
         with tracked_run(ctx.store, "register", tags, ctx.parent_run_id) as run_id:
-            log_metrics(ctx.store, run_id, board["candidates"][candidate])
+            log_metrics(ctx.store, run_id, board.row(candidate).metrics)
             version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md)
     elif registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG) != current_fingerprint(ctx):
-        record_version_metrics(ctx, version, board["candidates"][candidate])  # same weights, new evaluation data
+        record_version_metrics(ctx, version, board.row(candidate).metrics)  # same weights, new evaluation data
     get_run_logger().info("%s is version %s of %s", candidate, version, model)
     return version
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | None:
+def register_winner(ctx: RunContext, board: Leaderboard, leaderboard_md: str) -> str | None:
     """Register the best `promote.register_top_k` eligible merged or aligned models (once per weights hash); the
     winner's version becomes `challenger` and is returned."""
     repaired = registry.repair_versions(ctx.store, ctx.params.promote.registered_model)
     if repaired:
         get_run_logger().warning("versions left without lineage by a killed run, completed or marked incomplete: %s",
                                  repaired)
-    ranked = sorted(board["candidates"].items(), key=lambda item: item[1]["rank"])
-    eligible = [name for name, row in ranked if row["eligible"] and name.startswith(COMPETING_PREFIXES)]
+    eligible = [row.name for row in board.rows if row.eligible and row.name.startswith(COMPETING_PREFIXES)]
     if not eligible:
         get_run_logger().warning("no candidate met the guardrails: nothing registered")
         return None
@@ -158,14 +158,15 @@ def register_winner(ctx: RunContext, board: dict, leaderboard_md: str) -> str | 
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_challenger(ctx: RunContext, version: str, board: dict, actor: str) -> Decision:
+def promote_challenger(ctx: RunContext, version: str, board: Leaderboard, actor: str) -> Decision:
     """Apply the policy to the challenger, against the champion scored on the current evaluation data."""
     policy = ctx.params.promote
     held = registry.champion(ctx.store, policy.registered_model)
     if held is not None and held.version != version:
         champion_on_current_data(ctx, held)  # the slow part, outside the promotion lock
-    challenger = {k: v for k, v in board["candidates"][board["winner"]].items() if isinstance(v, float)}
-    decision = apply_policy(ctx.store, policy, version, challenger, actor,
+    if board.winner is None:
+        raise ValueError("promote: the leaderboard names no winner to promote")
+    decision = apply_policy(ctx.store, policy, version, board.row(board.winner).metrics, actor,
                             refresh=lambda current: champion_on_current_data(ctx, current),
                             wait_seconds=ctx.params.flow.slot_wait_seconds)
     get_run_logger().info("version %s %s: %s", version, "promoted" if decision.promote else "not promoted",
@@ -179,6 +180,6 @@ def push_outputs(ctx: RunContext) -> None:
     get_run_logger().info(ctx.dvc.push().strip() or "dvc push: nothing to push")
 
 
-def read_leaderboard(ctx: RunContext) -> dict:
+def read_leaderboard(ctx: RunContext) -> Leaderboard:
     """The leaderboard the last stage wrote."""
-    return json.loads(ctx.layout.leaderboard.read_text())
+    return Leaderboard.read(ctx.layout.leaderboard)

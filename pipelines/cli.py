@@ -72,7 +72,7 @@ def cp() -> None:
 @app.command()
 def merge(ratio: str = typer.Argument(help="merge ratio, as written in merge.ratios")) -> None:
     """Write CP + ratio * (chat - base) into models/merged/alpha-<ratio>."""
-    from pipelines.merge import merge_chat_vector
+    from pipelines.merge.chat_vector import merge_chat_vector
     from pipelines.upstream.manifest import read_upstream
 
     params, layout = load_params(PARAMS), _layout()
@@ -86,7 +86,7 @@ def merge(ratio: str = typer.Argument(help="merge ratio, as written in merge.rat
 @app.command()
 def curate() -> None:
     """Curate the SFT set (align.data, or the corpus stage's) into data/sft, with its report."""
-    from pipelines.align import curate_sft_set
+    from pipelines.align.stage import curate_sft_set
     from pipelines.align.sft_set import SFT_FILE
 
     params, layout = load_params(PARAMS), _layout()
@@ -98,7 +98,7 @@ def curate() -> None:
 @app.command()
 def align(method: str = typer.Argument(help="an align method, as written in align.methods")) -> None:
     """Fine-tune the best merged model on the curated SFT set into models/aligned/<method>."""
-    from pipelines.align import align_best_merged, best_merged
+    from pipelines.align.stage import align_best_merged, best_merged
     from pipelines.candidates import candidate_dir, merged_name
 
     params, layout = load_params(PARAMS), _layout()
@@ -134,4 +134,4 @@ def leaderboard() -> None:
     params, layout = load_params(PARAMS), _layout()
     board = build_leaderboard({name: layout.eval_metrics(name) for name in candidate_names(params)}, params.promote,
                               layout.leaderboard)
-    typer.echo(f"winner: {board['winner']} ({board['reason']})")
+    typer.echo(f"winner: {board.winner} ({board.reason})")

@@ -7,6 +7,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, field_validator, model_validator
 
+from pipelines.merge.registry import MergeMethod
+
 
 class Section(BaseModel):
     """Base of every params section: no unknown keys, no silent coercions of types."""
@@ -178,7 +180,7 @@ class TaskVectorSource(Section):
 class MergeSettings(Section):
     """How the merge engine combines task vectors; also the schema of `chatgraft merge --config merge.yaml`."""
 
-    method: Literal["task_arithmetic", "ties", "dare_linear"] = Field(
+    method: MergeMethod = Field(
         "task_arithmetic", description="how several task vectors combine (one vector: all agree with task arithmetic at density 1)"
     )
     embedding_rows: Literal["overlap", "specials", "skip"] = Field(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,54 @@ from pipelines.atomic import write_json_atomic
 from pipelines.config import Params, PromoteParams
 from pipelines.candidates import COMPETING_PREFIXES, REFERENCE_CANDIDATES, aligned_name, merged_name
 from pipelines.promotion import rank_candidates
+
+
+ROW_FIELDS = ("rank", "role", "eligible", "violations")  # a row's bookkeeping in the file; every other key is a metric
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    """One ranked model: where it stands, whether it may win, and its metrics."""
+
+    name: str
+    rank: int
+    role: str  # candidate (merged and aligned models compete) | reference (base, chat, cp)
+    eligible: bool
+    violations: list[str]
+    metrics: dict[str, float]
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as metrics/leaderboard.json holds it: bookkeeping and metrics side by side."""
+        return {"rank": self.rank, "role": self.role, "eligible": self.eligible, "violations": self.violations,
+                **self.metrics}
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """What the leaderboard stage decided: the rows in rank order, the winner (None: no eligible model) and why."""
+
+    winner: str | None
+    primary_metric: str
+    reason: str
+    rows: list[LeaderboardRow]
+
+    def row(self, name: str) -> LeaderboardRow:
+        """The row of model `name`."""
+        return next(row for row in self.rows if row.name == name)
+
+    def as_json(self) -> dict[str, Any]:
+        """The leaderboard file's content."""
+        return {"winner": self.winner, "primary_metric": self.primary_metric, "reason": self.reason,
+                "candidates": {row.name: row.as_json() for row in self.rows}}
+
+    @classmethod
+    def read(cls, path: Path) -> "Leaderboard":
+        """The leaderboard the stage wrote to `path`."""
+        board = json.loads(path.read_text())
+        rows = [LeaderboardRow(name, row["rank"], row["role"], row["eligible"], row["violations"],
+                               {key: value for key, value in row.items() if key not in ROW_FIELDS})
+                for name, row in board["candidates"].items()]
+        return cls(board["winner"], board["primary_metric"], board["reason"], sorted(rows, key=lambda r: r.rank))
 
 
 def candidate_names(params: Params) -> list[str]:
@@ -26,23 +75,20 @@ def read_metrics(metric_files: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return metrics
 
 
-def build_leaderboard(metric_files: dict[str, Path], policy: PromoteParams, out: Path) -> dict[str, Any]:
+def build_leaderboard(metric_files: dict[str, Path], policy: PromoteParams, out: Path) -> Leaderboard:
     """Read each candidate's metrics (`name -> file`), rank them, and write the leaderboard with the winner and why.
 
     base, chat and cp are ranked for reference; merged and aligned models compete.
     """
     ranked = rank_candidates(read_metrics(metric_files), policy)
     winner = next((r for r in ranked if r.eligible and r.name.startswith(COMPETING_PREFIXES)), None)
-    board = {
-        "winner": winner.name if winner else None,
-        "primary_metric": policy.primary_metric,
-        "reason": (f"highest {policy.primary_metric} among merged and aligned models meeting every guardrail"
-                   if winner else "no merged or aligned model meets every guardrail"),
-        "candidates": {
-            r.name: {"rank": i + 1, "role": "candidate" if r.name.startswith(COMPETING_PREFIXES) else "reference",
-                     "eligible": r.eligible, "violations": r.violations, **r.metrics}
-            for i, r in enumerate(ranked)
-        },
-    }
-    write_json_atomic(out, board)
+    board = Leaderboard(
+        winner=winner.name if winner else None,
+        primary_metric=policy.primary_metric,
+        reason=(f"highest {policy.primary_metric} among merged and aligned models meeting every guardrail"
+                if winner else "no merged or aligned model meets every guardrail"),
+        rows=[LeaderboardRow(r.name, i + 1, "candidate" if r.name.startswith(COMPETING_PREFIXES) else "reference",
+                             r.eligible, r.violations, r.metrics) for i, r in enumerate(ranked)],
+    )
+    write_json_atomic(out, board.as_json())
     return board

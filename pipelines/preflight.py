@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 from pipelines.align.sft_set import read_sft_set
 from pipelines.config import Params
@@ -18,8 +19,8 @@ from pipelines.upstream.pair_check import check_pair
 Check = Callable[[Path], object]
 
 
-def _eval_set(needs: str) -> Check:
-    return lambda path: load_eval_set(path, needs)  # type: ignore[arg-type]
+def _eval_set(needs: Literal["reference", "harmful"]) -> Check:
+    return lambda path: load_eval_set(path, needs)
 
 
 def _named_inputs(params: Params) -> Iterator[tuple[str, str, Check]]:

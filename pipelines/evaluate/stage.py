@@ -91,11 +91,12 @@ def _sample(suite: str, example: EvalExample, answer: Generation, params: EvalPa
     return row
 
 
-def _classify_refusals(params: EvalParams, samples: list[dict[str, Any]], device: torch.device) -> None:
+def _classify_refusals(params: EvalParams, classifier: Path, samples: list[dict[str, Any]],
+                       device: torch.device) -> None:
     """Replace the pattern verdicts of the safety rows by the classifier's."""
     rows = [row for row in samples if row["suite"] == "safety"]
-    verdicts = classifier_refusals(Path(params.refusal_classifier), [row["answer"] for row in rows],  # type: ignore[arg-type]
-                                   params.refusal_label, params.batch_size, device)
+    verdicts = classifier_refusals(classifier, [row["answer"] for row in rows], params.refusal_label,
+                                   params.batch_size, device)
     for row, refused in zip(rows, verdicts):
         row["refused"] = refused
 
@@ -156,7 +157,7 @@ def evaluate_candidate(*, model_dir: Path, chat_dir: Path, corpus_dir: Path, par
     samples = [_sample(suite, example, answer, params, language, refusal)
                for suite, examples in sets.items() for example, answer in zip(examples, answers[suite])]
     if params.refusal_classifier:
-        _classify_refusals(params, samples, device)
+        _classify_refusals(params, Path(params.refusal_classifier), samples, device)
     valid = [row["text"] for row in read_jsonl(corpus_dir / VALID)]
     metrics = {
         "target_perplexity": perplexity(model, tokenizer, valid, params.block_size, params.batch_size),

@@ -1,5 +1,2 @@
-"""The chat-vector merge engine, used by the `merge` stage and by `chatgraft merge`."""
-from pipelines.merge.chat_vector import MergeReport, TensorReport, merge_chat_vector
-from pipelines.merge.checkpoint import CheckpointError
-
-__all__ = ["merge_chat_vector", "MergeReport", "TensorReport", "CheckpointError"]
+"""The chat-vector merge engine, used by the `merge` stage and by `chatgraft merge`: `chat_vector.merge_chat_vector`
+plans and runs a merge, `registry` names the methods and `methods` implements them, `merger` streams tensors."""

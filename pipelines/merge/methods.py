@@ -5,21 +5,31 @@
   and average the values that agree with it (Yadav et al., TIES-Merging).
 - dare_linear: drop each entry with probability 1 - density, rescale the rest by 1 / density, then the
   weighted sum (Yu et al., DARE).
-ties and dare_linear need a whole tensor at a time (a magnitude threshold, one random draw per tensor);
-task_arithmetic works on any slice, so the engine streams it in small blocks.
+Each is named once, in `pipelines.merge.registry` (with whether it needs a whole tensor at a time); every method
+here takes (deltas, weights, options) and has the name it is registered under.
 """
 from __future__ import annotations
 
+import sys
 import zlib
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 
-MergeMethod = Literal["task_arithmetic", "ties", "dare_linear"]
-WHOLE_TENSOR_METHODS = {"ties", "dare_linear"}
+from pipelines.merge.registry import METHODS, MergeMethod
 
 
-def task_arithmetic(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+@dataclass(frozen=True)
+class CombineOptions:
+    """What a method may read besides the vectors: the share kept, the seed, and the tensor's name."""
+
+    density: float = 1.0
+    seed: int = 0
+    tensor_name: str = ""
+
+
+def task_arithmetic(deltas: list[torch.Tensor], weights: list[float],
+                    options: CombineOptions = CombineOptions()) -> torch.Tensor:
     """sum_k weight_k * delta_k, reusing the first delta's memory (x * 1.0 is x: that pass is skipped)."""
     total = deltas[0] if weights[0] == 1.0 else deltas[0].mul_(weights[0])
     for delta, weight in zip(deltas[1:], weights[1:]):
@@ -37,19 +47,19 @@ def _trim(delta: torch.Tensor, density: float) -> torch.Tensor:
     return torch.where(delta.abs() >= threshold, delta, 0.0)
 
 
-def ties(deltas: list[torch.Tensor], weights: list[float], density: float) -> torch.Tensor:
+def ties(deltas: list[torch.Tensor], weights: list[float], options: CombineOptions) -> torch.Tensor:
     """TIES-Merging: trim, elect sign, disjoint mean."""
-    weighted = torch.stack([_trim(d, density) * w for d, w in zip(deltas, weights)])
+    weighted = torch.stack([_trim(d, options.density) * w for d, w in zip(deltas, weights)])
     elected = torch.sign(weighted.sum(dim=0))
     agrees = (torch.sign(weighted) == elected) & (weighted != 0)
     count = agrees.sum(dim=0).clamp(min=1)
     return (weighted * agrees).sum(dim=0) / count
 
 
-def dare_linear(deltas: list[torch.Tensor], weights: list[float], density: float, seed: int,
-                tensor_name: str) -> torch.Tensor:
+def dare_linear(deltas: list[torch.Tensor], weights: list[float], options: CombineOptions) -> torch.Tensor:
     """DARE: random drop and rescale of each vector, then the weighted sum; seeded per tensor name."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(tensor_name.encode()))
+    density = options.density
+    generator = torch.Generator().manual_seed(options.seed * 1_000_003 + zlib.crc32(options.tensor_name.encode()))
     rescaled = []
     for delta in deltas:
         kept = torch.rand(delta.shape, generator=generator) < density
@@ -57,11 +67,7 @@ def dare_linear(deltas: list[torch.Tensor], weights: list[float], density: float
     return task_arithmetic(rescaled, weights)
 
 
-def combine(method: MergeMethod, deltas: list[torch.Tensor], weights: list[float], density: float, seed: int,
-            tensor_name: str) -> torch.Tensor:
-    """The delta that `method` makes of the task vectors of one tensor (or one block of it)."""
-    if method == "ties":
-        return ties(deltas, weights, density)
-    if method == "dare_linear":
-        return dare_linear(deltas, weights, density, seed, tensor_name)
-    return task_arithmetic(deltas, weights)
+def combine(method: MergeMethod, deltas: list[torch.Tensor], weights: list[float],
+            options: CombineOptions) -> torch.Tensor:
+    """The delta that the registered `method` makes of the task vectors of one tensor (or one block of it)."""
+    return getattr(sys.modules[__name__], METHODS[method].name)(deltas, weights, options)

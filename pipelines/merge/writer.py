@@ -99,13 +99,19 @@ class ShardedSafetensorsWriter:
         if chunk.dtype != self.layout[name].dtype or data.nbytes > self._left:
             raise ValueError(f"tensor {name!r}: chunk of {chunk.dtype}, {data.nbytes} bytes does not fit the plan "
                              f"({self.layout[name].dtype}, {self._left} bytes left)")
-        self._file.write(data)  # type: ignore[union-attr]
+        file = self._open_file()
+        file.write(data)
         self._left -= data.nbytes
         self._unsynced += data.nbytes
         if self._unsynced >= SYNC_EVERY:
-            self._file.flush()  # type: ignore[union-attr]
-            os.fdatasync(self._file.fileno())  # type: ignore[union-attr]
+            file.flush()
+            os.fdatasync(file.fileno())
             self._unsynced = 0
+
+    def _open_file(self) -> BinaryIO:
+        if self._file is None:  # _start opens one before the first chunk of every tensor
+            raise RuntimeError(f"{self.out_dir}: a chunk arrived before its shard was started")
+        return self._file
 
     def _start(self, name: str) -> None:
         if not self._pending or self._pending[0][1] != name:

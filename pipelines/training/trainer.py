@@ -124,6 +124,7 @@ def train_causal_lm(
         resume = last_complete_checkpoint(work_dir, checkpointing.fingerprint, cleanup=is_main_process()) \
             if checkpointing else None
         saving = checkpointing is not None and checkpointing.every > 0
+        save_every, fingerprint = (checkpointing.every, checkpointing.fingerprint) if checkpointing else (0, "")
         args = TrainingArguments(
             output_dir=str(work_dir),
             max_steps=params.steps,
@@ -142,7 +143,7 @@ def train_causal_lm(
             eval_strategy="steps" if eval_examples else "no",
             eval_steps=params.eval_every or max(1, params.steps // 10),
             save_strategy="steps" if saving else "no",
-            save_steps=checkpointing.every if saving else 500,  # type: ignore[union-attr]
+            save_steps=save_every if saving else 500,
             save_total_limit=2,
             report_to=_live_tracking() if live_tracking else "none",
             seed=params.seed,
@@ -165,7 +166,7 @@ def train_causal_lm(
         trainer = _Trainer(  # the plain Trainer unless the examples carry loss weights
             meter=_throughput_meter(model, params), model=model, args=args, train_dataset=train_examples,
             eval_dataset=eval_examples, data_collator=collator,
-            callbacks=[MarkComplete(checkpointing.fingerprint)] if saving else None,  # type: ignore[union-attr]
+            callbacks=[MarkComplete(fingerprint)] if saving else None,
         )
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         throughput = trainer.meter.total(trainer.state.num_input_tokens_seen)

@@ -22,9 +22,8 @@ from pipelines.upstream.pair_check import PairReport, check_pair
 from pipelines.upstream.tiny import build_tiny_llama
 from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
 
-def record_real_pair(params: UpstreamParams, out_dir: Path) -> UpstreamPair:
+def record_real_pair(base: Path, chat: Path, out_dir: Path) -> UpstreamPair:
     """Write a manifest pointing at the real base/chat checkpoints (checked by `check_upstream_pair`)."""
-    base, chat = Path(params.base_path).resolve(), Path(params.chat_path).resolve()  # type: ignore[arg-type]
     with atomic_dir(out_dir, "upstream pair") as staging:
         write_json_atomic(staging / MANIFEST, {"base": str(base), "chat": str(chat),
                                                "model_type": read_config(base).get("model_type")})
@@ -78,10 +77,10 @@ def build_tiny_pair(params: UpstreamParams, corpus_dir: Path, out_dir: Path, met
 def build_upstream(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metrics_path: Path, plots_dir: Path,
                    report_path: Path) -> UpstreamPair:
     """Check and record the real pair when paths are given, else build and check the tiny pair."""
-    if params.base_path is not None:
-        base, chat = Path(params.base_path).resolve(), Path(params.chat_path).resolve()  # type: ignore[arg-type]
+    if params.base_path and params.chat_path:  # set together or not at all (validated)
+        base, chat = Path(params.base_path).resolve(), Path(params.chat_path).resolve()
         check_upstream_pair(base, chat, report_path)
-        pair = record_real_pair(params, out_dir)
+        pair = record_real_pair(base, chat, out_dir)
         write_json_atomic(metrics_path, {})
         for curve in ("upstream_pretrain_loss.csv", "upstream_chat_loss.csv"):  # nothing trained: empty curves
             write_text_atomic(plots_dir / curve, "step,loss,eval_loss,learning_rate\n")

@@ -224,3 +224,31 @@ def test_champion_is_scored_again_when_the_evaluation_data_changed(first_run) ->
     assert tags["eval_fingerprint"] == current_fingerprint(changed) != current_fingerprint(ctx)
     assert client.get_run(tags["eval_run_id"]).data.metrics == fresh.metrics
     assert registry.champion(ctx.store, MODEL).metrics == fresh.metrics
+    with get_client(sync_client=True) as prefect:  # the model was loaded holding a gpu slot, like the model stages
+        gpu_runs = prefect.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
+    assert f"re-evaluate v{held.version}" in {run.name for run in gpu_runs}
+
+
+DUMMY_STAGE = """
+  dummy:                    # added by the test: a stage the flow has never heard of
+    cmd: python -c "import json; json.dump({'dummy_score': 0.25}, open('metrics/dummy.json', 'w'))"
+    meta: {gpu: true}
+    deps: [metrics/leaderboard.json]
+    metrics:
+      - metrics/dummy.json: {cache: false}
+"""
+
+
+def test_a_stage_added_to_dvc_yaml_alone_is_run_tracked_and_given_its_gpu_slot(first_run) -> None:
+    """dvc.yaml is the only stage list: a new stage needs no change in the flow (last: it changes the project)."""
+    root, _, client = first_run
+    (root / "dvc.yaml").write_text((root / "dvc.yaml").read_text() + DUMMY_STAGE)
+    result = retrain(project_dir=str(root))
+    assert result.reproduced == ["dummy"]
+    (run,) = client.search_runs([client.get_experiment_by_name("chatgraft").experiment_id],
+                                "tags.stage = 'dummy'")
+    assert run.data.metrics["dummy_score"] == 0.25 and run.data.tags["cached"] == "false"
+    assert run.data.tags["mlflow.parentRunId"]  # nested under the flow's run like every stage
+    with get_client(sync_client=True) as prefect:
+        gpu_runs = prefect.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
+    assert "dummy" in {task_run.name for task_run in gpu_runs}

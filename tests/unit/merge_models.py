@@ -10,7 +10,7 @@ from transformers import (
     AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
 )
 
-from pipelines.merge import merge_chat_vector
+from pipelines.merge.chat_vector import merge_chat_vector
 from pipelines.config import MergeSettings
 from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
 
-from pipelines.align import best_merged, curate_sft_set
+from pipelines.align.stage import best_merged, curate_sft_set
 from pipelines.align.conditioning import add_class_tokens, class_token, conditioned_template
 from pipelines.align.curation import SftExample
 from pipelines.align.sft_set import read_sft_set

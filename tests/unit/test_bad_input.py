@@ -269,3 +269,17 @@ def test_s3_inbox_at_a_wrong_endpoint(tmp_path: Path, no_aws_credentials: pytest
     no_aws_credentials.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     root = project(tmp_path / "project", flow={"inbox": "s3://corpus/inbox"})
     refused(root, "flow.inbox: s3://corpus/inbox: cannot reach the S3 endpoint", "AWS_ENDPOINT_URL")
+
+
+def test_documents_a_run_cannot_read(tmp_path: Path, no_aws_credentials: pytest.MonkeyPatch) -> None:
+    own = {"upstream": {"base_path": "/nowhere/base", "chat_path": "/nowhere/chat"}, "align": {"methods": []},
+           "eval": {"language_scripts": ["Latin"], "sets": {"instruction": "i.jsonl", "multiturn": "m.jsonl",
+                                                            "safety": "s.jsonl"}}}
+    root = project(tmp_path / "s3", data={"source": "documents", "documents": "s3://corpus/ko"}, **own)
+    refused(root, "data.documents: s3://corpus/ko: ", "upstream.base_path: /nowhere/base")  # listed before a run
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "kato"}\n')
+    (folder / "notes.md").write_text("not a document")
+    root = project(tmp_path / "folder", data={"source": "documents", "documents": str(folder)}, **own)
+    refused(root, f"data.documents: {folder}: files that are not .txt, .jsonl, .parquet: notes.md")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flows.leaderboard_view import leaderboard_markdown, metric_columns
+from pipelines.leaderboard import Leaderboard, LeaderboardRow
 from pipelines.config import EvalParams
 from pipelines.evaluate.stage import suite_metrics
 from pipelines.evaluate.degeneration import distinct_n, termination_rate
@@ -89,11 +90,10 @@ def test_eval_set_errors_name_file_line_and_key(tmp_path: Path) -> None:
 
 
 def test_leaderboard_shows_every_metric() -> None:
-    board = {"primary_metric": "token_f1", "winner": "merged-1.0", "reason": "r", "candidates": {
-        "merged-1.0": {"rank": 1, "role": "merged", "eligible": True, "violations": [], "token_f1": 0.5,
-                       "answer_accuracy": 0.4, "refusal_rate": 0.25},
-        "cp": {"rank": 2, "role": "reference", "eligible": False, "violations": ["x"], "token_f1": 0.1,
-               "multiturn_accuracy": 0.0}}}
+    board = Leaderboard(winner="merged-1.0", primary_metric="token_f1", reason="r", rows=[
+        LeaderboardRow("merged-1.0", 1, "candidate", True, [],
+                       {"token_f1": 0.5, "answer_accuracy": 0.4, "refusal_rate": 0.25}),
+        LeaderboardRow("cp", 2, "reference", False, ["x"], {"token_f1": 0.1, "multiturn_accuracy": 0.0})])
     assert metric_columns(board) == ["token_f1", "answer_accuracy", "multiturn_accuracy", "refusal_rate"]
     table = leaderboard_markdown(board)
     assert "| 1 | merged-1.0 | 0.500 | 0.400 | - | 0.250 | met |" in table

@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.config import AlignParams, Bound, MergeParams, Params, PromoteParams
 from pipelines.layout import Layout
-from pipelines.leaderboard import build_leaderboard, candidate_names
+from pipelines.leaderboard import Leaderboard, build_leaderboard, candidate_names
 
 POLICY = PromoteParams(guardrails={"termination_rate": Bound(min=0.9)})
 NO_ALIGN = Params(align=AlignParams(methods=[]))
@@ -39,25 +39,29 @@ def test_winner_is_the_best_eligible_merged_model(tmp_path: Path) -> None:
     files = _write(tmp_path, {"base": (0, 0), "chat": (0.99, 1.0), "cp": (0, 0), "merged-0.5": (0.9, 0.5),
                               "merged-1.0": (0.8, 1.0)})
     board = build_leaderboard(files, POLICY, tmp_path / "board.json")
-    assert board["winner"] == "merged-1.0"
-    assert board["candidates"]["chat"]["rank"] == 1 and board["candidates"]["chat"]["role"] == "reference"
-    assert board["candidates"]["merged-0.5"]["violations"] == ["termination_rate 0.5 < min 0.9"]
-    assert json.loads((tmp_path / "board.json").read_text()) == board
+    assert board.winner == "merged-1.0"
+    assert board.rows[0].name == "chat" and board.row("chat").rank == 1 and board.row("chat").role == "reference"
+    assert board.row("merged-0.5").violations == ["termination_rate 0.5 < min 0.9"]
+    assert board.row("merged-0.5").metrics == {"answer_accuracy": 0.9, "termination_rate": 0.5}
+    written = json.loads((tmp_path / "board.json").read_text())
+    assert written["candidates"]["chat"] == {"rank": 1, "role": "reference", "eligible": True, "violations": [],
+                                             "answer_accuracy": 0.99, "termination_rate": 1.0}
+    assert Leaderboard.read(tmp_path / "board.json") == board  # what the flow reads is what the stage decided
 
 
 def test_an_aligned_model_can_win(tmp_path: Path) -> None:
     files = _write(tmp_path, {"base": (0, 0), "merged-1.0": (0.8, 1.0), "aligned-sft": (0.85, 1.0),
                               "aligned-c-rlft": (0.95, 0.5)})
     board = build_leaderboard(files, POLICY, tmp_path / "board.json")
-    assert board["winner"] == "aligned-sft"  # c-rlft scores higher but breaks a guardrail
-    assert board["candidates"]["aligned-sft"]["role"] == "candidate"
+    assert board.winner == "aligned-sft"  # c-rlft scores higher but breaks a guardrail
+    assert board.row("aligned-sft").role == "candidate"
 
 
 def test_no_winner_when_no_merged_model_meets_the_guardrails(tmp_path: Path) -> None:
     files = _write(tmp_path, {"base": (0, 0), "chat": (0.5, 1.0), "cp": (0, 0), "merged-0.5": (0.9, 0.5),
                               "merged-1.0": (0.8, 0.2)})
     board = build_leaderboard(files, POLICY, tmp_path / "board.json")
-    assert board["winner"] is None and "no merged or aligned model" in board["reason"]
+    assert board.winner is None and "no merged or aligned model" in board.reason
 
 
 def test_missing_metrics_file_is_named(tmp_path: Path) -> None:

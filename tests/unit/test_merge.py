@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
 
 from pipelines.config import MergeSettings, TensorRule
-from pipelines.merge import CheckpointError
+from pipelines.merge.checkpoint import CheckpointError
 from tests.unit.merge_models import VOCAB_MATRICES, make_trio, merge, reference, save, weights
 
 

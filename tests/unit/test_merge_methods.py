@@ -7,26 +7,29 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.config import TaskVectorSource
-from pipelines.merge.methods import dare_linear, task_arithmetic, ties
+from pipelines.config import MergeSettings
+from pipelines.merge import methods
+from pipelines.merge.methods import CombineOptions, combine, dare_linear, task_arithmetic, ties
+from pipelines.merge.registry import METHODS
 from tests.unit.merge_models import make_trio, merge, perturbed, reference, save, weights
 
 
 def test_ties_trims_elects_and_averages_agreeing_values() -> None:
     d1, d2 = torch.tensor([1.0, -2.0, 3.0, 0.5]), torch.tensor([-3.0, 1.0, 1.0, 0.1])
-    assert torch.equal(ties([d1.clone(), d2.clone()], [1.0, 1.0], density=1.0), torch.tensor([-3.0, -2.0, 2.0, 0.3]))
+    assert torch.equal(ties([d1.clone(), d2.clone()], [1.0, 1.0], CombineOptions(density=1.0)), torch.tensor([-3.0, -2.0, 2.0, 0.3]))
     d2 = torch.tensor([-3.0, 1.0, 0.9, 0.1])  # keep 2 of 4: d1 -> [0,-2,3,0], d2 -> [-3,1,0,0]
-    assert torch.equal(ties([d1, d2], [1.0, 1.0], density=0.5), torch.tensor([-3.0, -2.0, 3.0, 0.0]))
+    assert torch.equal(ties([d1, d2], [1.0, 1.0], CombineOptions(density=0.5)), torch.tensor([-3.0, -2.0, 3.0, 0.0]))
 
 
 def test_dare_drops_and_rescales_reproducibly() -> None:
     delta = torch.linspace(0.1, 1.0, 1000)
-    assert torch.equal(dare_linear([delta.clone()], [0.5], 1.0, seed=0, tensor_name="w"), 0.5 * delta)
-    once = dare_linear([delta.clone()], [1.0], 0.3, seed=0, tensor_name="w")
+    assert torch.equal(dare_linear([delta.clone()], [0.5], CombineOptions(1.0, 0, "w")), 0.5 * delta)
+    once = dare_linear([delta.clone()], [1.0], CombineOptions(0.3, 0, "w"))
     kept = once != 0
     assert torch.allclose(once[kept], delta[kept] / 0.3)
     assert 0.25 < kept.float().mean() < 0.35
-    assert torch.equal(once, dare_linear([delta.clone()], [1.0], 0.3, seed=0, tensor_name="w"))
-    assert not torch.equal(once, dare_linear([delta.clone()], [1.0], 0.3, seed=1, tensor_name="w"))
+    assert torch.equal(once, dare_linear([delta.clone()], [1.0], CombineOptions(0.3, 0, "w")))
+    assert not torch.equal(once, dare_linear([delta.clone()], [1.0], CombineOptions(0.3, 1, "w")))
 
 
 def _with_domain_vector(tmp_path: Path) -> tuple[dict[str, Path], TaskVectorSource]:
@@ -47,7 +50,15 @@ def test_task_arithmetic_with_a_second_vector(tmp_path: Path) -> None:
                                                               (0.5, dom[name], base[name])])), name
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_linear"])
+def test_each_registered_method_is_implemented_and_the_only_ones_params_accept() -> None:
+    for name, info in METHODS.items():
+        assert callable(getattr(methods, name)) and info.reference, name
+        assert MergeSettings(method=name).method == name
+    with pytest.raises(ValueError, match="'task_arithmetic', 'ties' or 'dare_linear'"):
+        MergeSettings(method="slerp")
+
+
+@pytest.mark.parametrize("method", [name for name, info in METHODS.items() if info.whole_tensor])
 def test_whole_tensor_methods_through_the_engine(tmp_path: Path, method: str) -> None:
     trio, domain = _with_domain_vector(tmp_path)
     merge(trio, tmp_path / "merged", vectors=[domain], method=method, density=0.5, seed=3)
@@ -55,7 +66,7 @@ def test_whole_tensor_methods_through_the_engine(tmp_path: Path, method: str) ->
                                                         tmp_path / "merged"))
     for name in cp:
         deltas = [chat[name].float() - base[name].float(), dom[name].float() - base[name].float()]
-        combined = ties(deltas, [0.7, 0.5], 0.5) if method == "ties" else dare_linear(deltas, [0.7, 0.5], 0.5, 3, name)
+        combined = combine(method, deltas, [0.7, 0.5], CombineOptions(0.5, 3, name))
         assert torch.equal(merged[name], (cp[name].float() + combined).to(cp[name].dtype)), name
     # the plain sum differs: the method did something
     assert not torch.equal(merged["model.norm.weight"], reference(cp["model.norm.weight"], [
