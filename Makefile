@@ -20,7 +20,7 @@ run: install
 
 # One worker a core; a file's tests stay on one worker (module fixtures: a flow run, a server stack on fixed ports).
 test: install
-	$(PY) -m pytest -q -n auto --dist loadfile tests
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=12 tests
 
 # Benchmarks print figures and ratios against baselines measured in the same run (never timed tests).
 bench-merge: install

@@ -151,7 +151,7 @@ class DvcProject:
 
     def commit(self, stage: str) -> None:
         """Record a stage's outputs as they are now in dvc.lock and the cache (`dvc commit`), without running it."""
-        self._dvc("commit", "--force", "--quiet", stage)
+        self._dvc("commit", "--force", stage)  # not --quiet: it would silence the error too
 
     def set_local_remote(self, name: str, url: str, endpoint_url: str) -> None:
         """Make `name` (an S3 `url` at `endpoint_url`) this clone's default remote, in git-ignored .dvc/config.local."""

@@ -33,6 +33,7 @@ GPU_TAG = "gpu"
 GPU_LIMIT = f"tag:{GPU_TAG}"
 PROMOTION_LIMIT = "chatgraft-promotion"
 PROMOTION_LEASE_SECONDS = 60  # the shortest lease Prefect grants: a killed promotion's slot comes back after it
+UNLEASED_CONFIRM_SECONDS = 2.0  # a slot seen without a lease twice this far apart is an orphan, not an acquire
 POLL_SECONDS = 10.0
 Logger = logging.Logger | logging.LoggerAdapter
 
@@ -93,6 +94,47 @@ async def expired_lease_ids(storage: ConcurrencyLeaseStorage) -> set[UUID]:
     return expired
 
 
+async def _leased_slots(storage: ConcurrencyLeaseStorage, limit_id: UUID) -> int:
+    """Slots of limit `limit_id` that a lease (live or expired, not yet revoked) holds."""
+    lease_ids = set(await storage.read_active_lease_ids(limit=100_000)) | await expired_lease_ids(storage)
+    leases = [await storage.read_lease(lease_id) for lease_id in lease_ids]
+    return sum(lease.metadata.slots if lease.metadata else 1
+               for lease in leases if lease is not None and limit_id in lease.resource_ids)
+
+
+def _give_back(client: SyncPrefectClient, name: str, slots: int) -> None:
+    # the API refuses an occupancy of 0 s (it must be > 0); it only matters to limits with slot decay
+    client.release_concurrency_slots(names=[name], slots=slots, occupancy_seconds=1.0)
+
+
+def _unleased_slots(name: str) -> int:
+    """Slots limit `name` counts that no lease holds, on the embedded default's database and lease files."""
+    from prefect.server.concurrency.lease_storage import get_concurrency_lease_storage
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return 0
+    leased = run_coro_as_sync(_leased_slots(get_concurrency_lease_storage(), limit.id)) or 0
+    return max(0, limit.active_slots - leased)
+
+
+def release_unleased_slots(name: str, confirm_seconds: float = UNLEASED_CONFIRM_SECONDS) -> int:
+    """Give back the slots limit `name` counts with no lease behind them: a holder killed inside the embedded API's
+    acquire, after the slot was counted and before its lease was written, leaves one that no lease expiry ever
+    returns (the promotion lock would be held for good). Seen twice `confirm_seconds` apart, so an acquire in
+    progress (milliseconds between the two writes) is never taken for one. Returns the slots given back."""
+    if not _unleased_slots(name):
+        return 0
+    time.sleep(confirm_seconds)
+    orphans = _unleased_slots(name)
+    if orphans:
+        with get_client(sync_client=True) as client:
+            _give_back(client, name, orphans)
+    return orphans
+
+
 def gpu_holders(client: SyncPrefectClient) -> list[TaskRun]:
     """The task runs holding a `gpu` slot now."""
     try:
@@ -129,7 +171,7 @@ def release_dead_gpu_slots(dead_flow_runs: set[UUID], reason: str) -> list[str]:
                 released.append(f"task run {task_run.name}")
         orphans = _orphan_slots(client)
         if orphans:
-            client.release_concurrency_slots(names=[GPU_LIMIT], slots=orphans, occupancy_seconds=0.0)
+            _give_back(client, GPU_LIMIT, orphans)
             released.append(f"{orphans} slot(s) held by no lease")
     return released
 
@@ -191,6 +233,9 @@ def promotion_lock(wait_seconds: float, logger: Logger, poll_seconds: float = PO
         while True:
             if embedded():
                 revoke_expired_leases()
+                if release_unleased_slots(PROMOTION_LIMIT):
+                    logger.warning("gave back the promotion lock: counted, but held by no lease (a promotion killed "
+                                   "while taking it)")
             try:
                 held.enter_context(concurrency(PROMOTION_LIMIT, occupy=1, strict=True, lease_duration=
                                                PROMOTION_LEASE_SECONDS,

@@ -231,7 +231,7 @@ def test_champion_is_scored_again_when_the_evaluation_data_changed(first_run) ->
 
 DUMMY_STAGE = """
   dummy:                    # added by the test: a stage the flow has never heard of
-    cmd: python -c "import json; json.dump({'dummy_score': 0.25}, open('metrics/dummy.json', 'w'))"
+    cmd: python -c "import json; json.dump(dict(dummy_score=0.25), open('metrics/dummy.json', 'w'))"
     meta: {gpu: true}
     deps: [metrics/leaderboard.json]
     metrics:
