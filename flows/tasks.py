@@ -16,10 +16,11 @@ from flows.lineage import lineage_tags
 from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
 from flows.tracking import registry
-from flows.tracking.stage_runs import log_metrics, log_stage_outputs, set_tags, tracked_run
+from flows.tracking.stage_runs import log_metrics, log_stage_outputs, log_text, set_tags, tracked_run
 from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.leaderboard import Leaderboard
+from pipelines.model_card import CARD as MODEL_CARD
 from pipelines.promotion import Decision
 from pipelines.upstream.manifest import read_upstream
 
@@ -133,6 +134,8 @@ def _register(ctx: RunContext, candidate: str, board: Leaderboard, leaderboard_m
         tags = _version_tags(ctx, candidate, model_md5)
         with tracked_run(ctx.store, "register", tags, ctx.parent_run_id) as run_id:
             log_metrics(ctx.store, run_id, board.row(candidate).metrics)
+            if (checkpoint / MODEL_CARD).exists():  # base and chat checkpoints may have none
+                log_text(ctx.store, run_id, (checkpoint / MODEL_CARD).read_text(), "model_card.md")
             version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md)
     elif registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG) != current_fingerprint(ctx):
         record_version_metrics(ctx, version, board.row(candidate).metrics)  # same weights, new evaluation data

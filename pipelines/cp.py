@@ -14,6 +14,7 @@ from transformers import (
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import CPParams
 from pipelines.corpus.files import TRAIN, VALID
+from pipelines.model_card import write_model_card
 from pipelines.layout import NEW_TOKENS
 from pipelines.training import Checkpointing, TrainResult, pack_texts, text_dataset, train_causal_lm
 from pipelines.training.checkpoints import clear_checkpoints
@@ -55,6 +56,21 @@ def _extend_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return extend_vocabulary(model, tokenizer, tokens)
 
 
+def _describe(folder: Path, params: CPParams, base: Path, corpus_dir: Path, result: TrainResult,
+              new_tokens: int) -> None:
+    """The model card: the base, the text (its sha256) and the run's recipe and figures."""
+    with (corpus_dir / TRAIN).open("rb") as text:
+        text_sha256 = hashlib.file_digest(text, "sha256").hexdigest()
+    write_model_card(folder, title="continually pretrained model", sources={"base": base}, tags=["continual-pretraining"],
+                     made_by="The base model trained further on target-language text (chatgraft's cp stage).",
+                     facts={"training text": f"`{TRAIN}`, sha256 `{text_sha256[:16]}`",
+                            "weights trained": "LoRA, folded in" if params.lora else "all",
+                            "steps x tokens a step": f"{result.steps} x {params.batch_size} x {params.block_size}",
+                            "learning rate": params.learning_rate, "new tokens": new_tokens,
+                            "train loss": f"{result.train_loss:.4f}",
+                            "held-out loss": "n/a" if result.eval_loss is None else f"{result.eval_loss:.4f}"})
+
+
 def continual_pretrain(
     *, params: CPParams, corpus_dir: Path, upstream_dir: Path, out_dir: Path, metrics_path: Path, curve_csv: Path,
     checkpoint_dir: Path, cache_dir: Path | None = None,
@@ -90,6 +106,7 @@ def continual_pretrain(
         tokenizer.save_pretrained(staging)
         if new_tokens:
             write_json_atomic(staging / NEW_TOKENS, new_tokens)
+        _describe(staging, params, base, corpus_dir, result, len(new_tokens))
     clear_checkpoints(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a DVC out, persisted between runs
     write_json_atomic(metrics_path, {

@@ -10,6 +10,7 @@ from pipelines.align.curation import SftExample
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import AlignParams
 from pipelines.layout import ALIGN_MANIFEST
+from pipelines.model_card import write_model_card
 from pipelines.training import TrainResult, assistant_only_examples, train_causal_lm
 from pipelines.training.data import IGNORE_INDEX, with_pad_token
 from pipelines.training.lora import with_lora
@@ -78,4 +79,13 @@ def align_model(method: str, params: AlignParams, examples: list[SftExample], me
         model.merge_and_unload().save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_json_atomic(staging / ALIGN_MANIFEST, manifest)
+        write_model_card(staging, title=f"aligned model ({method})", sources={"merged": merged_dir},
+                         tags=["alignment", method, "lora"],
+                         made_by="The best merged model fine-tuned on a small curated SFT set with LoRA adapters, "
+                         "folded into full weights (chatgraft's align stage).",
+                         facts={"method": method, "examples": manifest.get("examples", len(rows)),
+                                "steps": result.steps, "learning rate": params.train.learning_rate,
+                                "LoRA rank, alpha": f"{params.lora.rank}, {params.lora.alpha}",
+                                "train loss": f"{result.train_loss:.4f}",
+                                **({"class weights": params.class_weights} if method == "c-rlft" else {})})
     return result

@@ -19,7 +19,7 @@ from pipelines.merge.checkpoint import SafetensorsCheckpoint, require_folder
 from pipelines.merge.lora import fold_adapter, is_peft_adapter
 from pipelines.merge.merger import TensorMerger, stream_merge
 from pipelines.merge.plan import CONFIG, check_architectures, plan_tensors, read_config, vocabulary_tensor_names
-from pipelines.merge.report import MergeReport, vocabulary_summary
+from pipelines.merge.report import MergeReport, describe_merge, vocabulary_summary
 from pipelines.merge.task_vector import open_task_vectors, plan_merge_vocabulary
 from pipelines.merge.vocabulary import load_tokenizer, merged_tokenizer
 
@@ -55,6 +55,7 @@ def merge_chat_vector(*, base: Path, chat: Path, cp: Path, out: Path, ratio: flo
         require_folder(folder)
     if not overwrite:
         check_replaceable(out, MERGED_MODEL)
+    sources = {"cp": cp, "chat": chat, "base": base} | {f"{v.name} tuned": Path(v.tuned) for v in settings.vectors}
     with ExitStack() as stack:
         if is_peft_adapter(cp):
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,8 +78,9 @@ def merge_chat_vector(*, base: Path, chat: Path, cp: Path, out: Path, ratio: flo
                                      f"merge alpha={ratio}")
             _write_tokenizer_and_configs(tokenizer, chat_tokenizer, cp, chat, vocabulary.rows if vocabulary else None,
                                          staging)
-    report = MergeReport(ratio, settings.method, settings.embedding_rows, [v.name for v in vectors],
-                         vocabulary_summary(vocabulary), files, reports)
+            report = MergeReport(ratio, settings.method, settings.embedding_rows, [v.name for v in vectors],
+                                 vocabulary_summary(vocabulary), files, reports)
+            describe_merge(staging, report, settings, sources, title=f"{out.name}: chat vector merged into CP")
     if report_path is not None:
         write_json_atomic(report_path, asdict(report))
     return report

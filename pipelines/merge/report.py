@@ -1,9 +1,16 @@
 """What a merge did, per tensor and as a whole: written beside the merged model and logged to its MLflow run."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from pipelines.atomic import write_json_atomic
+from pipelines.config import MergeSettings
 from pipelines.merge.vocabulary import NO_ROW, VocabularyPlan
+from pipelines.model_card import write_model_card
+
+REPORT_IN_MODEL = "merge_report.json"  # the report, inside the merged model's folder too
 
 
 @dataclass(frozen=True)
@@ -38,3 +45,24 @@ def vocabulary_summary(vocabulary: VocabularyPlan | None) -> dict[str, object]:
         return {}
     return {"rows": vocabulary.rows, "rows_from_cp": int((vocabulary.cp != NO_ROW).sum()),
             "rows_from_chat": int((vocabulary.chat != NO_ROW).sum()), "added_tokens": vocabulary.added_tokens}
+
+
+def describe_merge(folder: Path, report: MergeReport, settings: MergeSettings, sources: dict[str, Path],
+                   title: str) -> None:
+    """Put the report and a model card (sources, settings, what changed) in the merged model's folder."""
+    write_json_atomic(folder / REPORT_IN_MODEL, asdict(report))
+    changed = [t for t in report.tensors if t.action != "skip"]
+    facts: dict[str, object] = {
+        "formula": f"cp + {report.ratio} * (chat - base)" + (" + further vectors" if len(report.vectors) > 1 else ""),
+        "method": report.method, "embedding rows": report.embedding_rows,
+        "tensors changed / kept as CP": f"{len(changed)} / {len(report.tensors) - len(changed)}",
+        "mean relative change": f"{sum(t.relative_change for t in changed) / max(len(changed), 1):.4g}",
+        "rules": json.dumps([rule.model_dump() for rule in settings.rules]) if settings.rules else "none",
+        **({"density, seed": f"{settings.density}, {settings.seed}"} if report.method != "task_arithmetic" else {}),
+        **{f"vocabulary {key}": value for key, value in report.vocabulary.items()},
+        "report": f"`{REPORT_IN_MODEL}` (per tensor: action, ratio, delta norm, relative change)",
+    }
+    write_model_card(folder, title=title,
+                     made_by="A chat-vector merge by chatgraft (arXiv 2310.04799): the continually pretrained "
+                     "model plus the chat model's difference from its base.",
+                     sources=sources, tags=["merge", "chat-vector", report.method], facts=facts)

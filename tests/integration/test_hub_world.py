@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 from safetensors import safe_open
@@ -134,7 +135,9 @@ def test_every_stage_ran_and_the_champion_is_registered(hub_run) -> None:
                                  "leaderboard"]
     assert result.promoted and result.version == "1"
     client = MlflowClient(embedded_uri(root), embedded_uri(root))
-    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(champion.version) == "1"
+    assert "model_card.md" in {artifact.path for artifact in client.list_artifacts(champion.run_id)}
 
 
 def test_the_corpus_is_the_documents_only_with_held_out_ones_apart(hub_run) -> None:
@@ -158,6 +161,12 @@ def test_merged_and_aligned_models_keep_the_chat_template_and_every_end_of_turn_
         assert tokenizer.chat_template == CHATML, folder
         assert GenerationConfig.from_pretrained(folder).eos_token_id == end_ids, folder
     assert (root / "models" / "merged" / "alpha-1.0" / "model.safetensors.index.json").exists()  # sharded as asked
+    for folder, tag in ((root / "models" / "cp", "continual-pretraining"),
+                        (root / "models" / "merged" / "alpha-1.0", "chat-vector"), (root / "models" / "aligned" / "sft", "sft")):
+        card = ModelCard.load(folder / "README.md")  # a Hugging Face model card in every model folder
+        assert tag in card.data.tags and card.data.base_model and "## How it was made" in card.text, folder
+    report = json.loads((root / "models" / "merged" / "alpha-1.0" / "merge_report.json").read_text())
+    assert report == json.loads((root / "reports" / "merge" / "alpha-1.0.json").read_text())
     samples = [row for row in read_jsonl(root / "reports" / "samples" / "merged-1.0.jsonl")]
     assert {row["suite"] for row in samples} == {"instruction", "multiturn", "safety"}
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
 
@@ -162,3 +163,17 @@ def test_pickle_checkpoints_need_an_opt_in(trio: dict[str, Path], tmp_path: Path
 def test_settings_reject_a_vector_named_chat() -> None:
     with pytest.raises(ValueError, match="not 'chat'"):
         MergeSettings(vectors=[{"name": "chat", "base": "b", "tuned": "t"}])
+
+
+def test_the_merged_folder_carries_its_report_and_a_model_card(tmp_path: Path) -> None:
+    trio = make_trio(tmp_path)
+    for role in ("base", "chat"):
+        (trio[role] / "README.md").write_text(f"---\nlicense: apache-2.0\n---\n# {role}\n")
+    report = merge(trio, tmp_path / "merged", ratio=0.5)
+    card = ModelCard.load(tmp_path / "merged" / "README.md")
+    assert card.data.base_model == ["cp", "chat", "base"] and card.data.license == "apache-2.0"
+    assert {"chatgraft", "merge", "chat-vector"} <= set(card.data.tags)
+    assert "cp + 0.5 * (chat - base)" in card.text and "apache-2.0" in card.text
+    fingerprints = [line.split("`")[3] for line in card.text.splitlines() if line.startswith(("| cp", "| chat", "| base"))]
+    assert len(set(fingerprints)) == 3  # three different checkpoints, three fingerprints
+    assert json.loads((tmp_path / "merged" / "merge_report.json").read_text())["ratio"] == report.ratio == 0.5
