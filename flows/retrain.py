@@ -1,7 +1,7 @@
 """The `retrain` flow: the DESIGN diagram, top to bottom.
 
-intake -> import-documents -> corpus -> upstream -> cp -> merge@ratio -> evaluate* -> curate -> align@method -> evaluate-aligned@method
-       -> leaderboard -> register -> promote -> push
+intake -> import-documents -> corpus -> upstream -> cp -> merge@ratio -> evaluate* -> curate -> align@method
+       -> evaluate-aligned@method -> leaderboard -> register -> promote -> push
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from flows.lineage import lineage_tags
 from flows.recovery import fail_abandoned_runs, recover_crashed_runs, tag_workspace
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
-    INTAKE_STAGE, import_documents, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage, take_new_data,
-    with_retries,
+    INTAKE_STAGE, import_documents, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage,
+    take_new_data, with_retries,
 )
 from flows.tracking.stage_runs import log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock

@@ -61,7 +61,8 @@ def _describe(folder: Path, params: CPParams, base: Path, corpus_dir: Path, resu
     """The model card: the base, the text (its sha256) and the run's recipe and figures."""
     with (corpus_dir / TRAIN).open("rb") as text:
         text_sha256 = hashlib.file_digest(text, "sha256").hexdigest()
-    write_model_card(folder, title="continually pretrained model", sources={"base": base}, tags=["continual-pretraining"],
+    write_model_card(folder, title="continually pretrained model", sources={"base": base},
+                     tags=["continual-pretraining"],
                      made_by="The base model trained further on target-language text (chatgraft's cp stage).",
                      facts={"training text": f"`{TRAIN}`, sha256 `{text_sha256[:16]}`",
                             "weights trained": "LoRA, folded in" if params.lora else "all",

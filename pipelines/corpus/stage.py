@@ -165,7 +165,8 @@ def build_document_corpus(params: DataParams, out_dir: Path, stats_path: Path, f
     return CorpusResult(counts=written)
 
 
-def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None) -> CorpusResult:
+def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path,
+                       incoming: Path | None = None) -> CorpusResult:
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`; the
     documents in `incoming` (the inbox snapshot) stream into the CP training text, but those held out by hash
     (`data.heldout_share`), which join the world's held-out text."""

@@ -161,8 +161,9 @@ def test_merged_and_aligned_models_keep_the_chat_template_and_every_end_of_turn_
         assert tokenizer.chat_template == CHATML, folder
         assert GenerationConfig.from_pretrained(folder).eos_token_id == end_ids, folder
     assert (root / "models" / "merged" / "alpha-1.0" / "model.safetensors.index.json").exists()  # sharded as asked
-    for folder, tag in ((root / "models" / "cp", "continual-pretraining"),
-                        (root / "models" / "merged" / "alpha-1.0", "chat-vector"), (root / "models" / "aligned" / "sft", "sft")):
+    models = root / "models"
+    for folder, tag in ((models / "cp", "continual-pretraining"), (models / "merged" / "alpha-1.0", "chat-vector"),
+                        (models / "aligned" / "sft", "sft")):
         card = ModelCard.load(folder / "README.md")  # a Hugging Face model card in every model folder
         assert tag in card.data.tags and card.data.base_model and "## How it was made" in card.text, folder
     report = json.loads((root / "models" / "merged" / "alpha-1.0" / "merge_report.json").read_text())

@@ -174,6 +174,7 @@ def test_the_merged_folder_carries_its_report_and_a_model_card(tmp_path: Path) -
     assert card.data.base_model == ["cp", "chat", "base"] and card.data.license == "apache-2.0"
     assert {"chatgraft", "merge", "chat-vector"} <= set(card.data.tags)
     assert "cp + 0.5 * (chat - base)" in card.text and "apache-2.0" in card.text
-    fingerprints = [line.split("`")[3] for line in card.text.splitlines() if line.startswith(("| cp", "| chat", "| base"))]
+    source_rows = [line for line in card.text.splitlines() if line.startswith(("| cp", "| chat", "| base"))]
+    fingerprints = [row.split("`")[3] for row in source_rows]
     assert len(set(fingerprints)) == 3  # three different checkpoints, three fingerprints
     assert json.loads((tmp_path / "merged" / "merge_report.json").read_text())["ratio"] == report.ratio == 0.5

@@ -16,7 +16,8 @@ from tests.unit.merge_models import make_trio, merge, perturbed, reference, save
 
 def test_ties_trims_elects_and_averages_agreeing_values() -> None:
     d1, d2 = torch.tensor([1.0, -2.0, 3.0, 0.5]), torch.tensor([-3.0, 1.0, 1.0, 0.1])
-    assert torch.equal(ties([d1.clone(), d2.clone()], [1.0, 1.0], CombineOptions(density=1.0)), torch.tensor([-3.0, -2.0, 2.0, 0.3]))
+    assert torch.equal(ties([d1.clone(), d2.clone()], [1.0, 1.0], CombineOptions(density=1.0)),
+                       torch.tensor([-3.0, -2.0, 2.0, 0.3]))
     d2 = torch.tensor([-3.0, 1.0, 0.9, 0.1])  # keep 2 of 4: d1 -> [0,-2,3,0], d2 -> [-3,1,0,0]
     assert torch.equal(ties([d1, d2], [1.0, 1.0], CombineOptions(density=0.5)), torch.tensor([-3.0, -2.0, 3.0, 0.0]))
 
