@@ -14,7 +14,7 @@ from transformers import (
 from pipelines.atomic import atomic_dir, write_json_atomic
 from pipelines.config import CPParams
 from pipelines.corpus.files import TRAIN, VALID
-from pipelines.model_card import write_model_card
+from pipelines.model_card import weights_fingerprint, write_model_card
 from pipelines.layout import NEW_TOKENS
 from pipelines.training import Checkpointing, TrainResult, pack_texts, text_dataset, train_causal_lm
 from pipelines.training.checkpoints import clear_checkpoints
@@ -33,15 +33,16 @@ class CPResult:
     train: TrainResult
 
 
-def run_fingerprint(params: CPParams, corpus_dir: Path, base: Path) -> str:
-    """What identifies a CP run: its params, its training text (hashed as it streams by: the corpus may be larger
-    than memory), and the base model's config and weight sizes."""
-    digest = hashlib.sha256(params.model_dump_json().encode())
+def training_text_sha256(corpus_dir: Path) -> str:
+    """sha256 of the training text, hashed as it streams by (the corpus may be larger than memory)."""
     with (corpus_dir / TRAIN).open("rb") as text:
-        digest.update(hashlib.file_digest(text, "sha256").digest())
-    digest.update((base / "config.json").read_bytes())
-    for weights in sorted(base.glob("*.safetensors")):
-        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+        return hashlib.file_digest(text, "sha256").hexdigest()
+
+
+def run_fingerprint(params: CPParams, text_sha256: str, base: Path) -> str:
+    """What identifies a CP run: its params, its training text's sha256, and the base model's fingerprint."""
+    digest = hashlib.sha256(params.model_dump_json().encode())
+    digest.update(f"{text_sha256}:{weights_fingerprint(base)}".encode())
     return digest.hexdigest()
 
 
@@ -56,11 +57,9 @@ def _extend_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return extend_vocabulary(model, tokenizer, tokens)
 
 
-def _describe(folder: Path, params: CPParams, base: Path, corpus_dir: Path, result: TrainResult,
+def _describe(folder: Path, params: CPParams, base: Path, text_sha256: str, result: TrainResult,
               new_tokens: int) -> None:
     """The model card: the base, the text (its sha256) and the run's recipe and figures."""
-    with (corpus_dir / TRAIN).open("rb") as text:
-        text_sha256 = hashlib.file_digest(text, "sha256").hexdigest()
     write_model_card(folder, title="continually pretrained model", sources={"base": base},
                      tags=["continual-pretraining"],
                      made_by="The base model trained further on target-language text (chatgraft's cp stage).",
@@ -93,7 +92,8 @@ def continual_pretrain(
     if params.lora is not None:
         set_seed(params.seed)  # LoRA's initial adapters are drawn: part of the recipe
         model = with_lora(model, params.lora)
-    checkpointing = Checkpointing(checkpoint_dir, params.save_every, run_fingerprint(params, corpus_dir, base))
+    text_sha256 = training_text_sha256(corpus_dir)  # read once: the resume fingerprint and the model card
+    checkpointing = Checkpointing(checkpoint_dir, params.save_every, run_fingerprint(params, text_sha256, base))
     result = train_causal_lm(model, train, params, default_data_collator, curve_csv, eval_examples=valid,
                              live_tracking=True, checkpointing=checkpointing,
                              fsdp=params.distributed.strategy == "fsdp")
@@ -107,7 +107,7 @@ def continual_pretrain(
         tokenizer.save_pretrained(staging)
         if new_tokens:
             write_json_atomic(staging / NEW_TOKENS, new_tokens)
-        _describe(staging, params, base, corpus_dir, result, len(new_tokens))
+        _describe(staging, params, base, text_sha256, result, len(new_tokens))
     clear_checkpoints(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a DVC out, persisted between runs
     write_json_atomic(metrics_path, {

@@ -12,7 +12,7 @@ from pipelines.atomic import read_jsonl
 from pipelines.config import CPParams, DataParams, LoraParams
 from pipelines.corpus.files import TRAIN, VALID
 from pipelines.corpus.stage import build_corpus
-from pipelines.cp import continual_pretrain, run_fingerprint
+from pipelines.cp import continual_pretrain, run_fingerprint, training_text_sha256
 from pipelines.training import pack_texts, train_causal_lm
 from tests.unit.merge_models import save, tiny_model, word_tokenizer
 
@@ -100,12 +100,12 @@ def test_the_resume_fingerprint_follows_the_text_the_params_and_the_base(tmp_pat
     (base / "config.json").write_text("{}")
     (base / "model.safetensors").write_bytes(b"0" * 64)
     params = CPParams(steps=6, learning_rate=1e-3)
-    first = run_fingerprint(params, corpus, base)
-    assert run_fingerprint(params, corpus, base) == first
-    assert run_fingerprint(params.model_copy(update={"steps": 7}), corpus, base) != first
+    first = run_fingerprint(params, training_text_sha256(corpus), base)
+    assert run_fingerprint(params, training_text_sha256(corpus), base) == first
+    assert run_fingerprint(params.model_copy(update={"steps": 7}), training_text_sha256(corpus), base) != first
     (base / "model.safetensors").write_bytes(b"0" * 65)
-    assert run_fingerprint(params, corpus, base) != first
+    assert run_fingerprint(params, training_text_sha256(corpus), base) != first
     (base / "model.safetensors").write_bytes(b"0" * 64)
     with (corpus / TRAIN).open("a") as text:
         text.write('{"text": "d"}\n')
-    assert run_fingerprint(params, corpus, base) != first
+    assert run_fingerprint(params, training_text_sha256(corpus), base) != first
