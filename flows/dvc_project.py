@@ -190,6 +190,20 @@ class DvcProject:
         outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
         return outs[0].get("md5")
 
+    def uncached_outputs(self) -> list[str]:
+        """The stages' outputs DVC leaves to git (`cache: false`: metrics, plots, reports) that exist now, but those
+        git ignores (resume checkpoints)."""
+        with self._repo() as repo:
+            paths = {out.def_path for stage in repo.index.stages for out in stage.outs if not out.use_cache}
+            return sorted(path for path in paths if (self.root / path).exists() and not repo.scm.is_ignored(path))
+
+    def save_experiment(self, name: str) -> None:
+        """Save the workspace as DVC experiment `name` (`dvc exp save`, replacing one of that name): a commit under
+        refs/exps holding dvc.lock, params.yaml and the uncached outputs, so `dvc exp show` and `dvc exp diff`
+        compare runs; the branch, HEAD and index stay as they were."""
+        untracked = (f"--include-untracked={path}" for path in self.uncached_outputs())
+        self._dvc("exp", "save", "--force", "--name", name, *untracked)
+
     def push(self) -> str:
         """Push every cached output to the default remote."""
         return self._dvc("push")

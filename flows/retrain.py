@@ -1,7 +1,7 @@
 """The `retrain` flow: the DESIGN diagram, top to bottom.
 
 intake -> import-documents -> corpus -> upstream -> cp -> merge@ratio -> evaluate* -> curate -> align@method
-       -> evaluate-aligned@method -> leaderboard -> register -> promote -> push
+       -> evaluate-aligned@method -> leaderboard -> register -> promote -> push -> save-experiment
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from flows.recovery import fail_abandoned_runs, recover_crashed_runs, tag_worksp
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
     INTAKE_STAGE, import_documents, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage,
-    take_new_data, with_retries,
+    save_experiment, take_new_data, with_retries,
 )
 from flows.tracking.stage_runs import log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock
@@ -82,6 +82,7 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
             actor = f"retrain flow run {flow_run.id}"
             decision = with_retries(ctx, promote_challenger)(ctx, version, board, actor) if version else None
             with_retries(ctx, push_outputs)(ctx)
+            save_experiment(ctx)
         except BaseException:
             with suppress(Exception):  # MLflow may be what failed: then the next run's recovery closes them
                 _close_abandoned_runs(ctx)

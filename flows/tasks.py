@@ -12,15 +12,17 @@ from flows.context import RunContext
 from flows.dvc_project import PipelineStage, StageFailed
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
 from flows.inbox import Intake, inbox_files, take_inbox, write_intake_report
-from flows.lineage import lineage_tags
+from flows.lineage import experiment_name, git_revision, lineage_tags
 from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
 from flows.tracking import registry
 from flows.tracking.stage_runs import log_metrics, log_stage_outputs, log_text, set_tags, tracked_run
 from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
+from pipelines.corpus.files import EVAL
+from pipelines.evaluate.sets import load_eval_set
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.leaderboard import Leaderboard
-from pipelines.model_card import CARD as MODEL_CARD
+from pipelines.model_card import CARD as MODEL_CARD, with_evaluation
 from pipelines.promotion import Decision
 from pipelines.upstream.manifest import read_upstream
 
@@ -83,6 +85,25 @@ def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     return StageOutcome(stage, run_id, cached)
 
 
+@task(name="save-experiment", cache_policy=NO_CACHE)
+def save_experiment(ctx: RunContext) -> str | None:
+    """Save this run's workspace as a DVC experiment named after the flow run (`dvc exp show` lists it with its
+    params and metrics); returns its name, None where it could not be saved: outside a git repository with a
+    commit, or when git refused (a lock left by a killed git command, say), which is said and does not fail the
+    run (its models are registered and pushed already)."""
+    name, logger = experiment_name(), get_run_logger()
+    if not name or git_revision(ctx.root) == "unknown":
+        logger.warning("not saved as a DVC experiment: %s is not in a git repository with a commit", ctx.root)
+        return None
+    try:
+        ctx.dvc.save_experiment(name)
+    except StageFailed as failed:
+        logger.warning("not saved as a DVC experiment: %s", failed)
+        return None
+    logger.info("saved as DVC experiment %s (dvc exp show)", name)
+    return name
+
+
 def _not_a_failed_stage(task: Task, task_run: TaskRun, state: State) -> bool:
     """Retry a stage task that failed on a service (MLflow, the Prefect API), never one whose stage failed."""
     return not isinstance(state.result(raise_on_failure=False), StageFailed)
@@ -124,6 +145,13 @@ def _version_tags(ctx: RunContext, candidate: str, model_md5: str) -> dict[str, 
     return tags
 
 
+def _input_example(ctx: RunContext) -> dict:
+    """A chat request as the served model takes it: the instruction set's first question, eval's answer length."""
+    (first,) = load_eval_set(ctx.root / (ctx.params.eval.sets.instruction or ctx.layout.corpus / EVAL), "reference",
+                             limit=1)
+    return {"messages": [turn.model_dump() for turn in first.messages], "max_tokens": ctx.params.eval.max_new_tokens}
+
+
 def _register(ctx: RunContext, candidate: str, board: Leaderboard, leaderboard_md: str) -> str:
     """The version of `candidate`'s weights: registered now, or found (and its metrics brought up to date)."""
     model = ctx.params.promote.registered_model
@@ -135,8 +163,12 @@ def _register(ctx: RunContext, candidate: str, board: Leaderboard, leaderboard_m
         with tracked_run(ctx.store, "register", tags, ctx.parent_run_id) as run_id:
             log_metrics(ctx.store, run_id, board.row(candidate).metrics)
             if (checkpoint / MODEL_CARD).exists():  # base and chat checkpoints may have none
-                log_text(ctx.store, run_id, (checkpoint / MODEL_CARD).read_text(), "model_card.md")
-            version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md)
+                card = with_evaluation((checkpoint / MODEL_CARD).read_text(), board.row(candidate).metrics,
+                                       f"Scored by the evaluate stages of DVC experiment {experiment_name()} on "
+                                       "the held-out evaluation sets (`eval.sets`; rates are shares of answers).")
+                log_text(ctx.store, run_id, card, "model_card.md")
+            version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md,
+                                              _input_example(ctx))
     elif registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG) != current_fingerprint(ctx):
         record_version_metrics(ctx, version, board.row(candidate).metrics)  # same weights, new evaluation data
     get_run_logger().info("%s is version %s of %s", candidate, version, model)
@@ -185,4 +217,4 @@ def push_outputs(ctx: RunContext) -> None:
 
 def read_leaderboard(ctx: RunContext) -> Leaderboard:
     """The leaderboard the last stage wrote."""
-    return Leaderboard.read(ctx.layout.leaderboard)
+    return Leaderboard.read(ctx.layout.leaderboard_report)

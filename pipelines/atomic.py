@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 OUTPUT_MARKER = ".chatgraft-output"  # in every directory output: the kind of output it is
 
@@ -82,13 +82,14 @@ def atomic_dir(target: Path, kind: str, overwrite: bool = False) -> Iterator[Pat
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[TextIO]:
-    """An open text file that replaces `path` when the block succeeds, and vanishes if it fails."""
+def atomic_file(path: Path, binary: bool = False) -> Iterator[IO[Any]]:
+    """An open file (text, or bytes when `binary`) that replaces `path` when the block succeeds, and vanishes if it
+    fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~UMASK)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
         os.replace(tmp, path)
     except BaseException:

@@ -40,7 +40,7 @@ def corpus() -> None:
     from pipelines.corpus.stage import build_corpus
 
     params, layout = load_params(PARAMS), _layout()
-    build_corpus(params.data, layout.corpus, layout.metrics / "corpus.json", layout.incoming, layout.documents)
+    build_corpus(params.data, layout.corpus, layout.stage_report("corpus"), layout.incoming, layout.documents)
 
 
 @app.command()
@@ -49,8 +49,8 @@ def upstream() -> None:
     from pipelines.upstream.stage import build_upstream
 
     params, layout = load_params(PARAMS), _layout()
-    build_upstream(params.upstream, layout.corpus, layout.upstream, layout.metrics / "upstream.json", layout.plots,
-                   layout.upstream_report)
+    build_upstream(params.upstream, layout.corpus, layout.upstream, layout.stage_report("upstream_training"),
+                   layout.plots, layout.upstream_report)
 
 
 @app.command()
@@ -64,7 +64,7 @@ def cp() -> None:
     if (distributed.nproc_per_node > 1 or distributed.strategy == "fsdp") and not under_launcher():
         raise typer.Exit(relaunch(distributed.nproc_per_node, ["cp"]))  # accelerate sets FSDP up under torchrun
     continual_pretrain(params=params.cp, corpus_dir=layout.corpus, upstream_dir=layout.upstream,
-                       out_dir=layout.cp_model, metrics_path=layout.metrics / "cp.json",
+                       out_dir=layout.cp_model, metrics_path=layout.stage_report("cp"),
                        curve_csv=layout.plots / "cp_loss.csv", checkpoint_dir=layout.cp_checkpoints,
                        cache_dir=layout.datasets_cache)
 
@@ -91,7 +91,7 @@ def curate() -> None:
 
     params, layout = load_params(PARAMS), _layout()
     source = Path(params.align.data) if params.align.data else layout.corpus / SFT_FILE
-    report = curate_sft_set(params.align, source, layout.sft_set, layout.align_metrics / "curation.json").report
+    report = curate_sft_set(params.align, source, layout.sft_set, layout.stage_report("align/curation")).report
     typer.echo(f"curated {report['input']} examples: kept {report['kept']}, dropped {report['dropped']}")
 
 
@@ -109,7 +109,7 @@ def align(method: str = typer.Argument(help="an align method, as written in alig
     typer.echo(f"aligning {merged} with {method}")
     align_best_merged(method=method, params=params.align, sft_dir=layout.sft_set, merged_name=merged,
                       merged_dir=candidate_dir(layout, merged), out_dir=layout.aligned_model(method),
-                      metrics_path=layout.align_metrics / f"train-{method}.json",
+                      metrics_path=layout.stage_report(f"align/train-{method}"),
                       curve_csv=layout.plots / f"align_{method}_loss.csv")
 
 
@@ -123,15 +123,30 @@ def evaluate(candidate: str = typer.Argument(help="base, chat, cp, merged-<ratio
     params, layout = load_params(PARAMS), _layout()
     evaluate_candidate(model_dir=candidate_dir(layout, candidate), chat_dir=read_upstream(layout.upstream).chat,
                        corpus_dir=layout.corpus, params=params.eval, metrics_path=layout.eval_metrics(candidate),
-                       samples_path=layout.eval_samples(candidate), speed_path=layout.speed_metrics(candidate))
+                       samples_path=layout.eval_samples(candidate), speed_path=layout.speed_report(candidate))
 
 
 @app.command()
 def leaderboard() -> None:
-    """Rank the candidates and name the winner into metrics/leaderboard.json."""
+    """Rank the candidates into reports/leaderboard.json and name the winner in metrics/leaderboard.json."""
     from pipelines.leaderboard import build_leaderboard, candidate_names
 
     params, layout = load_params(PARAMS), _layout()
     board = build_leaderboard({name: layout.eval_metrics(name) for name in candidate_names(params)}, params.promote,
-                              layout.leaderboard)
+                              layout.leaderboard_report, layout.leaderboard)
     typer.echo(f"winner: {board.winner} ({board.reason})")
+
+
+@app.command()
+def plots() -> None:
+    """Draw the run's figures into plots/*.png: the ratio sweep, the candidates side by side, the training curves."""
+    from pipelines.leaderboard import candidate_names
+    from pipelines.plots import draw_plots
+
+    params, layout = load_params(PARAMS), _layout()
+    curves = {"cp_loss": {"cp": layout.plots / "cp_loss.csv"},
+              "upstream_loss": {step: layout.plots / f"upstream_{step}_loss.csv" for step in ("pretrain", "chat")},
+              "align_loss": {method: layout.plots / f"align_{method}_loss.csv" for method in params.align.methods}}
+    written = draw_plots({name: layout.eval_metrics(name) for name in candidate_names(params)}, layout.leaderboard,
+                         curves, layout.plots)
+    typer.echo(f"drew {', '.join(path.name for path in written)}")

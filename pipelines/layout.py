@@ -70,43 +70,49 @@ class Layout:
         return self.root / "models" / "aligned" / method
 
     @property
-    def align_metrics(self) -> Path:
-        """Curation report, training and evaluation metrics of the aligned models: apart from metrics/eval, which
-        the leaderboard reads, and from the merged models' scores, which the align stages read."""
-        return self.root / "metrics" / "align"
-
-    @property
     def merged_eval_metrics(self) -> Path:
         """The merged models' scores, a folder of their own: all the align stages read to pick the best one."""
         return self.root / "metrics" / "eval" / "merged"
 
     def eval_metrics(self, candidate: str) -> Path:
-        """Where `candidate`'s scores go: metrics/eval (merged models in metrics/eval/merged), aligned models'
-        in metrics/align."""
+        """Where `candidate`'s scores go, the DVC metrics a run is compared by: metrics/eval, merged models' in
+        metrics/eval/merged (what the align stages read), aligned models' in metrics/eval/aligned."""
         from pipelines.candidates import ALIGNED_PREFIX, MERGED_PREFIX  # it names Layout: imported here
 
         if candidate.startswith(ALIGNED_PREFIX):
-            return self.align_metrics / f"{candidate}.json"
+            return self.root / "metrics" / "eval" / "aligned" / f"{candidate}.json"
         if candidate.startswith(MERGED_PREFIX):
             return self.merged_eval_metrics / f"{candidate}.json"
         return self.root / "metrics" / "eval" / f"{candidate}.json"
 
-    def speed_metrics(self, candidate: str) -> Path:
+    def speed_report(self, candidate: str) -> Path:
         """`candidate`'s generation speed (answers a second): a wall-clock figure that differs on every run, so
         apart from the scores that later stages depend on."""
-        return self.root / "metrics" / "speed" / f"{candidate}.json"
+        return self.reports / "speed" / f"{candidate}.json"
+
+    def stage_report(self, name: str) -> Path:
+        """A stage's own figures (corpus counts, training losses and speed, curation): reports/<name>.json, kept
+        out of the DVC metrics, which compare the models."""
+        return self.reports / f"{name}.json"
 
     def eval_samples(self, candidate: str) -> Path:
         return self.root / "reports" / "samples" / f"{candidate}.jsonl"
 
     @property
     def leaderboard(self) -> Path:
+        """The DVC metric of the ranking: the winner and its primary metric."""
         return self.root / "metrics" / "leaderboard.json"
+
+    @property
+    def leaderboard_report(self) -> Path:
+        """Every model's row in rank order: role, guardrail verdict, metrics (what the flow reads)."""
+        return self.reports / "leaderboard.json"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
 
     @property
     def plots(self) -> Path:
         return self.root / "plots"
 
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics"

@@ -46,7 +46,7 @@ class Leaderboard:
         return next(row for row in self.rows if row.name == name)
 
     def as_json(self) -> dict[str, Any]:
-        """The leaderboard file's content."""
+        """The leaderboard report's content: every row, bookkeeping and metrics."""
         return {"winner": self.winner, "primary_metric": self.primary_metric, "reason": self.reason,
                 "candidates": {row.name: row.as_json() for row in self.rows}}
 
@@ -58,6 +58,14 @@ class Leaderboard:
                                {key: value for key, value in row.items() if key not in ROW_FIELDS})
                 for name, row in board["candidates"].items()]
         return cls(board["winner"], board["primary_metric"], board["reason"], sorted(rows, key=lambda r: r.rank))
+
+    def summary(self) -> dict[str, Any]:
+        """The DVC metric of the ranking, narrow enough for `dvc metrics show`: the winner and its primary metric
+        (each model's scores are in its own metrics file)."""
+        if self.winner is None:
+            return {"winner": {"name": None}}
+        primary = self.row(self.winner).metrics.get(self.primary_metric)
+        return {"winner": {"name": self.winner, self.primary_metric: primary}}
 
 
 def candidate_names(params: Params) -> list[str]:
@@ -75,8 +83,9 @@ def read_metrics(metric_files: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return metrics
 
 
-def build_leaderboard(metric_files: dict[str, Path], policy: PromoteParams, out: Path) -> Leaderboard:
-    """Read each candidate's metrics (`name -> file`), rank them, and write the leaderboard with the winner and why.
+def build_leaderboard(metric_files: dict[str, Path], policy: PromoteParams, report: Path, summary: Path) -> Leaderboard:
+    """Read each candidate's metrics (`name -> file`), rank them, and write every row with the winner and why to
+    `report`, the winner and its primary metric to `summary`.
 
     base, chat and cp are ranked for reference; merged and aligned models compete.
     """
@@ -90,5 +99,6 @@ def build_leaderboard(metric_files: dict[str, Path], policy: PromoteParams, out:
         rows=[LeaderboardRow(r.name, i + 1, "candidate" if r.name.startswith(COMPETING_PREFIXES) else "reference",
                              r.eligible, r.violations, r.metrics) for i, r in enumerate(ranked)],
     )
-    write_json_atomic(out, board.as_json())
+    write_json_atomic(report, board.as_json())
+    write_json_atomic(summary, board.summary())
     return board

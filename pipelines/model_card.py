@@ -62,3 +62,10 @@ def write_model_card(folder: Path, *, title: str, made_by: str, sources: dict[st
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     card.save(folder / CARD)
     return folder / CARD
+
+
+def with_evaluation(card_text: str, metrics: dict[str, float], scored_by: str) -> str:
+    """The card with an `## Evaluation` section appended: each metric and its value, and what scored them (the card
+    in the model folder is written before any evaluation, so the registered version's copy carries them)."""
+    rows = "\n".join(f"| {name} | {value:.4g} |" for name, value in sorted(metrics.items()))
+    return f"{card_text.rstrip()}\n\n## Evaluation\n\n{scored_by}\n\n| metric | value |\n|---|---|\n{rows}\n"

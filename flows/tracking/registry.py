@@ -32,14 +32,16 @@ def find_version(store: Store, model: str, model_md5: str) -> str | None:
 
 
 def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags: dict[str, str],
-                   description: str) -> str:
-    """Log the checkpoint with the transformers flavor under `run_id` and register it with its tags in one call
-    (a kill leaves either no version or a version with its lineage); returns the version."""
+                   description: str, input_example: dict) -> str:
+    """Log the checkpoint with the transformers flavor under `run_id`, `input_example` (a chat request) beside it,
+    and register it with its tags in one call (a kill leaves either no version or a version with its lineage);
+    returns the version. Logged from its folder: the model is not loaded."""
     with mlflow.start_run(run_id=run_id):
         info = mlflow.transformers.log_model(
             # llm/v1/chat: a text-generation pipeline for load_model, chat messages in and out (through the
             # model's chat template) for pyfunc and `mlflow models serve`
             transformers_model=str(checkpoint), name="model", task="llm/v1/chat", pip_requirements=_requirements(),
+            input_example=input_example,
         )
     registered = str(mlflow.register_model(info.model_uri, model, tags=tags).version)
     store.client.update_model_version(model, registered, description=description)

@@ -8,16 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, RunStatus
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
-
-from flows.dvc_project import StageSpec  # noqa: E402
-from flows.tracking.store import Store  # noqa: E402
+from flows.dvc_project import StageSpec
+from flows.tracking.store import Store
 
 
 def flatten(data: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
@@ -75,7 +71,8 @@ def log_metrics(store: Store, run_id: str, values: dict[str, Any], step: int = 0
 
 
 def _log_curve(store: Store, run_id: str, csv_path: Path) -> None:
-    """Each column of a plot CSV as a metric history `<file stem>/<column>`, and the curve as a PNG."""
+    """Each column of a training curve CSV as a metric history `<file stem>/<column>` (the MLflow UI charts them;
+    the plots stage draws the same curves as images)."""
     frame = pd.read_csv(csv_path)
     if frame.empty:
         return
@@ -84,35 +81,29 @@ def _log_curve(store: Store, run_id: str, csv_path: Path) -> None:
     metrics = [Metric(f"{csv_path.stem}/{c}", float(row[c]), now, int(row["step"]))
                for _, row in frame.iterrows() for c in series if pd.notna(row[c])]
     store.client.log_batch(run_id, metrics=metrics)
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    for column in (c for c in series if "loss" in c):
-        points = frame[["step", column]].dropna()  # eval losses are logged less often than training losses
-        axis.plot(points["step"], points[column], marker="o" if len(points) < 20 else None, label=column)
-    axis.set_xlabel("step"), axis.set_ylabel("loss"), axis.set_title(csv_path.stem), axis.legend()
-    figure.tight_layout()
-    store.client.log_figure(run_id, figure, f"plots/{csv_path.stem}.png")
-    plt.close(figure)
 
 
 def _log_file(store: Store, run_id: str, root: Path, path: Path) -> None:
-    """jsonl files become MLflow tables (readable in the UI); other files are logged as artifacts."""
+    """jsonl files become MLflow tables (readable in the UI), training curves (csv) metric histories; JSON reports'
+    numbers become metrics too. Every file but a table is also logged as an artifact."""
     if path.suffix == ".jsonl":
         rows = [json.loads(line) for line in (root / path).read_text().splitlines() if line.strip()]
         mlflow.log_table(pd.DataFrame(rows), artifact_file=f"tables/{path.stem}.json", run_id=run_id)
-    else:
-        store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
+        return
+    if path.suffix == ".csv":
+        _log_curve(store, run_id, root / path)
+    elif path.suffix == ".json":
+        log_metrics(store, run_id, flatten(json.loads((root / path).read_text())))
+    store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
 
 
 def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, params: dict[str, Any]) -> None:
-    """Log everything the stage declares in dvc.yaml, read from the files it wrote."""
+    """Log everything the stage declares in dvc.yaml, read from the files it wrote; plots are images."""
     _log_params(store, run_id, params, spec.param_keys)
-    for path in spec.metrics:
-        log_metrics(store, run_id, flatten(json.loads((root / path).read_text())))
-        store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
-    for path in spec.plots:
-        _log_curve(store, run_id, root / path)
-    for path in spec.files:
+    for path in [*spec.metrics, *spec.files]:
         _log_file(store, run_id, root, path)
+    for path in spec.plots:
+        store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
 
 
 def log_text(store: Store, run_id: str, text: str, artifact_file: str) -> None:

@@ -8,9 +8,11 @@ batches, outputs from every rank. The same holds for a streamed corpus (cp.strea
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.dvc_project import DvcProject
 from flows.params_file import apply_overrides
@@ -23,15 +25,16 @@ def _cp_metrics(root: Path) -> dict:
     project = DvcProject(root)  # the flow's own DVC runner
     for stage in ("inbox", "corpus", "upstream", "cp"):
         project.reproduce(stage)
-    return json.loads((root / "metrics" / "cp.json").read_text())
+    return json.loads((root / "reports" / "cp.json").read_text())
 
 
 def test_two_gloo_processes_match_one(tmp_path: Path, tiny_params: dict) -> None:
     tiny_params["cp"] |= {"steps": 12, "batch_size": 8, "save_every": 0}
     single_root = make_project(tmp_path / "single", tiny_params)
     single = _cp_metrics(single_root)
+    double_root = Path(shutil.copytree(single_root, tmp_path / "double", symlinks=True))  # corpus and pair: as built
     tiny_params["cp"]["distributed"] = {"nproc_per_node": 2}
-    double_root = make_project(tmp_path / "double", tiny_params)
+    (double_root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
     double = _cp_metrics(double_root)
     assert double["steps"] == single["steps"] == 12
     print(f"train loss {single['train_loss']:.6f} vs {double['train_loss']:.6f}, "

@@ -13,6 +13,10 @@ DVC_YAML = """stages:
     outs: [out.txt]
   broken:
     cmd: python -c "raise SystemExit(3)"
+  score:
+    cmd: python -c "import json; json.dump(dict(score=1), open('score.json', 'w'))"
+    metrics:
+      - score.json: {cache: false}
   sweep:
     foreach: [1, 2]
     do:
@@ -45,4 +49,30 @@ def test_failing_stage_raises_naming_it(project: DvcProject) -> None:
 
 def test_stages_in_the_files_order_with_their_gpu_mark(project: DvcProject) -> None:
     assert project.stages() == [PipelineStage("make", False), PipelineStage("broken", False),
-                                PipelineStage("sweep@1", True), PipelineStage("sweep@2", True)]
+                                PipelineStage("score", False), PipelineStage("sweep@1", True),
+                                PipelineStage("sweep@2", True)]
+
+
+def test_an_experiment_holds_the_uncached_outputs_and_leaves_the_branch_alone(project: DvcProject) -> None:
+    root = project.root
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "init"], root)
+    project.reproduce("make")
+    project.reproduce("score")
+    assert project.uncached_outputs() == ["score.json"]  # out.txt is DVC's (cached): never given to git
+    before = run(["git", "status", "--porcelain"], root)
+    project.save_experiment("first-run")
+    assert run(["git", "log", "--format=%s"], root).splitlines() == ["init"]
+    assert run(["git", "status", "--porcelain"], root) == before  # nothing staged, nothing committed
+    saved = run(["git", "ls-tree", "-r", "--name-only", _experiment_ref(root, "first-run")], root).split()
+    assert {"dvc.lock", "score.json", "dvc.yaml"} <= set(saved) and "out.txt" not in saved
+
+    (root / ".git" / "index.lock").touch()  # left by a killed git command: said, naming the lock
+    with pytest.raises(StageFailed, match="the index is locked"):
+        project.save_experiment("second-run")
+
+
+def _experiment_ref(root: Path, name: str) -> str:
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], root).split()
+    (ref,) = [ref for ref in refs if ref.endswith(f"/{name}")]
+    return ref

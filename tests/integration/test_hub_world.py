@@ -132,7 +132,7 @@ def test_every_stage_ran_and_the_champion_is_registered(hub_run) -> None:
     root, result = hub_run[:2]
     assert result.reproduced == ["corpus", "upstream", "cp", "merge@1.0", "evaluate@base", "evaluate@chat",
                                  "evaluate-cp", "evaluate-merged@1.0", "curate", "align@sft", "evaluate-aligned@sft",
-                                 "leaderboard"]
+                                 "leaderboard", "plots"]
     assert result.promoted and result.version == "1"
     client = MlflowClient(embedded_uri(root), embedded_uri(root))
     champion = client.get_model_version_by_alias(MODEL, "champion")

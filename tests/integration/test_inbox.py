@@ -74,7 +74,7 @@ def test_local_inbox_feeds_the_corpus_and_an_unchanged_inbox_is_a_no_op(tmp_path
     assert first.taken == ["kato.txt", "more.jsonl"] and first.skipped == ["readme.md"]
     assert snapshot_files(root) == 2
     ctx.dvc.reproduce("corpus")
-    stats = json.loads((root / "metrics" / "corpus.json").read_text())
+    stats = json.loads((root / "reports" / "corpus.json").read_text())
     assert stats["incoming"] == {"files": 2, "documents": 3, "too_short_removed": 0, "duplicates_removed": 1,
                                  "characters": 74, "words": 19, "heldout": 0}
     train = (root / "data" / "corpus" / "train.jsonl").read_text()

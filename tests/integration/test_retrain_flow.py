@@ -14,6 +14,7 @@ import mlflow
 import pytest
 import requests
 import yaml
+from huggingface_hub import ModelCard
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect import flow
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration
 MODEL = "chatgraft-chat"
 STAGES = ["corpus", "upstream", "cp", "merge@0.5", "merge@1.0", "evaluate@base", "evaluate@chat", "evaluate-cp",
           "evaluate-merged@0.5", "evaluate-merged@1.0", "curate", "align@c-rlft", "evaluate-aligned@c-rlft",
-          "leaderboard"]
+          "leaderboard", "plots"]
 # one align method keeps the module short; both are the same stage code (unit tests cover sft and c-rlft)
 FLOW_PARAMS = {**TINY_PARAMS, "align": {**TINY_PARAMS["align"], "methods": ["c-rlft"]}}
 
@@ -63,8 +64,26 @@ def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
     assert "| rank | candidate |" in result.leaderboard and "aligned-c-rlft" in result.leaderboard
-    board = json.loads((root / "metrics" / "leaderboard.json").read_text())
+    board = json.loads((root / "reports" / "leaderboard.json").read_text())
     assert board["candidates"]["aligned-c-rlft"]["role"] == "candidate"
+
+
+def test_dvc_metrics_fit_a_terminal_and_the_plots_open_offline(first_run) -> None:
+    root, _, client = first_run
+    dvc = [sys.executable, "-m", "dvc"]
+    table = subprocess.run([*dvc, "metrics", "show"], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert "metrics/eval/aligned/aligned-c-rlft.json" in table and "winner.name" in table
+    assert max(map(len, table.splitlines())) <= 300, table  # one row a model, one column a metric
+    subprocess.run([*dvc, "plots", "show"], cwd=root, capture_output=True, check=True)
+    page = (root / "dvc_plots" / "index.html").read_text()
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing fetched from the internet
+    for figure in ("ratio_sweep", "candidates", "cp_loss", "upstream_loss", "align_loss"):
+        assert (root / "plots" / f"{figure}.png").read_bytes().startswith(b"\x89PNG")
+        assert f"{figure}.png" in page
+    (plots_run,) = client.search_runs([client.get_experiment_by_name("chatgraft").experiment_id],
+                                      "tags.stage = 'plots'")
+    assert {"plots/ratio_sweep.png", "plots/candidates.png"} <= {
+        a.path for a in client.list_artifacts(plots_run.info.run_id, "plots")}
 
 
 def test_leaderboard_and_promotion_are_prefect_artifacts(first_run) -> None:
@@ -123,8 +142,8 @@ def test_stage_runs_are_nested_and_tracked(first_run) -> None:
     assert every_suite <= set(children["evaluate-cp"].data.metrics)
     assert list((root.parent / "dvc-remote").rglob("*"))  # outputs pushed to the local remote
     curate = children["curate"]
-    assert curate.data.metrics["kept"] > 0 and "metrics/align/curation.json" in [
-        a.path for a in client.list_artifacts(curate.info.run_id, "metrics/align")]
+    assert curate.data.metrics["kept"] > 0 and "reports/align/curation.json" in [
+        a.path for a in client.list_artifacts(curate.info.run_id, "reports/align")]
     assert client.get_metric_history(children["align@c-rlft"].info.run_id, "loss")  # live curve
 
 
@@ -134,6 +153,13 @@ def test_champion_loads_with_mlflow_transformers(first_run) -> None:
     mlflow.set_registry_uri(embedded_uri(root))
     pipeline = mlflow.transformers.load_model(f"models:/{MODEL}@champion")
     assert pipeline.tokenizer.chat_template
+    uri = f"models:/{MODEL}@champion"
+    example = mlflow.models.Model.load(uri).load_input_example(uri)
+    assert example["messages"][-1]["role"] == "user" and example["max_tokens"] == FLOW_PARAMS["eval"]["max_new_tokens"]
+    champion = MlflowClient().get_model_version_by_alias(MODEL, "champion")
+    card = ModelCard(Path(mlflow.artifacts.download_artifacts(run_id=champion.run_id,
+                                                              artifact_path="model_card.md")).read_text())
+    assert card.data.tags[0] == "chatgraft" and "## Evaluation" in card.text and "| answer_accuracy |" in card.text
     assert isinstance(pipeline("what is the city of kato ?", max_new_tokens=3)[0]["generated_text"], str)
 
 
@@ -157,7 +183,7 @@ def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) 
     # rerun writes the same bytes and DVC skips its evaluation; only a new model is evaluated again.
     moved = json.loads(manifest.read_text())["from"] != aligned_from
     assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "align@c-rlft",
-                                  *(["evaluate-aligned@c-rlft"] if moved else []), "leaderboard"]
+                                  *(["evaluate-aligned@c-rlft"] if moved else []), "leaderboard", "plots"]
 
 
 def test_top_k_registers_the_best_eligible_merged_and_aligned_models(first_run) -> None:
@@ -165,7 +191,7 @@ def test_top_k_registers_the_best_eligible_merged_and_aligned_models(first_run) 
     apply_overrides(root / "params.yaml", ["promote.register_top_k=3"])
     result = retrain(project_dir=str(root))
     assert result.reproduced == ["leaderboard"]
-    board = json.loads((root / "metrics" / "leaderboard.json").read_text())
+    board = json.loads((root / "reports" / "leaderboard.json").read_text())
     competing = sorted((n for n in board["candidates"] if n.startswith(("merged-", "aligned-"))),
                        key=lambda n: board["candidates"][n]["rank"])
     assert len(competing) == 3
@@ -186,6 +212,29 @@ def test_an_eval_param_re_scores_the_models_and_retrains_nothing(first_run) -> N
     evaluations = [stage.name for stage in DvcProject(root).stages() if stage.name.startswith("evaluate")]
     assert result.reproduced == evaluations
     assert {path: path.read_bytes() for path in (root / "metrics" / "eval").rglob("*.json")} == scores
+
+
+def test_each_flow_run_is_a_dvc_experiment_and_the_branch_is_left_alone(first_run) -> None:
+    """Every run so far (the first, the rerun, new ratios, top-k, the eval device) is in `dvc exp show` under its
+    flow run's name, with its params and metrics; HEAD and the index are as make_project left them."""
+    root, _, client = first_run
+    runs = client.search_runs([client.get_experiment_by_name("chatgraft").experiment_id],
+                              "attributes.run_name LIKE 'retrain-%'")
+    named = {run.data.tags["dvc_experiment"] for run in runs}
+    shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root,
+                                      capture_output=True, text=True, check=True).stdout)
+    (baseline,) = [row for row in shown if row["rev"] != "workspace"]
+    experiments = {rev["name"]: rev["data"] for exp in baseline["experiments"] for rev in exp["revs"]}
+    assert named == set(experiments) and len(named) >= 4
+    ratios = {json.dumps(data["params"]["params.yaml"]["data"]["merge"]["ratios"]) for data in experiments.values()}
+    assert ratios == {"[0.5, 1.0]", "[0.5, 0.8]"}
+    for data in experiments.values():
+        assert data["metrics"]["metrics/leaderboard.json"]["data"]["winner"]["name"]
+        assert "answer_accuracy" in data["metrics"]["metrics/eval/cp.json"]["data"]
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=root, capture_output=True, text=True, check=True)
+    assert log.stdout.splitlines() == ["init"]  # nothing committed on the branch
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=root, capture_output=True, text=True)
+    assert staged.stdout == ""
 
 
 def test_chatgraft_ui_serves_the_registry(first_run) -> None:

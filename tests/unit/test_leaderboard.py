@@ -29,16 +29,16 @@ def test_candidate_names_follow_the_ratios_and_align_methods() -> None:
 
 def test_aligned_metrics_live_apart_from_the_ones_align_reads(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
-    assert layout.eval_metrics("aligned-sft").parent == layout.align_metrics
+    assert layout.eval_metrics("aligned-sft").parent == tmp_path / "metrics" / "eval" / "aligned"
     assert layout.eval_metrics("merged-1.0").parent == layout.merged_eval_metrics
     assert layout.eval_metrics("cp").parent == tmp_path / "metrics" / "eval"  # the references: read by no align
-    assert layout.speed_metrics("cp").parent not in {layout.merged_eval_metrics, layout.align_metrics}
+    assert not layout.speed_report("cp").is_relative_to(tmp_path / "metrics")  # a wall-clock figure: no DVC metric
 
 
 def test_winner_is_the_best_eligible_merged_model(tmp_path: Path) -> None:
     files = _write(tmp_path, {"base": (0, 0), "chat": (0.99, 1.0), "cp": (0, 0), "merged-0.5": (0.9, 0.5),
                               "merged-1.0": (0.8, 1.0)})
-    board = build_leaderboard(files, POLICY, tmp_path / "board.json")
+    board = build_leaderboard(files, POLICY, tmp_path / "board.json", tmp_path / "summary.json")
     assert board.winner == "merged-1.0"
     assert board.rows[0].name == "chat" and board.row("chat").rank == 1 and board.row("chat").role == "reference"
     assert board.row("merged-0.5").violations == ["termination_rate 0.5 < min 0.9"]
@@ -47,12 +47,15 @@ def test_winner_is_the_best_eligible_merged_model(tmp_path: Path) -> None:
     assert written["candidates"]["chat"] == {"rank": 1, "role": "reference", "eligible": True, "violations": [],
                                              "answer_accuracy": 0.99, "termination_rate": 1.0}
     assert Leaderboard.read(tmp_path / "board.json") == board  # what the flow reads is what the stage decided
+    # the DVC metric: the winner and its primary metric, no copy of every model's scores
+    assert json.loads((tmp_path / "summary.json").read_text()) == {
+        "winner": {"name": "merged-1.0", "answer_accuracy": 0.8}}
 
 
 def test_an_aligned_model_can_win(tmp_path: Path) -> None:
     files = _write(tmp_path, {"base": (0, 0), "merged-1.0": (0.8, 1.0), "aligned-sft": (0.85, 1.0),
                               "aligned-c-rlft": (0.95, 0.5)})
-    board = build_leaderboard(files, POLICY, tmp_path / "board.json")
+    board = build_leaderboard(files, POLICY, tmp_path / "board.json", tmp_path / "summary.json")
     assert board.winner == "aligned-sft"  # c-rlft scores higher but breaks a guardrail
     assert board.row("aligned-sft").role == "candidate"
 
@@ -60,11 +63,12 @@ def test_an_aligned_model_can_win(tmp_path: Path) -> None:
 def test_no_winner_when_no_merged_model_meets_the_guardrails(tmp_path: Path) -> None:
     files = _write(tmp_path, {"base": (0, 0), "chat": (0.5, 1.0), "cp": (0, 0), "merged-0.5": (0.9, 0.5),
                               "merged-1.0": (0.8, 0.2)})
-    board = build_leaderboard(files, POLICY, tmp_path / "board.json")
+    board = build_leaderboard(files, POLICY, tmp_path / "board.json", tmp_path / "summary.json")
     assert board.winner is None and "no merged or aligned model" in board.reason
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"winner": {"name": None}}
 
 
 def test_missing_metrics_file_is_named(tmp_path: Path) -> None:
     files = {name: Layout(tmp_path).eval_metrics(name) for name in candidate_names(NO_ALIGN)}
     with pytest.raises(FileNotFoundError, match=r"base\.json: no metrics for candidate 'base'"):
-        build_leaderboard(files, POLICY, tmp_path / "board.json")
+        build_leaderboard(files, POLICY, tmp_path / "board.json", tmp_path / "summary.json")
