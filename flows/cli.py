@@ -265,6 +265,25 @@ def pin(
 
 
 @app.command()
+def history(
+    project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
+) -> None:
+    """Every decision about champion, oldest first: who moved it from which version to which, and why."""
+    from flows.tracking.history import read
+
+    store, model, _ = _registry(project_dir)
+    entries = read(store, model)
+    if not entries:
+        typer.echo(f"{model}: no promotion decision recorded yet")
+        return
+    rows = [("when (UTC)", "decision", "from", "to", "actor", "why")]
+    rows += [(e.at, e.decision, e.from_version, e.to_version, e.actor, e.reasons) for e in entries]
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    typer.echo("\n".join("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[5]])
+                         for row in rows))
+
+
+@app.command()
 def ui(
     project_dir: Path = typer.Option(Path("."), help="project directory holding the embedded store"),
     port: int = typer.Option(5000, help="port of the UI"),

@@ -68,10 +68,10 @@ def candidates_figure(scores: dict[str, dict[str, Any]], winner: str | None) -> 
     """Each candidate's rates as grouped bars, in the given order; the winner in the title."""
     frame = pd.DataFrame(scores).T
     frame = frame[[metric for metric in SIDE_BY_SIDE if metric in frame.columns]].astype(float)
-    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(frame)), 4))
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(frame)) + 2.0, 4))
     frame.plot.bar(ax=axis, rot=20, ylim=(0, 1.05), width=0.8)
     axis.set(ylabel="share of answers", title=f"candidates side by side (winner: {winner or 'none'})")
-    axis.legend(fontsize=8, ncols=3)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     figure.tight_layout()
     return figure
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from flows.tracking import history
 from flows.tracking.store import Store
 from pipelines.promotion import Champion
 
@@ -17,7 +18,10 @@ PINNED_TAG = "pinned"  # `true` (set in the UI or by `chatgraft pin`): only a pe
 EVAL_FINGERPRINT_TAG = "eval_fingerprint"  # what the version's metrics were measured on
 EVAL_RUN_TAG = "eval_run_id"  # the run holding those metrics, when not the one that registered the version
 INCOMPLETE_TAG = "incomplete"  # `true`: a killed run left the version without its lineage; never a candidate
-CHAMPION_DECISIONS = ("promoted", "promoted by hand", "rolled back to")  # what the champion's last decision says
+MODEL_DESCRIPTION = (f"Chat models made by chatgraft (continual pretraining + chat vector). Every decision about "
+                     f"`champion`, by the flow or by a person, is a run of the MLflow experiment "
+                     f"`{history.HISTORY_EXPERIMENT}`; `chatgraft history` prints them.")
+CHAMPION_DECISIONS = history.MOVES  # what the champion's last decision says
 
 def _requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "transformers", "accelerate", "safetensors")]
@@ -45,6 +49,8 @@ def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags
         )
     registered = str(mlflow.register_model(info.model_uri, model, tags=tags).version)
     store.client.update_model_version(model, registered, description=description)
+    if not store.client.get_registered_model(model).description:  # never over what a person wrote
+        store.client.update_registered_model(model, description=MODEL_DESCRIPTION)
     return registered
 
 
@@ -122,8 +128,9 @@ def set_alias(store: Store, model: str, alias: str, version: str) -> None:
 
 def record_decision(store: Store, model: str, version: str, decision: str, reasons: list[str], actor: str,
                     previous: str | None, rollback_to: str | None = None) -> None:
-    """Audit trail on the version: the decision, why, who or what made it, the previous champion, when, and
-    the version `chatgraft rollback` returns to while this one is champion."""
+    """Audit trail on the version (its latest decision): the decision, why, who or what made it, the previous
+    champion, when, and the version `chatgraft rollback` returns to while this one is champion; and the same
+    decision added to the promotion history, which keeps every one."""
     tags = {
         "promotion.decision": decision,
         "promotion.reasons": "; ".join(reasons),
@@ -134,3 +141,4 @@ def record_decision(store: Store, model: str, version: str, decision: str, reaso
     if rollback_to is not None:
         tags["promotion.rollback_to"] = rollback_to
     set_version_tags(store, model, version, tags)
+    history.record(store, model, version, decision, reasons, actor, previous)

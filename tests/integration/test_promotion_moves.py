@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from flows import promotion
 from flows.cli import app
 from flows.slots import GPU_TAG, SlotWaitTimeout, ensure_concurrency_limits, promotion_lock, wait_for_gpu_slot
-from flows.tracking import open_store, registry
+from flows.tracking import history, open_store, registry
 from flows.tracking.store import Store
 from pipelines.config import PromoteParams
 
@@ -124,6 +124,16 @@ def test_cli_promote_pin_and_rollback(project) -> None:
     assert chatgraft("pin", "1", "--off").exit_code == 0 and not registry.champion(store, MODEL).pinned
     missing = chatgraft("promote", "99")
     assert missing.exit_code == 1 and "99" in missing.output
+
+    # the version tags keep each version's latest decision; the history keeps every one, in order
+    moves = [(e.decision, e.from_version, e.to_version) for e in history.read(store, MODEL)]
+    assert moves == [("promoted by hand", "none", "1"), ("promoted by hand", "1", "2"), ("promoted by hand", "2", "3"),
+                     ("rolled back to", "3", "2"), ("rolled back to", "2", "1")]
+    shown = chatgraft("history")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0].split()[:5] == ["when", "(UTC)", "decision", "from", "to"] and len(lines) == 6
+    assert "rolled back from version 2" in lines[-1] and "(chatgraft rollback)" in lines[-1]
 
 
 def test_a_waiting_promotion_gives_up_saying_why(project) -> None:

@@ -25,7 +25,7 @@ from flows.context import open_project
 from flows.dvc_project import DvcProject
 from flows.fair_comparison import champion_on_current_data, current_fingerprint
 from flows.params_file import apply_overrides
-from flows.tracking import registry
+from flows.tracking import history, registry
 from flows.retrain import retrain
 from flows.tracking.store import embedded_uri
 from pipelines.devices import resolve_device
@@ -66,6 +66,10 @@ def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
     assert "| rank | candidate |" in result.leaderboard and "aligned-c-rlft" in result.leaderboard
     board = json.loads((root / "reports" / "leaderboard.json").read_text())
     assert board["candidates"]["aligned-c-rlft"]["role"] == "candidate"
+    (move,) = history.read(open_project(root).store, MODEL)  # the flow's decision, in the promotion history
+    assert (move.decision, move.from_version, move.to_version) == ("promoted", "none", "1")
+    assert move.flow_run != "none" and move.actor.startswith("retrain flow run")
+    assert history.HISTORY_EXPERIMENT in client.get_registered_model(MODEL).description
 
 
 def test_dvc_metrics_fit_a_terminal_and_the_plots_open_offline(first_run) -> None:
