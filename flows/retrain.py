@@ -23,7 +23,7 @@ from flows.tasks import (
     INTAKE_STAGE, import_documents, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage,
     save_experiment, take_new_data, with_retries,
 )
-from flows.tracking.stage_runs import log_text, tracked_run
+from flows.tracking.stage_runs import describe_stages, log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock
 
 
@@ -76,6 +76,7 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
             intake = take_new_data(ctx)  # records the inbox stage's output itself
             import_documents(ctx)
             outcomes = [run_stage(ctx, stage) for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE]
+            describe_stages(ctx.store, parent_run_id, [(o.stage, not o.cached, o.run_id) for o in outcomes])
 
             board = read_leaderboard(ctx)
             version = with_retries(ctx, register_winner)(ctx, board, leaderboard_markdown(board))

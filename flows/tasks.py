@@ -16,7 +16,9 @@ from flows.lineage import experiment_name, git_revision, lineage_tags
 from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
 from flows.tracking import registry
-from flows.tracking.stage_runs import log_metrics, log_stage_outputs, log_text, set_tags, tracked_run
+from flows.tracking.stage_runs import (
+    find_stage_run, link_stage_run, log_metrics, log_stage_outputs, log_text, set_tags, tracked_run,
+)
 from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.corpus.files import EVAL
 from pipelines.evaluate.sets import load_eval_set
@@ -73,8 +75,15 @@ def import_documents(ctx: RunContext) -> str | None:
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
-    """Reproduce one DVC stage (skipped when up to date) and log its files to a nested MLflow run."""
+    """Reproduce one DVC stage and log its files to a nested MLflow run; a stage DVC skips (up to date) is linked
+    to the run that reproduced what dvc.lock records, and logged again from its files only when there is none."""
     cached = ctx.dvc.is_up_to_date(stage)
+    earlier = find_stage_run(ctx.store, stage, ctx.dvc.lock_hashes(stage)) if cached else None
+    if earlier:
+        if ctx.parent_run_id:
+            link_stage_run(ctx.store, ctx.parent_run_id, stage, earlier)
+        get_run_logger().info("%s: up to date, its results are in MLflow run %s", stage, earlier)
+        return StageOutcome(stage, earlier, cached=True)
     tags = {"stage": stage, "cached": str(cached).lower(), **lineage_tags(ctx.root)}
     with tracked_run(ctx.store, stage, tags, ctx.parent_run_id) as run_id:
         if not cached:

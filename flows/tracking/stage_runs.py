@@ -106,6 +106,33 @@ def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, pa
         store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
 
 
+def find_stage_run(store: Store, stage: str, hashes: dict[str, str]) -> str | None:
+    """The newest FINISHED run that reproduced `stage` into what dvc.lock records now (`hashes`, path -> md5, equal
+    to its `dvc.md5.<path>` tags): its logged results are this workspace's. None when there is none."""
+    if not hashes:
+        return None
+    runs = store.client.search_runs(
+        [store.experiment_id], f"tags.stage = '{stage}' AND tags.cached = 'false' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=20)
+    return next((run.info.run_id for run in runs
+                 if all(run.data.tags.get(f"dvc.md5.{path}") == md5 for path, md5 in hashes.items())), None)
+
+
+def link_stage_run(store: Store, run_id: str, stage: str, linked_run_id: str) -> None:
+    """Tag run `run_id` with `stage.<stage>` = the run holding that stage's results (`@` becomes `/` in the key)."""
+    store.client.set_tag(run_id, f"stage.{stage.replace('@', '/')}", linked_run_id)
+
+
+def describe_stages(store: Store, run_id: str, rows: list[tuple[str, bool, str]]) -> None:
+    """The flow run's note in the MLflow UI: each stage (name, reproduced, the run holding its results) as a table,
+    headed by what DVC reproduced."""
+    reproduced = [stage for stage, ran, _ in rows if ran]
+    head = (f"DVC reproduced {len(reproduced)} of {len(rows)} stages." if reproduced else
+            "DVC reproduced nothing: every stage was up to date; the runs holding their results are linked below.")
+    table = "\n".join(f"| {stage} | {'reproduced' if ran else 'up to date'} | {linked} |" for stage, ran, linked in rows)
+    store.client.set_tag(run_id, "mlflow.note.content", f"{head}\n\n| stage | | run |\n|---|---|---|\n{table}\n")
+
+
 def log_text(store: Store, run_id: str, text: str, artifact_file: str) -> None:
     """Log a text (markdown, say) as an artifact file of the run."""
     store.client.log_text(run_id, text, artifact_file)

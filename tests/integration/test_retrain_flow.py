@@ -174,8 +174,18 @@ def test_champion_is_served_by_mlflow_models_serve(first_run) -> None:
 
 def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) -> None:
     root, _, client = first_run
+    experiment = client.get_experiment_by_name("chatgraft").experiment_id
+    stage_runs = {r.info.run_id: r.info.run_name for r in client.search_runs([experiment], "tags.stage != ''")}
     again = retrain(project_dir=str(root))
     assert again.reproduced == []
+    # one parent run that says so, linking the runs that hold each stage's results: no cached copies
+    assert {r.info.run_id for r in client.search_runs([experiment], "tags.stage != ''")} == set(stage_runs)
+    (parent,) = client.search_runs([experiment], "attributes.run_name LIKE 'retrain-%'", max_results=1,
+                                   order_by=["attributes.start_time DESC"])
+    assert parent.data.tags["mlflow.note.content"].startswith("DVC reproduced nothing")
+    assert stage_runs[parent.data.tags["stage.merge/1.0"]] == "merge@1.0"
+    assert {name for key, name in ((k, stage_runs.get(v)) for k, v in parent.data.tags.items())
+            if key.startswith("stage.")} == set(STAGES)
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
 
