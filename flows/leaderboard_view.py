@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.leaderboard import Leaderboard
+from pipelines.leaderboard import Leaderboard, LeaderboardRow
+from pipelines.promotion import Champion
 
 FIRST = ("answer_accuracy", "termination_rate", "repetition_rate", "target_perplexity")
 
@@ -40,3 +41,24 @@ def promotion_markdown(version: str | None, decision: Any) -> str:
         return "## Promotion\n\nNo candidate met the guardrails: nothing registered, nothing promoted."
     verdict = "promoted to **champion**" if decision.promote else "**not promoted**"
     return "\n".join([f"## Promotion\n\nVersion {version}: {verdict}.\n", *(f"- {r}" for r in decision.reasons)])
+
+
+def version_markdown(model: str, version: str, row: LeaderboardRow, champion: Champion | None, columns: list[str],
+                     leaderboard_md: str) -> str:
+    """A registered version's description, for a person in the registry: its scores beside the champion's (at
+    registration), its guardrail verdict, how to promote it, then the whole leaderboard of its run."""
+    held = f"champion (version {champion.version})" if champion else "champion (none yet)"
+    lines = [f"## Version {version}: {row.name}", "", f"| metric | {held} | this version |", "|---|---|---|"]
+    for column in columns:
+        mine, theirs = row.metrics.get(column), champion.metrics.get(column) if champion else None
+        lines.append(f"| {column} | {_cell(theirs)} | {_cell(mine)} |")
+    verdict = "all met" if row.eligible else "; ".join(row.violations)
+    lines += ["", f"**guardrails:** {verdict}", "",
+              f"To make it champion: `chatgraft promote {version} --reason \"...\"`, or in the MLflow UI: Models > "
+              f"{model} > Version {version} > Aliases > add `champion` (recorded as a move found afterwards).", "",
+              "### The leaderboard of the run that registered it", "", leaderboard_md]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "-"

@@ -12,6 +12,7 @@ from flows.context import RunContext
 from flows.dvc_project import PipelineStage, StageFailed
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
 from flows.inbox import Intake, inbox_files, take_inbox, write_intake_report
+from flows.leaderboard_view import metric_columns, version_markdown
 from flows.lineage import experiment_name, git_revision, lineage_tags
 from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
@@ -176,8 +177,10 @@ def _register(ctx: RunContext, candidate: str, board: Leaderboard, leaderboard_m
                                        f"Scored by the evaluate stages of DVC experiment {experiment_name()} on "
                                        "the held-out evaluation sets (`eval.sets`; rates are shares of answers).")
                 log_text(ctx.store, run_id, card, "model_card.md")
-            version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, leaderboard_md,
-                                              _input_example(ctx))
+            champion = registry.champion(ctx.store, model)
+            version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, _input_example(ctx))
+            registry.describe_version(ctx.store, model, version, version_markdown(
+                model, version, board.row(candidate), champion, metric_columns(board), leaderboard_md))
     elif registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG) != current_fingerprint(ctx):
         record_version_metrics(ctx, version, board.row(candidate).metrics)  # same weights, new evaluation data
     get_run_logger().info("%s is version %s of %s", candidate, version, model)

@@ -36,7 +36,7 @@ def find_version(store: Store, model: str, model_md5: str) -> str | None:
 
 
 def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags: dict[str, str],
-                   description: str, input_example: dict) -> str:
+                   input_example: dict) -> str:
     """Log the checkpoint with the transformers flavor under `run_id`, `input_example` (a chat request) beside it,
     and register it with its tags in one call (a kill leaves either no version or a version with its lineage);
     returns the version. Logged from its folder: the model is not loaded."""
@@ -48,10 +48,14 @@ def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags
             input_example=input_example,
         )
     registered = str(mlflow.register_model(info.model_uri, model, tags=tags).version)
-    store.client.update_model_version(model, registered, description=description)
     if not store.client.get_registered_model(model).description:  # never over what a person wrote
         store.client.update_registered_model(model, description=MODEL_DESCRIPTION)
     return registered
+
+
+def describe_version(store: Store, model: str, version: str, description: str) -> None:
+    """Set a version's description (markdown in the registry page)."""
+    store.client.update_model_version(model, version, description=description)
 
 
 def repair_versions(store: Store, model: str) -> list[str]:

@@ -70,6 +70,9 @@ def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
     assert (move.decision, move.from_version, move.to_version) == ("promoted", "none", "1")
     assert move.flow_run != "none" and move.actor.startswith("retrain flow run")
     assert history.HISTORY_EXPERIMENT in client.get_registered_model(MODEL).description
+    page = client.get_model_version(MODEL, "1").description  # what a person reads in the registry
+    assert page.startswith(f"## Version 1: {result.winner}") and "| champion (none yet) | this version |" in page
+    assert "| answer_accuracy | - |" in page and "`chatgraft promote 1" in page and "| rank | candidate |" in page
 
 
 def test_dvc_metrics_fit_a_terminal_and_the_plots_open_offline(first_run) -> None:
@@ -212,6 +215,8 @@ def test_top_k_registers_the_best_eligible_merged_and_aligned_models(first_run) 
     versions = {v.tags["candidate"]: v for v in client.search_model_versions(f"name = '{MODEL}'")}
     assert set(competing) <= set(versions)
     assert client.get_model_version_by_alias(MODEL, "challenger").tags["candidate"] == board["winner"] == competing[0]
+    later = [v for v in client.search_model_versions(f"name = '{MODEL}'") if str(v.version) != "1"]
+    assert later and all("| champion (version " in v.description for v in later)  # compared with the champion
     aligned = versions["aligned-c-rlft"].tags
     assert aligned["align_method"] == "c-rlft" and aligned["aligned_from"] in competing
 
