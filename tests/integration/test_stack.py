@@ -226,9 +226,10 @@ def test_basic_auth_refuses_a_client_without_credentials(tmp_path: Path) -> None
     try:
         env = stack_up(name, tmp_path / "state", root, "--basic-auth", "--port-base", "9320")
         url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search"
-        assert requests.post(url, json={"max_results": 1}, timeout=10).status_code == 401
+        # generous timeouts: the auth app hashes passwords on each request, slow on a loaded 2-core machine
+        assert requests.post(url, json={"max_results": 1}, timeout=60).status_code == 401
         auth = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
-        assert requests.post(url, json={"max_results": 1}, auth=auth, timeout=10).ok
-        assert requests.post(url, json={"max_results": 1}, auth=("admin", "wrong"), timeout=10).status_code == 401
+        assert requests.post(url, json={"max_results": 1}, auth=auth, timeout=60).ok
+        assert requests.post(url, json={"max_results": 1}, auth=("admin", "wrong"), timeout=60).status_code == 401
     finally:
         stack_down(name, tmp_path / "state", root)
