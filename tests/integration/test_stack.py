@@ -20,7 +20,9 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.conftest import ONE_BRANCH_PARAMS, REPO, TINY_PARAMS, free_port, make_project, run, wait_until
+from tests.conftest import (
+    ONE_BRANCH_PARAMS, REPO, TINY_PARAMS, free_port, free_port_base, make_project, run, wait_until,
+)
 
 pytestmark = pytest.mark.integration
 POSTGRES = os.environ.get("CHATGRAFT_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -79,7 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
     root = make_project(tmp_path_factory.mktemp("stack") / "project", ONE_BRANCH_PARAMS)
     state = root.parent / "stack-state"
     try:
-        env = stack_up(name, state, root)
+        env = stack_up(name, state, root, "--port-base", str(free_port_base(3)))
         yield root, env, name, fault_chain(root, env, name)
     finally:
         stack_down(name, state, root)
@@ -224,7 +226,7 @@ def test_basic_auth_refuses_a_client_without_credentials(tmp_path: Path) -> None
     name = f"cgauth{os.getpid()}"
     root = make_project(tmp_path / "project", TINY_PARAMS)
     try:
-        env = stack_up(name, tmp_path / "state", root, "--basic-auth", "--port-base", "9320")
+        env = stack_up(name, tmp_path / "state", root, "--basic-auth", "--port-base", str(free_port_base(3)))
         url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search"
         # generous timeouts: the auth app hashes passwords on each request, slow on a loaded 2-core machine
         assert requests.post(url, json={"max_results": 1}, timeout=60).status_code == 401
