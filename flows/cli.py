@@ -172,10 +172,17 @@ def evaluate(
 def serve(
     project_dir: Path = typer.Option(Path("."), help="project directory holding prefect.yaml, dvc.yaml, params.yaml"),
 ) -> None:
-    """Serve the `retrain` deployment of prefect.yaml here: runs on its cron schedule or when triggered."""
-    from flows.schedule import serve_retrain
+    """Serve prefect.yaml's deployments here: `retrain` on its cron schedule, `check-champion` whenever champion
+    moves, and either when started. Needs a Prefect server (PREFECT_API_URL): schedules and triggers live there."""
+    from prefect.settings import PREFECT_API_URL
 
-    serve_retrain(project_dir)
+    from flows.schedule import serve_deployments
+
+    if not PREFECT_API_URL.value():
+        typer.echo("error: chatgraft serve needs a Prefect server for its schedule and triggers: set PREFECT_API_URL "
+                   "(e.g. `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api)", err=True)
+        raise typer.Exit(2)
+    serve_deployments(project_dir)
 
 
 @app.command()
@@ -288,17 +295,90 @@ def ui(
     project_dir: Path = typer.Option(Path("."), help="project directory holding the embedded store"),
     port: int = typer.Option(5000, help="port of the UI"),
     host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+    watch_port: int = typer.Option(5001, help="port of the receiver that hears champion moves made in the UI"),
+    no_watch: bool = typer.Option(False, "--no-watch", help="start the UI alone: moves made in it are recorded only "
+                                  "when the next chatgraft move finds them"),
 ) -> None:
-    """Open the MLflow UI on the project's store (MLFLOW_TRACKING_URI when set, else the embedded sqlite one)."""
+    """Open the MLflow UI on the project's store (MLFLOW_TRACKING_URI when set, else the embedded sqlite one), with
+    `chatgraft watch` beside it: champion moves made in the UI are recorded, and guarded (promote.ui_moves).
+    SIGINT or SIGTERM stops both."""
+    import os
+
     from flows.tracking.store import tracking_uri
+    from flows.tracking.webhooks import project_keys, server_environment
 
     root = project_dir.resolve()
     uri = tracking_uri(root)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri,
-               "--host", host, "--port", str(port)]
+               "--host", host, "--port", str(port), "--workers", "1"]  # one delivery queue: moves heard in order
     if uri.startswith("sqlite:"):
         command += ["--default-artifact-root", (root / "mlflow" / "artifacts").as_uri()]
-    raise typer.Exit(subprocess.call(command))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # unwinds to the finally below
+    server = subprocess.Popen(command, env={**os.environ, **server_environment(project_keys(root))},
+                              start_new_session=True)  # its own group: its workers are stopped with it
+    try:
+        if no_watch or uri.startswith("http"):  # a server of one's own delivers to a `chatgraft watch` of one's own
+            raise typer.Exit(server.wait())
+        _wait_for_server(server, f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
+        os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else \
+            f"http://{host}:{port}"
+        _watch(root, host, watch_port, None)
+    finally:
+        _stop_group(server)
+
+
+def _wait_for_server(server: subprocess.Popen, url: str, seconds: float = 120) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    typer.echo(f"error: the MLflow UI at {url} did not start (exit status {server.poll()})", err=True)
+    raise typer.Exit(1)
+
+
+def _stop_group(process: subprocess.Popen, grace_seconds: float = 10) -> None:
+    import os
+
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@app.command()
+def watch(
+    project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
+    port: int = typer.Option(5001, help="port to hear MLflow's webhooks on"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+    url: str | None = typer.Option(None, help="address MLflow delivers to (default: http://HOST:PORT/mlflow-webhook)"),
+) -> None:
+    """Hear champion moves made in the MLflow UI (webhooks of the server MLFLOW_TRACKING_URI names): record each in
+    the promotion history and, under promote.ui_moves: guard, undo one that breaks the policy. `chatgraft ui`
+    starts one beside the UI."""
+    _watch(project_dir.resolve(), host, port, url)
+
+
+def _watch(root: Path, host: str, port: int, url: str | None) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from flows.watch import WatchError, serve_watch
+    from pipelines.config import ParamsError
+
+    try:
+        serve_watch(root, host, port, url)
+    except (WatchError, ParamsError, MlflowException) as error:
+        typer.echo(f"error: {getattr(error, 'message', error)}", err=True)
+        raise typer.Exit(2)
 
 
 @app.command()

@@ -313,6 +313,10 @@ class PromoteParams(Section):
     champion_guardrails: dict[str, RatioBound] = Field(
         default_factory=dict, description="bounds relative to the champion a challenger must meet to replace it"
     )
+    ui_moves: Literal["audit", "guard"] = Field(
+        "guard", description="champion moved in the MLflow UI, heard by `chatgraft watch`: audit (recorded in the "
+        "history) or guard (also undone when the version breaks a guardrail or the champion it replaced is pinned)"
+    )
 
 
 class CurationParams(Section):

@@ -1,8 +1,10 @@
 """The promotion history: every decision about `champion` as a run of an MLflow experiment of its own.
 
 A version's tags hold only its latest decision and MLflow keeps no alias history; this experiment keeps every
-decision (the flow's policy, `chatgraft promote` / `rollback`, a move found afterwards), so the project can say who
-was champion at any time and why. `chatgraft history` prints it.
+decision (the flow's policy, `chatgraft promote` / `rollback`, a move made in the MLflow UI and heard by `chatgraft
+watch`, a move found afterwards), so the project can say who was champion at any time and why. `chatgraft history`
+prints it. Every entry that moves `champion` is also a Prefect event, `chatgraft.champion.moved`, that automations can
+start deployments on.
 """
 from __future__ import annotations
 
@@ -10,12 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mlflow.entities import RunStatus
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from flows.tracking.store import Store
 
 HISTORY_EXPERIMENT = "chatgraft-promotions"
-MOVES = ("promoted", "promoted by hand", "rolled back to")  # decisions that point `champion` at the version
+UI_MOVE = "moved in the MLflow UI"
+UI_REMOVAL = "champion removed in the MLflow UI"
+REVERTED = "UI move reverted"
+# decisions that point `champion` at the version they are recorded on
+MOVES = ("promoted", "promoted by hand", "rolled back to", UI_MOVE)
+MOVED_EVENT = "chatgraft.champion.moved"
 
 
 @dataclass(frozen=True)
@@ -40,16 +48,44 @@ def _experiment_id(store: Store) -> str:
 
 
 def record(store: Store, model: str, version: str, decision: str, reasons: list[str], actor: str,
-           previous: str | None) -> HistoryEntry:
-    """Add one decision about `version` (champion was `previous`) to the history; returns what was recorded."""
-    before = previous or "none"
+           from_version: str, to_version: str) -> HistoryEntry:
+    """Add one decision about `version` (champion went from `from_version` to `to_version`, "none" for no
+    champion, the same when nothing moved) to the history, and announce a move as a Prefect event."""
     entry = HistoryEntry(at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=model, decision=decision,
-                         from_version=before, to_version=version if decision in MOVES else before, actor=actor,
-                         reasons="; ".join(reasons), flow_run=str(flow_run.id or "none"))
+                         from_version=from_version, to_version=to_version, actor=actor, reasons="; ".join(reasons),
+                         flow_run=str(flow_run.id or "none"))
     tags = {f"promotion.{field}": value for field, value in vars(entry).items()}
     run = store.client.create_run(_experiment_id(store), run_name=f"{model}: {decision} v{version}", tags=tags)
     store.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    if from_version != to_version:
+        announce(entry)
     return entry
+
+
+def announce(entry: HistoryEntry) -> None:
+    """Emit `chatgraft.champion.moved` about the registered model, the versions it left and took as related
+    resources (roles `from` and `to`), and the decision, actor and reasons as payload."""
+    emit_event(event=MOVED_EVENT, resource={"prefect.resource.id": f"mlflow.registered-model.{entry.model}",
+                                            "prefect.resource.name": entry.model},
+               related=[{"prefect.resource.id": f"mlflow.model-version.{entry.model}.{version}",
+                         "prefect.resource.role": role, "prefect.resource.name": f"version {version}"}
+                        for role, version in (("from", entry.from_version), ("to", entry.to_version))
+                        if version != "none"],
+               payload={name: value for name, value in vars(entry).items() if name != "model"})
+
+
+def recorded_champion(store: Store, model: str) -> str:
+    """The version the history last made champion ("none" when it holds no move)."""
+    entries = read(store, model)
+    return entries[-1].to_version if entries else "none"
+
+
+def left_unrecorded(store: Store, model: str, version: str) -> bool:
+    """Whether the last entry moved `champion` away from `version` without the entry before it recording its
+    arrival there: a move that found `version` holding the alias (its UI move not yet heard) and replaced it."""
+    entries = read(store, model)
+    return bool(entries) and entries[-1].from_version == version != entries[-1].to_version and (
+        len(entries) < 2 or entries[-2].to_version != version)
 
 
 def read(store: Store, model: str) -> list[HistoryEntry]:

@@ -21,7 +21,6 @@ INCOMPLETE_TAG = "incomplete"  # `true`: a killed run left the version without i
 MODEL_DESCRIPTION = (f"Chat models made by chatgraft (continual pretraining + chat vector). Every decision about "
                      f"`champion`, by the flow or by a person, is a run of the MLflow experiment "
                      f"`{history.HISTORY_EXPERIMENT}`; `chatgraft history` prints them.")
-CHAMPION_DECISIONS = history.MOVES  # what the champion's last decision says
 
 def _requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "transformers", "accelerate", "safetensors")]
@@ -76,14 +75,18 @@ def repair_versions(store: Store, model: str) -> list[str]:
 
 
 def complete_champion_audit(store: Store, model: str, actor: str) -> str | None:
-    """When `champion` holds a version whose last decision does not say it became champion (a move killed after the
-    alias moved and before its record), record it now (call under the promotion lock); returns that version."""
-    version = alias_holder(store, model, CHAMPION)
-    if version is None or version_tags(store, model, version).get("promotion.decision") in CHAMPION_DECISIONS:
+    """When `champion` is not where the promotion history last put it (a move killed between the alias and its
+    record, or one made in the UI with no `chatgraft watch` listening), record the move now (call under the
+    promotion lock); returns the version that holds it."""
+    version, recorded = alias_holder(store, model, CHAMPION), history.recorded_champion(store, model)
+    if (version or "none") == recorded:
         return None
-    record_decision(store, model, version, "promoted", ["champion moved without a recorded decision (a move killed "
-                                                        "between the alias and its record, or one made in the UI)"],
-                    actor, "unknown")
+    reasons = ["champion moved without a recorded decision (a move killed between the alias and its record, or one "
+               "made in the MLflow UI while no `chatgraft watch` listened)"]
+    if version is None:
+        record_decision(store, model, recorded, history.UI_REMOVAL, reasons, actor, recorded, to_version="none")
+    else:
+        record_decision(store, model, version, "promoted", reasons, actor, None if recorded == "none" else recorded)
     return version
 
 
@@ -105,10 +108,20 @@ def champion(store: Store, model: str) -> Champion | None:
     version = alias_holder(store, model, CHAMPION)
     if version is None:
         return None
+    return version_standing(store, model, version)
+
+
+def version_standing(store: Store, model: str, version: str) -> Champion:
+    """A version's latest metrics and pin, as the policy compares a champion."""
     held = store.client.get_model_version(model, version)
     run_id = held.tags.get(EVAL_RUN_TAG, held.run_id)
     return Champion(version, store.client.get_run(run_id).data.metrics,
                     held.tags.get(PINNED_TAG, "").lower() == "true")
+
+
+def remove_alias(store: Store, model: str, alias: str) -> None:
+    """Point `alias` at no version."""
+    store.client.delete_registered_model_alias(model, alias)
 
 
 def set_version_tags(store: Store, model: str, version: str, tags: dict[str, str]) -> None:
@@ -131,10 +144,11 @@ def set_alias(store: Store, model: str, alias: str, version: str) -> None:
 
 
 def record_decision(store: Store, model: str, version: str, decision: str, reasons: list[str], actor: str,
-                    previous: str | None, rollback_to: str | None = None) -> None:
+                    previous: str | None, rollback_to: str | None = None, to_version: str | None = None) -> None:
     """Audit trail on the version (its latest decision): the decision, why, who or what made it, the previous
     champion, when, and the version `chatgraft rollback` returns to while this one is champion; and the same
-    decision added to the promotion history, which keeps every one."""
+    decision added to the promotion history, which keeps every one. Champion afterwards is `to_version` when
+    given, else `version` for a move (history.MOVES), else still `previous`."""
     tags = {
         "promotion.decision": decision,
         "promotion.reasons": "; ".join(reasons),
@@ -145,4 +159,6 @@ def record_decision(store: Store, model: str, version: str, decision: str, reaso
     if rollback_to is not None:
         tags["promotion.rollback_to"] = rollback_to
     set_version_tags(store, model, version, tags)
-    history.record(store, model, version, decision, reasons, actor, previous)
+    before = previous or "none"
+    after = to_version or (version if decision in history.MOVES else before)
+    history.record(store, model, version, decision, reasons, actor, before, after)

@@ -1,5 +1,6 @@
-"""The retrain deployment on a real Prefect server (its own PREFECT_HOME): created from prefect.yaml by
-`chatgraft serve`, a run triggered through the API, executed by serve, Completed with its MLflow runs."""
+"""The deployments on a real Prefect server (its own PREFECT_HOME): created from prefect.yaml by `chatgraft serve`,
+a retrain run triggered through the API, executed by serve, Completed with its MLflow runs; its promotion emits
+`chatgraft.champion.moved`, whose automation starts `check-champion` on the new champion."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,8 @@ import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -105,6 +108,22 @@ def test_served_deployment_runs_the_flow_to_completion(server_env: dict[str, str
 
         flow_run = run_deployment("retrain/retrain", timeout=900)
         assert flow_run.state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
+
+        with get_client(sync_client=True) as client:  # the promotion's event started the check of the champion
+            check = client.read_deployment_by_name("check-champion/check-champion")
+            checks = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[check.id]))
+
+            def checked() -> bool:
+                runs = client.read_flow_runs(flow_run_filter=checks)
+                return bool(runs) and all(run.state.is_final() for run in runs)
+
+            wait_until(checked, "check-champion run started by the champion.moved automation", seconds=300)
+            (checking,) = client.read_flow_runs(flow_run_filter=checks)
+            (moved,) = client.read_events(EventFilter(event=EventNameFilter(name=["chatgraft.champion.moved"])), limit=50).events
+        assert checking.state.is_completed() and checking.parameters["version"] == "1", (
+            (tmp_path / "serve.log").read_text()[-3000:])
+        assert moved.resource.id == "mlflow.registered-model.chatgraft-chat"
+        assert moved.payload["to_version"] == "1" and moved.payload["decision"] == "promoted"
     finally:
         stop(serving)
 

@@ -1,0 +1,213 @@
+"""Champion moved in the MLflow UI: `chatgraft ui` (the MLflow UI on the embedded sqlite store, and `chatgraft watch`
+beside it) hears MLflow's signed webhooks, records each move in the promotion history, undoes a move the policy
+forbids, and refuses deliveries it cannot trust. The moves go through the UI server's REST API, the calls its alias
+editor makes."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+import yaml
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.settings import PREFECT_API_URL
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+from flows import promotion
+from flows.cli import app
+from flows.tracking import history, open_store, registry
+from flows.tracking.store import Store
+from flows.tracking.webhooks import project_keys
+from flows.watch import PATH
+from tests.conftest import answers_health, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+MODEL = "chatgraft-chat"
+GOOD = {"answer_accuracy": 0.7, "termination_rate": 1.0, "repetition_rate": 0.0, "false_refusal_rate": 0.0}
+
+
+class UiProject:
+    """A project, its `chatgraft ui` process, and a client of the UI's server."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env = root, env
+        self.port, self.watch_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flows", "ui", "--project-dir", str(self.root), "--port", str(self.port),
+             "--watch-port", str(self.watch_port)], env=self.env, stdout=subprocess.DEVNULL,
+            stderr=(self.root / "ui.log").open("a"))
+        wait_until(lambda: answers_health(f"http://127.0.0.1:{self.watch_port}"), "chatgraft ui and its receiver",
+                   seconds=180)
+
+    def stop(self) -> list[psutil.Process]:
+        """SIGTERM to `chatgraft ui` alone; returns what it had started."""
+        started = psutil.Process(self.process.pid).children(recursive=True)
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        return started
+
+    @property
+    def store(self) -> Store:
+        os.environ["MLFLOW_TRACKING_URI"] = self.url
+        try:
+            return open_store(self.root, "chatgraft")
+        finally:
+            del os.environ["MLFLOW_TRACKING_URI"]
+
+    def deliver(self, body: bytes, secret: str | None = None) -> requests.Response:
+        """POST a delivery to the receiver, signed as MLflow signs when `secret` is given."""
+        headers = {"Content-Type": "application/json"}
+        if secret is not None:
+            delivery, stamp = str(uuid.uuid4()), str(int(time.time()))
+            digest = hmac.new(secret.encode(), f"{delivery}.{stamp}.".encode() + body, hashlib.sha256).digest()
+            headers |= {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": stamp,
+                        "X-MLflow-Signature": f"v1,{base64.b64encode(digest).decode()}"}
+        return requests.post(f"http://127.0.0.1:{self.watch_port}{PATH}", data=body, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def ui_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiProject]:
+    root = tmp_path_factory.mktemp("ui-moves")
+    policy = {"guardrails": {"termination_rate": {"min": 0.9}}}  # promote.ui_moves: guard, the default
+    (root / "params.yaml").write_text(yaml.safe_dump({"promote": policy}))
+    with prefect_test_harness(server_startup_timeout=120):
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        project = UiProject(root, env | {"PREFECT_API_URL": PREFECT_API_URL.value()})
+        project.start()
+        try:
+            yield project
+        finally:
+            if project.process.poll() is None:
+                project.stop()
+
+
+def add_version(store: Store, metrics: dict[str, float]) -> str:
+    run = store.client.create_run(store.experiment_id)
+    for name, value in metrics.items():
+        store.client.log_metric(run.info.run_id, name, value)
+    if not store.client.search_registered_models(f"name = '{MODEL}'"):
+        store.client.create_registered_model(MODEL)
+    return str(store.client.create_model_version(MODEL, run.info.artifact_uri, run.info.run_id).version)
+
+
+def move_in_ui(client: MlflowClient, version: str) -> None:
+    client.set_registered_model_alias(MODEL, registry.CHAMPION, version)  # POST .../registered-models/alias
+
+
+def entries(store: Store) -> list[tuple[str, str, str, str]]:
+    return [(e.decision, e.from_version, e.to_version, e.actor) for e in history.read(store, MODEL)]
+
+
+def settle(store: Store, count: int) -> list[tuple[str, str, str, str]]:
+    """The history once it holds `count` entries and nothing more arrives for a second."""
+    wait_until(lambda: len(history.read(store, MODEL)) >= count, f"{count} history entries (have {entries(store)})",
+               seconds=60, interval=0.3)
+    time.sleep(1.0)
+    return entries(store)
+
+
+def test_ui_moves_are_recorded_guarded_and_listed(ui_project: UiProject) -> None:
+    store = ui_project.store
+    good, other, failing = add_version(store, GOOD), add_version(store, GOOD), add_version(
+        store, GOOD | {"termination_rate": 0.5})
+
+    move_in_ui(store.client, good)
+    assert settle(store, 1) == [(history.UI_MOVE, "none", good, promotion.UI_ACTOR)]
+
+    move_in_ui(store.client, failing)  # breaks termination_rate >= 0.9: undone within seconds
+    assert settle(store, 3)[1:] == [(history.UI_MOVE, good, failing, promotion.UI_ACTOR),
+                                    (history.REVERTED, failing, good, promotion.GUARD_ACTOR)]
+    assert registry.alias_holder(store, MODEL, registry.CHAMPION) == good
+    failing_tags = registry.version_tags(store, MODEL, failing)
+    assert failing_tags["promotion.decision"] == history.REVERTED
+    assert "termination_rate 0.5 < min 0.9" in failing_tags["promotion.reasons"]
+
+    promotion.set_pinned(store, MODEL, good, True)  # a pinned champion stays until a person unpins it
+    move_in_ui(store.client, other)
+    assert settle(store, 5)[3:] == [(history.UI_MOVE, good, other, promotion.UI_ACTOR),
+                                    (history.REVERTED, other, good, promotion.GUARD_ACTOR)]
+    assert "pinned" in registry.version_tags(store, MODEL, other)["promotion.reasons"]
+    promotion.set_pinned(store, MODEL, good, False)
+
+    listed = CliRunner().invoke(app, ["history", "--project-dir", str(ui_project.root)],
+                                env={"MLFLOW_TRACKING_URI": ui_project.url})
+    assert listed.exit_code == 0, listed.output
+    rows = listed.output.splitlines()[1:]
+    assert [history.UI_MOVE in row for row in rows] == [True, True, False, True, False]
+    assert [history.REVERTED in row for row in rows] == [False, False, True, False, True]
+    assert "termination_rate 0.5 < min 0.9" in rows[2]
+
+    def announced() -> set[tuple[str, str, str]]:  # each move is a Prefect event on the (real, test) server
+        with get_client(sync_client=True) as client:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=[history.MOVED_EVENT])), limit=50)
+        return {(e.payload["from_version"], e.payload["to_version"], e.payload["actor"]) for e in page.events
+                if e.resource.id == f"mlflow.registered-model.{MODEL}"}
+    expected = {(good, failing, promotion.UI_ACTOR), (failing, good, promotion.GUARD_ACTOR)}
+    wait_until(lambda: expected <= announced(), "chatgraft.champion.moved events", seconds=60)
+
+    # two UI moves and a person's promotion at the same time: one champion, three entries, each from the last
+    before = len(history.read(store, MODEL))
+    third = add_version(store, GOOD)
+    moves = [threading.Thread(target=move_in_ui, args=(MlflowClient(ui_project.url, ui_project.url), v))
+             for v in (other, third)]
+    moves.append(threading.Thread(target=promotion.promote_by_hand, args=(store, MODEL, good, "alice", "release")))
+    for thread in moves:
+        thread.start()
+    for thread in moves:
+        thread.join()
+    trail = settle(store, before + 3)
+    assert len(trail) == before + 3, trail
+    for earlier, later in zip(trail[before - 1:], trail[before:]):
+        assert later[1] == earlier[2], trail  # every move starts where the one before ended
+    assert trail[-1][2] == registry.alias_holder(store, MODEL, registry.CHAMPION)
+
+
+def test_deliveries_it_cannot_trust_get_a_4xx_and_change_nothing(ui_project: UiProject) -> None:
+    store = ui_project.store
+    before, holder = entries(store), registry.alias_holder(store, MODEL, registry.CHAMPION)
+    secret = project_keys(ui_project.root).secret
+    move = json.dumps({"entity": "model_version_alias", "action": "created", "timestamp": "2026-11-30T00:00:00",
+                       "data": {"name": MODEL, "alias": "champion", "version": "1"}}).encode()
+    assert ui_project.deliver(move).status_code == 401  # unsigned
+    assert ui_project.deliver(move, secret="not the project's").status_code == 401
+    stranger = move.replace(MODEL.encode(), b"someone-elses-model")
+    assert ui_project.deliver(stranger, secret).status_code == 404
+    assert ui_project.deliver(b"{not json", secret).status_code == 400
+    assert ui_project.deliver(b'{"entity": "model_version_alias"}', secret).status_code == 422
+    assert entries(store) == before
+    assert registry.alias_holder(store, MODEL, registry.CHAMPION) == holder
+
+
+def test_sigterm_stops_everything_it_started_and_a_restart_reconciles_a_missed_move(ui_project: UiProject) -> None:
+    started = ui_project.stop()
+    assert started, "chatgraft ui started no processes"
+    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started),
+               "the UI's processes to stop", seconds=30, interval=0.5)
+
+    embedded = open_store(ui_project.root, "chatgraft")  # no server: nothing hears this move
+    target = add_version(embedded, GOOD)
+    move_in_ui(embedded.client, target)
+    before = len(history.read(embedded, MODEL))
+    ui_project.start()
+    trail = settle(embedded, before + 1)
+    assert trail[-1][2] == target and trail[-1][1] == trail[-2][2]
