@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test ui clean bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu gpu-check stack-up stack-down
+.PHONY: install browser run test ui screenshots clean bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu gpu-check stack-up stack-down
 
 install: $(STAMP)
 
@@ -18,8 +18,18 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/chatgraft run
 
+# Debian's Chromium, which the UI test drives through Playwright (no browser download): only the tests need it.
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+browser:
+	command -v chromium >/dev/null || $(SUDO) apt-get install -y -q chromium >/dev/null \
+		|| ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null)
+
+# The README's pictures of the MLflow UI, from this project's store (after `make run`).
+screenshots: install browser
+	$(PY) infra/local/screenshots.py --project-dir . --out docs/images
+
 # One worker a core; a file's tests stay on one worker (module fixtures: a flow run, a server stack on fixed ports).
-test: install
+test: install browser
 	$(PY) -m pytest -q -n auto --dist loadfile --durations=12 tests
 
 # Benchmarks print figures and ratios against baselines measured in the same run (never timed tests).

@@ -130,8 +130,10 @@ def hear_outside_move(store: Store, policy: PromoteParams, version: str | None, 
         holder = registry.alias_holder(store, model, registry.CHAMPION) or "none"
         if target == recorded:
             return f"champion -> {target}: already recorded"
-        if target != holder and history.left_unrecorded(store, model, target):
-            return f"champion -> {target}: already passed on by a later move, which recorded leaving it"
+        # a move already replaced by another: recorded unless that one is already recorded (it was delivered first:
+        # two moves within milliseconds are recorded as the later one, never out of order)
+        if target != holder and (holder == recorded or history.left_unrecorded(store, model, target)):
+            return f"champion -> {target}: already replaced by a recorded move to {holder}"
         if version is None:
             registry.record_decision(store, model, recorded, history.UI_REMOVAL, ["alias removed in the MLflow UI"],
                                      actor, recorded, to_version="none")

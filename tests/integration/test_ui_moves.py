@@ -1,7 +1,7 @@
 """Champion moved in the MLflow UI: `chatgraft ui` (the MLflow UI on the embedded sqlite store, and `chatgraft watch`
 beside it) hears MLflow's signed webhooks, records each move in the promotion history, undoes a move the policy
-forbids, and refuses deliveries it cannot trust. The moves go through the UI server's REST API, the calls its alias
-editor makes."""
+forbids, and refuses deliveries it cannot trust. Moves are made in Chromium with the UI's alias editor, and (for
+the races) through the UI server's REST API, the calls that editor makes."""
 from __future__ import annotations
 
 import base64
@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 import requests
 import yaml
 from mlflow import MlflowClient
+from playwright.sync_api import sync_playwright
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.settings import PREFECT_API_URL
@@ -39,6 +41,7 @@ from tests.conftest import answers_health, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 MODEL = "chatgraft-chat"
+CHROMIUM = shutil.which("chromium") or "chromium (Debian's package: `make browser` installs it)"
 GOOD = {"answer_accuracy": 0.7, "termination_rate": 1.0, "repetition_rate": 0.0, "false_refusal_rate": 0.0}
 
 
@@ -165,21 +168,61 @@ def test_ui_moves_are_recorded_guarded_and_listed(ui_project: UiProject) -> None
     expected = {(good, failing, promotion.UI_ACTOR), (failing, good, promotion.GUARD_ACTOR)}
     wait_until(lambda: expected <= announced(), "chatgraft.champion.moved events", seconds=60)
 
-    # two UI moves and a person's promotion at the same time: one champion, three entries, each from the last
+    # two people's UI moves and a third's promotion at the same time (the UI moves a click apart: moves within the
+    # same milliseconds may be delivered out of order and are then recorded as the later one alone): one champion,
+    # three entries, each from where the one before ended
     before = len(history.read(store, MODEL))
     third = add_version(store, GOOD)
-    moves = [threading.Thread(target=move_in_ui, args=(MlflowClient(ui_project.url, ui_project.url), v))
-             for v in (other, third)]
-    moves.append(threading.Thread(target=promotion.promote_by_hand, args=(store, MODEL, good, "alice", "release")))
+    moves = [threading.Thread(target=promotion.promote_by_hand, args=(store, MODEL, good, "alice", "release"))]
+    moves += [threading.Thread(target=lambda v=v, delay=delay: (time.sleep(delay), move_in_ui(
+        MlflowClient(ui_project.url, ui_project.url), v))) for v, delay in ((other, 0.0), (third, 0.2))]
     for thread in moves:
         thread.start()
     for thread in moves:
         thread.join()
     trail = settle(store, before + 3)
-    assert len(trail) == before + 3, trail
+    assert len(trail) == before + 3, "\n".join(map(str, trail))
     for earlier, later in zip(trail[before - 1:], trail[before:]):
         assert later[1] == earlier[2], trail  # every move starts where the one before ended
     assert trail[-1][2] == registry.alias_holder(store, MODEL, registry.CHAMPION)
+
+
+def move_in_browser(url: str, version: str, screenshot: Path) -> None:
+    """Set `champion` on `version` with the MLflow UI's own alias editor, in Debian's Chromium."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{url}/#/models/{MODEL}/versions/{version}")
+            page.get_by_role("button", name="Add").first.click()  # Aliases: Add
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_role("combobox").fill(registry.CHAMPION)
+            dialog.get_by_role("combobox").press("Enter")
+            dialog.get_by_role("button", name="Save aliases").click()
+            dialog.wait_for(state="hidden")
+            page.wait_for_timeout(3000)  # the receiver answers within a second or two
+            page.reload()
+            page.get_by_text("promotion.decision").wait_for()
+            page.screenshot(path=screenshot)
+        finally:
+            browser.close()
+
+
+def test_a_move_in_the_browser_is_heard_and_a_failing_one_reverted(ui_project: UiProject, tmp_path: Path) -> None:
+    store = ui_project.store
+    good, failing = add_version(store, GOOD), add_version(store, GOOD | {"termination_rate": 0.5})
+    before = len(history.read(store, MODEL))
+    move_in_browser(ui_project.url, good, tmp_path / "good.png")
+    move_in_browser(ui_project.url, failing, tmp_path / "failing.png")
+    trail = settle(store, before + 3)
+    assert trail[before:] == [(history.UI_MOVE, trail[before - 1][2], good, promotion.UI_ACTOR),
+                              (history.UI_MOVE, good, failing, promotion.UI_ACTOR),
+                              (history.REVERTED, failing, good, promotion.GUARD_ACTOR)]
+    assert registry.alias_holder(store, MODEL, registry.CHAMPION) == good
+    assert "termination_rate 0.5 < min 0.9" in registry.version_tags(store, MODEL, failing)["promotion.reasons"]
+    listed = CliRunner().invoke(app, ["history", "--project-dir", str(ui_project.root)],
+                                env={"MLFLOW_TRACKING_URI": ui_project.url}).output.splitlines()
+    assert [row.split()[-1] for row in listed[-3:]] == ["UI", "UI", "0.9"]  # actor, actor, the reason's bound
 
 
 def test_deliveries_it_cannot_trust_get_a_4xx_and_change_nothing(ui_project: UiProject) -> None:
