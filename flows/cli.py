@@ -30,29 +30,38 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="override a param before running, e.g. merge.ratios=[0.5,1.0]"),
     no_wait: bool = typer.Option(False, "--no-wait", help="refuse at once when another run is working in the "
                                  "project, instead of waiting up to flow.workspace_wait_seconds"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every stage's output and Prefect's log "
+                                 "here, instead of one line a stage (the output is in .chatgraft/logs either way)"),
 ) -> None:
     """Run the retrain flow: every stage through DVC, tracked in MLflow, winner registered and maybe promoted.
 
-    SIGTERM (what schedulers and Kubernetes send) and Ctrl-C end the run cleanly: the running stage is stopped,
-    its runs are marked failed, and the run's slots and the project are released.
+    Shows one line a stage (reproduced or cached, time, headline metric) and the running stage's progress; each
+    stage's output goes to .chatgraft/logs/<flow run>/<stage>.log and to its MLflow run. SIGTERM (what schedulers
+    and Kubernetes send) and Ctrl-C end the run cleanly: the running stage is stopped, its runs are marked failed,
+    and the run's slots and the project are released.
     """
+    import os
+
     from flows.params_file import apply_overrides
     from pipelines.config import ParamsError
 
+    if not verbose:  # before Prefect loads its logging settings: its task-run lines stay in the API's log
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
         apply_overrides(project_dir / "params.yaml", set_)  # before Prefect and MLflow load: a typo is answered at once
         _check_inputs(project_dir)  # before Prefect starts: a bad input is answered in seconds
-        result = _retrain(project_dir, wait=not no_wait)
+        result = _retrain(project_dir, wait=not no_wait, stage_logs=not verbose)
     except ParamsError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2)
     typer.echo("\n" + result.leaderboard)
 
 
-def _retrain(project_dir: Path, wait: bool) -> RetrainResult:
-    """The retrain flow, ended cleanly by SIGTERM; a busy project or slot is exit status 3."""
+def _retrain(project_dir: Path, wait: bool, stage_logs: bool) -> RetrainResult:
+    """The retrain flow, ended cleanly by SIGTERM; a busy project or slot is exit status 3, a failed stage 1."""
     from prefect.exceptions import TerminationSignal
 
+    from flows.dvc_project import StageFailed
     from flows.retrain import retrain
     from flows.slots import SlotWaitTimeout
     from flows.workspace import WorkspaceBusy
@@ -62,10 +71,13 @@ def _retrain(project_dir: Path, wait: bool) -> RetrainResult:
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        return retrain(project_dir=str(project_dir), wait_for_workspace=wait)
+        return retrain(project_dir=str(project_dir), wait_for_workspace=wait, stage_logs=stage_logs)
     except (WorkspaceBusy, SlotWaitTimeout) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(3)
+    except StageFailed as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1)
 
 
 def _check_inputs(project_dir: Path) -> None:
@@ -319,9 +331,8 @@ def ui(
     try:
         if no_watch or uri.startswith("http"):  # a server of one's own delivers to a `chatgraft watch` of one's own
             raise typer.Exit(server.wait())
-        _wait_for_server(server, f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
-        os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else \
-            f"http://{host}:{port}"
+        os.environ["MLFLOW_TRACKING_URI"] = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        _wait_for_server(server, os.environ["MLFLOW_TRACKING_URI"])
         _watch(root, host, watch_port, None)
     finally:
         _stop_group(server)

@@ -23,6 +23,7 @@ class RunContext:
     dvc: DvcProject
     store: Store
     parent_run_id: str = ""
+    stage_logs: Path | None = None  # a folder: each stage's output goes to <stage>.log there, one line to the terminal
 
     @property
     def layout(self) -> Layout:

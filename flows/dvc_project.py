@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import chdir, contextmanager, suppress
+from contextlib import ExitStack, chdir, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import yaml
 from dvc import stage as dvc_stage
 from dvc.repo import Repo
 
+from flows.console import last_lines
 
 LOCKED = "Unable to acquire lock"  # what DVC prints when another DVC process holds the repository
 STOP_SECONDS = 10
@@ -68,29 +69,38 @@ class DvcProject:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _dvc(self, *args: str, env: dict[str, str] | None = None, stream: bool = False) -> str:
-        """Run a dvc command; `stream` shows its output (the stage's progress bars) as it runs."""
+    def _dvc(self, *args: str, env: dict[str, str] | None = None, stream: bool = False,
+             log: Path | None = None) -> str:
+        """Run a dvc command; `stream` shows its output (the stage's progress bars) as it runs, `log` writes it
+        there instead (a failure then quotes its last lines and names the file)."""
         # Stage commands say `python`: it must be this interpreter, with the project installed.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        # in this process's group: a kill of the group (an OOM kill, kill -9 -PGID, a pod's end) ends the stage too,
-        # never leaving it running unseen with DVC's lock; when only this process is told to stop, it stops the tree
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dvc", *args], cwd=self.root, env={**os.environ, "PATH": path, **(env or {})},
-            stdout=None if stream else subprocess.PIPE, stderr=None if stream else subprocess.PIPE, text=True,
-        )
-        try:
-            stdout, stderr = process.communicate()
-        except BaseException:
-            _stop_tree(process)
-            raise
+        with ExitStack() as files:
+            output = files.enter_context(log.open("w")) if log else None
+            # in this process's group: a kill of the group (an OOM kill, kill -9 -PGID, a pod's end) ends the stage
+            # too, never leaving it running unseen with DVC's lock; when only this process is told to stop, it
+            # stops the tree
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dvc", *args], cwd=self.root, env={**os.environ, "PATH": path, **(env or {})},
+                stdout=output or (None if stream else subprocess.PIPE),
+                stderr=subprocess.STDOUT if output else (None if stream else subprocess.PIPE), text=True,
+            )
+            try:
+                stdout, stderr = process.communicate()
+            except BaseException:
+                _stop_tree(process)
+                raise
         result = subprocess.CompletedProcess(process.args, process.returncode, stdout or "", stderr or "")
+        if log:
+            result.stdout = log.read_text(errors="replace")
         if result.returncode != 0 and LOCKED in result.stdout + result.stderr:
             raise DvcLocked(f"`dvc {' '.join(args)}` in {self.root}: another DVC command holds the "
                                   "repository's lock (a `dvc` run by hand?)")
         if result.returncode != 0:
-            output = "(its output is above)" if stream else "\n".join(
-                (result.stdout + result.stderr).splitlines()[-40:])
-            raise StageFailed(f"`dvc {' '.join(args)}` failed in {self.root} (exit {result.returncode}):\n{output}")
+            output_text = f"{last_lines(log)}\n(the whole output: {log})" if log else "(its output is above)" if \
+                stream else "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+            raise StageFailed(f"`dvc {' '.join(args)}` failed in {self.root} (exit {result.returncode}):\n"
+                              f"{output_text}")
         return result.stdout or ""
 
     @contextmanager
@@ -110,9 +120,9 @@ class DvcProject:
         with self._repo() as repo:
             return not repo.status(targets=[stage])
 
-    def reproduce(self, stage: str, env: dict[str, str] | None = None) -> None:
-        """Run `dvc repro --single-item` for one stage, its output shown as it runs."""
-        self._dvc("repro", "--single-item", stage, env=env, stream=True)
+    def reproduce(self, stage: str, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+        """Run `dvc repro --single-item` for one stage, its output shown as it runs, or written to `log`."""
+        self._dvc("repro", "--single-item", stage, env=env, stream=log is None, log=log)
 
     def spec(self, stage: str) -> StageSpec:
         """The params, metrics, plots and other outputs the stage declares in dvc.yaml."""

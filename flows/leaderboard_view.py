@@ -55,7 +55,8 @@ def version_markdown(model: str, version: str, row: LeaderboardRow, champion: Ch
     verdict = "all met" if row.eligible else "; ".join(row.violations)
     lines += ["", f"**guardrails:** {verdict}", "",
               f"To make it champion: `chatgraft promote {version} --reason \"...\"`, or in the MLflow UI: Models > "
-              f"{model} > Version {version} > Aliases > add `champion` (recorded as a move found afterwards).", "",
+              f"{model} > Version {version} > Aliases > add `champion` (in the UI `chatgraft ui` opens, the move is "
+              "recorded, and undone when the version breaks a guardrail).", "",
               "### The leaderboard of the run that registered it", "", leaderboard_md]
     return "\n".join(lines)
 

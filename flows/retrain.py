@@ -26,6 +26,8 @@ from flows.tasks import (
 from flows.tracking.stage_runs import describe_stages, log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock
 
+STAGE_LOGS = Path(".chatgraft") / "logs"
+
 
 @dataclass(frozen=True)
 class RetrainResult:
@@ -41,13 +43,17 @@ class RetrainResult:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(project_dir: str = ".", wait_for_workspace: bool = True) -> RetrainResult:
+def retrain(project_dir: str = ".", wait_for_workspace: bool = True, stage_logs: bool = False) -> RetrainResult:
     """Reproduce every stage through DVC, track each in MLflow, register the winner and apply the promotion policy.
 
     One run per project at a time: another waits (`flow.workspace_wait_seconds`), or refuses at once when
     `wait_for_workspace` is false; the run that gets the project first closes what killed runs left open.
+    With `stage_logs`, each stage's output goes to .chatgraft/logs/<flow run>/<stage>.log (and its MLflow run)
+    instead of the terminal, which gets one line a stage.
     """
     ctx = open_project(Path(project_dir))
+    if stage_logs:
+        ctx = replace(ctx, stage_logs=ctx.root / STAGE_LOGS / str(flow_run.name or "local"))
     require_usable_inputs(ctx.params, ctx.root)
     logger = get_run_logger()
     wait = ctx.params.flow.workspace_wait_seconds if wait_for_workspace else 0.0

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
+from flows.console import live_line, say, stage_line
 from flows.context import RunContext
 from flows.dvc_project import PipelineStage, StageFailed
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
@@ -18,7 +20,7 @@ from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
 from flows.tracking import registry
 from flows.tracking.stage_runs import (
-    find_stage_run, link_stage_run, log_metrics, log_stage_outputs, log_text, set_tags, tracked_run,
+    find_stage_run, link_stage_run, log_file, log_metrics, log_stage_outputs, log_text, set_tags, tracked_run,
 )
 from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.corpus.files import EVAL
@@ -77,22 +79,46 @@ def import_documents(ctx: RunContext) -> str | None:
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     """Reproduce one DVC stage and log its files to a nested MLflow run; a stage DVC skips (up to date) is linked
-    to the run that reproduced what dvc.lock records, and logged again from its files only when there is none."""
+    to the run that reproduced what dvc.lock records, and logged again from its files only when there is none.
+    With `ctx.stage_logs`, the stage's output goes to its log file (an artifact of its run) and the terminal gets
+    one line."""
+    started = time.monotonic()
     cached = ctx.dvc.is_up_to_date(stage)
     earlier = find_stage_run(ctx.store, stage, ctx.dvc.lock_hashes(stage)) if cached else None
     if earlier:
         if ctx.parent_run_id:
             link_stage_run(ctx.store, ctx.parent_run_id, stage, earlier)
         get_run_logger().info("%s: up to date, its results are in MLflow run %s", stage, earlier)
-        return StageOutcome(stage, earlier, cached=True)
+        return _shown(ctx, StageOutcome(stage, earlier, cached=True), started)
     tags = {"stage": stage, "cached": str(cached).lower(), **lineage_tags(ctx.root)}
     with tracked_run(ctx.store, stage, tags, ctx.parent_run_id) as run_id:
         if not cached:
-            ctx.dvc.reproduce(stage, env={"MLFLOW_TRACKING_URI": ctx.store.uri, "MLFLOW_RUN_ID": run_id})
+            _reproduce(ctx, stage, run_id)
         log_stage_outputs(ctx.store, run_id, ctx.root, ctx.dvc.spec(stage), ctx.raw_params)
         set_tags(ctx.store, run_id, lineage_tags(ctx.root, ctx.dvc.lock_hashes(stage)))
     get_run_logger().info("%s: %s", stage, "up to date, logged from its files" if cached else "reproduced")
-    return StageOutcome(stage, run_id, cached)
+    return _shown(ctx, StageOutcome(stage, run_id, cached), started)
+
+
+def _reproduce(ctx: RunContext, stage: str, run_id: str) -> None:
+    env = {"MLFLOW_TRACKING_URI": ctx.store.uri, "MLFLOW_RUN_ID": run_id}
+    if ctx.stage_logs is None:
+        ctx.dvc.reproduce(stage, env=env)
+        return
+    log = ctx.stage_logs / f"{stage.replace('@', '-')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with live_line(stage, log):
+            ctx.dvc.reproduce(stage, env=env, log=log)
+    finally:
+        log_file(ctx.store, run_id, log, "logs")
+
+
+def _shown(ctx: RunContext, outcome: StageOutcome, started: float) -> StageOutcome:
+    if ctx.stage_logs is not None:
+        metrics = ctx.store.client.get_run(outcome.run_id).data.metrics
+        say(stage_line(outcome.stage, not outcome.cached, time.monotonic() - started, metrics))
+    return outcome
 
 
 @task(name="save-experiment", cache_policy=NO_CACHE)

@@ -133,6 +133,11 @@ def describe_stages(store: Store, run_id: str, rows: list[tuple[str, bool, str]]
     store.client.set_tag(run_id, "mlflow.note.content", f"{head}\n\n| stage | | run |\n|---|---|---|\n{table}\n")
 
 
+def log_file(store: Store, run_id: str, path: Path, folder: str) -> None:
+    """Log a file as an artifact of the run, under `folder`."""
+    store.client.log_artifact(run_id, str(path), folder)
+
+
 def log_text(store: Store, run_id: str, text: str, artifact_file: str) -> None:
     """Log a text (markdown, say) as an artifact file of the run."""
     store.client.log_text(run_id, text, artifact_file)

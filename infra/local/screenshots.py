@@ -1,4 +1,5 @@
-"""Screenshots of a project's MLflow UI for the README: the registered model, a version's page, the promotion history.
+"""Screenshots of a project's MLflow UI for the README: the registered model, a version's page, the promotion history
+(its runs table: a project with a few moves shows more than one row).
 
     make screenshots   (python infra/local/screenshots.py --project-dir . --out docs/images)
 
@@ -36,7 +37,7 @@ def _wait(url: str, seconds: float = 180) -> None:
 
 def _shoot(page: Page, url: str, out: Path, wait_for: str) -> None:
     page.goto(url)
-    page.get_by_text(wait_for).first.wait_for()
+    page.get_by_text(wait_for).last.wait_for()
     assistant = page.get_by_role("button", name="Close")  # the MLflow Assistant panel, when it is open
     if assistant.count():
         assistant.first.click()
@@ -64,7 +65,7 @@ def take_screenshots(project_dir: Path, out: Path, port: int = 5700) -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             _shoot(page, f"{url}/#/models/{model}", out / "registry.png", "champion")
             _shoot(page, f"{url}/#/models/{model}/versions/{champion}", out / "version.png", "promotion.decision")
-            _shoot(page, f"{url}/#/experiments/{history}", out / "history.png", model)
+            _shoot(page, f"{url}/#/experiments/{history}/runs", out / "history.png", "matching run")
             browser.close()
     finally:
         ui.send_signal(signal.SIGTERM)

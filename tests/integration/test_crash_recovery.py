@@ -50,7 +50,7 @@ def environment(root: Path) -> dict[str, str]:
 
 
 def start(root: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([CHATGRAFT, "run", "--project-dir", str(root)], env=environment(root),
+    return subprocess.Popen([CHATGRAFT, "run", "--verbose", "--project-dir", str(root)], env=environment(root),
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -122,7 +122,7 @@ def crashed_chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subpr
     rng = random.Random(21)
     for step in ("cp", "align@c-rlft", "register", "promote", "push"):
         kill_inside(root, step, rng)
-    final = subprocess.run([CHATGRAFT, "run", "--project-dir", str(root)], env=environment(root),
+    final = subprocess.run([CHATGRAFT, "run", "--verbose", "--project-dir", str(root)], env=environment(root),
                            capture_output=True, text=True, timeout=900)
     return root, final
 

@@ -12,7 +12,7 @@ DVC_YAML = """stages:
     cmd: python -c "open('out.txt', 'w').write('hello')"
     outs: [out.txt]
   broken:
-    cmd: python -c "raise SystemExit(3)"
+    cmd: python -c "print('reading data/eval.jsonl'); raise SystemExit('data/eval.jsonl line 3, no key question')"
   score:
     cmd: python -c "import json; json.dump(dict(score=1), open('score.json', 'w'))"
     metrics:
@@ -45,6 +45,17 @@ def test_reproduce_then_up_to_date_with_hashes(project: DvcProject) -> None:
 def test_failing_stage_raises_naming_it(project: DvcProject) -> None:
     with pytest.raises(StageFailed, match=r"`dvc repro --single-item broken` failed .*exit"):
         project.reproduce("broken")
+
+
+def test_a_failing_stage_with_a_log_quotes_its_last_lines_and_names_the_file(project: DvcProject,
+                                                                            tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "broken.log"
+    log.parent.mkdir()
+    with pytest.raises(StageFailed) as failed:
+        project.reproduce("broken", log=log)
+    message = str(failed.value)
+    assert "data/eval.jsonl line 3, no key question" in message and message.endswith(f"(the whole output: {log})")
+    assert "reading data/eval.jsonl" in log.read_text()  # the stage's output went to the file, whole
 
 
 def test_stages_in_the_files_order_with_their_gpu_mark(project: DvcProject) -> None:

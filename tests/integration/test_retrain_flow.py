@@ -52,7 +52,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> tuple
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = make_project(tmp_path_factory.mktemp("flow") / "project", FLOW_PARAMS)
-    result = retrain(project_dir=str(root))
+    result = retrain(project_dir=str(root), stage_logs=True)  # as `chatgraft run` does; the reruns stream
     yield root, result, MlflowClient(embedded_uri(root), embedded_uri(root))
     mp.undo()
 
@@ -73,6 +73,17 @@ def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
     page = client.get_model_version(MODEL, "1").description  # what a person reads in the registry
     assert page.startswith(f"## Version 1: {result.winner}") and "| champion (none yet) | this version |" in page
     assert "| answer_accuracy | - |" in page and "`chatgraft promote 1" in page and "| rank | candidate |" in page
+
+
+def test_each_stages_output_is_in_its_log_file_and_its_mlflow_run(first_run) -> None:
+    root, _, client = first_run
+    (logs,) = (root / ".chatgraft" / "logs").iterdir()  # one folder a flow run, named after it
+    assert sorted(log.stem for log in logs.iterdir()) == sorted(stage.replace("@", "-") for stage in STAGES)
+    cp_log = (logs / "cp.log").read_bytes().decode()
+    assert "Running stage 'cp'" in cp_log and "\r" in cp_log  # DVC's lines and the Trainer's progress bar
+    experiment = client.get_experiment_by_name("chatgraft").experiment_id
+    (cp_run,) = client.search_runs([experiment], "attributes.run_name = 'cp'")
+    assert [a.path for a in client.list_artifacts(cp_run.info.run_id, "logs")] == ["logs/cp.log"]
 
 
 def test_dvc_metrics_fit_a_terminal_and_the_plots_open_offline(first_run) -> None:

@@ -181,9 +181,11 @@ def test_dvc_pull_in_a_fresh_clone_restores_the_models(stack, tmp_path: Path) ->
 
 
 def chatgraft_run(root: Path, env: dict[str, str], *overrides: str, log: Path) -> subprocess.Popen:
-    """`chatgraft run` against the stack in the background, output to `log`."""
+    """`chatgraft run --verbose` (every stage's output and Prefect's log, which the faults are timed by) against the
+    stack in the background, output to `log`."""
     sets = [arg for override in overrides for arg in ("--set", override)]
-    return subprocess.Popen([str(Path(sys.executable).parent / "chatgraft"), "run", "--project-dir", str(root), *sets],
+    command = [str(Path(sys.executable).parent / "chatgraft"), "run", "--verbose", "--project-dir", str(root), *sets]
+    return subprocess.Popen(command,
                             env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

@@ -1,0 +1,28 @@
+"""What `chatgraft run` shows: a stage's latest output line (a progress bar's last redraw), its one summary line."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from flows.console import last_lines, last_output_line, live_line, stage_line
+
+
+def test_the_latest_line_is_a_progress_bars_last_redraw(tmp_path: Path) -> None:
+    log = tmp_path / "cp.log"
+    assert last_output_line(log) == ""  # not written yet
+    log.write_text("Running stage 'cp':\n 10%|#         | 2/20\r 50%|#####     | 10/20\r 55%|#####5    | 11/20\r")
+    assert last_output_line(log) == "55%|#####5    | 11/20"
+    assert last_lines(log, 2) == "Running stage 'cp':\n 55%|#####5    | 11/20"
+
+
+def test_one_line_a_stage_with_its_headline_metric() -> None:
+    line = stage_line("evaluate-merged@1.0", True, 12.34, {"repetition_rate": 0.0, "answer_accuracy": 0.6417})
+    assert line.split() == ["evaluate-merged@1.0", "reproduced", "12.3", "s", "answer_accuracy", "0.6417"]
+    assert stage_line("plots", False, 0.2, {}).split() == ["plots", "cached", "0.2", "s"]
+
+
+def test_no_live_line_off_a_terminal(tmp_path: Path) -> None:
+    out = io.StringIO()  # not a tty: a scheduler's log gets nothing redrawn
+    with live_line("cp", tmp_path / "cp.log", out, seconds=0.01):
+        pass
+    assert out.getvalue() == ""
