@@ -5,6 +5,7 @@ import getpass
 import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from collections.abc import Callable
@@ -40,13 +41,9 @@ def run(
     and Kubernetes send) and Ctrl-C end the run cleanly: the running stage is stopped, its runs are marked failed,
     and the run's slots and the project are released.
     """
-    import os
-
     from flows.params_file import apply_overrides
     from pipelines.config import ParamsError
 
-    if not verbose:  # before Prefect loads its logging settings: its task-run lines stay in the API's log
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
         apply_overrides(project_dir / "params.yaml", set_)  # before Prefect and MLflow load: a typo is answered at once
         _check_inputs(project_dir)  # before Prefect starts: a bad input is answered in seconds
@@ -61,6 +58,7 @@ def _retrain(project_dir: Path, wait: bool, stage_logs: bool) -> RetrainResult:
     """The retrain flow, ended cleanly by SIGTERM; a busy project or slot is exit status 3, a failed stage 1."""
     from prefect.exceptions import TerminationSignal
 
+    from flows.console import quiet_prefect_console
     from flows.dvc_project import StageFailed
     from flows.retrain import retrain
     from flows.slots import SlotWaitTimeout
@@ -71,7 +69,8 @@ def _retrain(project_dir: Path, wait: bool, stage_logs: bool) -> RetrainResult:
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        return retrain(project_dir=str(project_dir), wait_for_workspace=wait, stage_logs=stage_logs)
+        with quiet_prefect_console() if stage_logs else nullcontext():  # its task-run lines stay in the API's log
+            return retrain(project_dir=str(project_dir), wait_for_workspace=wait, stage_logs=stage_logs)
     except (WorkspaceBusy, SlotWaitTimeout) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(3)

@@ -3,6 +3,7 @@ and, on a terminal, one live line with the running stage's latest output (its pr
 output goes to its log file, kept with the run and logged to the stage's MLflow run."""
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import threading
@@ -70,3 +71,23 @@ def say(line: str, out: TextIO = sys.stdout) -> None:
     """Write a line for the person at the terminal (not through Prefect's logger, which the quiet mode silences)."""
     out.write(line + "\n")
     out.flush()
+
+
+@contextmanager
+def quiet_prefect_console(level: int = logging.WARNING) -> Iterator[None]:
+    """While the block runs, Prefect's console handlers show `level` and above only (its task-run lines still reach
+    the flow run's log in the API); their levels are restored after."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(found for found in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(found, logging.Logger))]
+    handlers = {handler for logger in loggers for handler in logger.handlers
+                if isinstance(handler, PrefectConsoleHandler)}
+    levels = {handler: handler.level for handler in handlers}
+    for handler in handlers:
+        handler.setLevel(max(level, handler.level))
+    try:
+        yield
+    finally:
+        for handler, before in levels.items():
+            handler.setLevel(before)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
-from flows.console import last_lines, last_output_line, live_line, stage_line
+from flows.console import last_lines, last_output_line, live_line, quiet_prefect_console, stage_line
 
 
 def test_the_latest_line_is_a_progress_bars_last_redraw(tmp_path: Path) -> None:
@@ -26,3 +27,16 @@ def test_no_live_line_off_a_terminal(tmp_path: Path) -> None:
     with live_line("cp", tmp_path / "cp.log", out, seconds=0.01):
         pass
     assert out.getvalue() == ""
+
+
+def test_prefect_console_shows_warnings_only_inside_the_block_and_nothing_leaks() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handler = PrefectConsoleHandler()
+    logging.getLogger("prefect.test-quiet-console").addHandler(handler)
+    try:
+        with quiet_prefect_console():
+            assert handler.level == logging.WARNING
+        assert handler.level == logging.NOTSET  # a later run in this process (a test's CliRunner) is not quieted
+    finally:
+        logging.getLogger("prefect.test-quiet-console").removeHandler(handler)
