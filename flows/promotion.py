@@ -118,13 +118,11 @@ def set_pinned(store: Store, model: str, version: str, pinned: bool) -> None:
 
 
 def hear_outside_move(store: Store, policy: PromoteParams, version: str | None, mode: Literal["audit", "guard"],
-                      user: str | None = None, wait_seconds: float = WAIT_SECONDS) -> str:
+                      wait_seconds: float = WAIT_SECONDS) -> str:
     """Record a move of `champion` made outside chatgraft (in the MLflow UI) to `version` (None: the alias was
     removed); under `guard`, undo it when the version breaks a guardrail of the policy or the champion it replaced
     is pinned. Returns what was done, in words."""
-    model = policy.registered_model
-    actor = f"{UI_ACTOR} ({user})" if user else UI_ACTOR
-    target = version or "none"
+    model, target = policy.registered_model, version or "none"
     with promotion_lock(wait_seconds, LOGGER):
         recorded = history.recorded_champion(store, model)
         holder = registry.alias_holder(store, model, registry.CHAMPION) or "none"
@@ -136,9 +134,9 @@ def hear_outside_move(store: Store, policy: PromoteParams, version: str | None, 
             return f"champion -> {target}: already replaced by a recorded move to {holder}"
         if version is None:
             registry.record_decision(store, model, recorded, history.UI_REMOVAL, ["alias removed in the MLflow UI"],
-                                     actor, recorded, to_version="none")
+                                     UI_ACTOR, recorded, to_version="none")
         else:
-            registry.record_decision(store, model, version, history.UI_MOVE, ["alias set in the MLflow UI"], actor,
+            registry.record_decision(store, model, version, history.UI_MOVE, ["alias set in the MLflow UI"], UI_ACTOR,
                                      None if recorded == "none" else recorded, rollback_to=recorded)
         problems = _guard_problems(store, policy, version, recorded) if mode == "guard" and target == holder else []
         if not problems:

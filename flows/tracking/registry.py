@@ -19,7 +19,8 @@ EVAL_FINGERPRINT_TAG = "eval_fingerprint"  # what the version's metrics were mea
 EVAL_RUN_TAG = "eval_run_id"  # the run holding those metrics, when not the one that registered the version
 INCOMPLETE_TAG = "incomplete"  # `true`: a killed run left the version without its lineage; never a candidate
 MODEL_DESCRIPTION = (f"Chat models made by chatgraft (continual pretraining + chat vector). Every decision about "
-                     f"`champion`, by the flow or by a person, is a run of the MLflow experiment "
+                     f"`champion`, by the flow, by a person, or in this UI (heard by `chatgraft watch`, which "
+                     f"`chatgraft ui` starts), is a run of the MLflow experiment "
                      f"`{history.HISTORY_EXPERIMENT}`; `chatgraft history` prints them.")
 
 def _requirements() -> list[str]:
