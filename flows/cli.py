@@ -302,6 +302,19 @@ def history(
 
 
 @app.command()
+def status(
+    project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
+) -> None:
+    """The registry at a glance: every version with its aliases, pin, latest decision and primary metric, and
+    where the champion came from."""
+    from flows.context import open_project
+    from flows.registry_view import registry_overview
+
+    ctx = open_project(project_dir)
+    typer.echo(registry_overview(ctx.store, ctx.params.promote.registered_model, ctx.params.promote.primary_metric))
+
+
+@app.command()
 def ui(
     project_dir: Path = typer.Option(Path("."), help="project directory holding the embedded store"),
     port: int = typer.Option(5000, help="port of the UI"),

@@ -94,7 +94,8 @@ def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     with tracked_run(ctx.store, stage, tags, ctx.parent_run_id) as run_id:
         if not cached:
             _reproduce(ctx, stage, run_id)
-        log_stage_outputs(ctx.store, run_id, ctx.root, ctx.dvc.spec(stage), ctx.raw_params)
+        log_stage_outputs(ctx.store, run_id, ctx.root, ctx.dvc.spec(stage), ctx.raw_params,
+                          ctx.params.flow.answers_view)
         set_tags(ctx.store, run_id, lineage_tags(ctx.root, ctx.dvc.lock_hashes(stage)))
     get_run_logger().info("%s: %s", stage, "up to date, logged from its files" if cached else "reproduced")
     return _shown(ctx, StageOutcome(stage, run_id, cached), started)

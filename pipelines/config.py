@@ -378,6 +378,8 @@ class FlowParams(Section):
     workspace_wait_seconds: float = Field(21600.0, ge=0, description="longest wait for another run in the same "
                                           "project to finish before this one gives up; 0: refuse at once")
     retries: int = Field(2, ge=0, description="retries of a task that failed on a service (MLflow, S3), not on a stage")
+    answers_view: bool = Field(True, description="log each evaluated candidate's answers and their scores to MLflow's "
+                               "evaluation view (mlflow.genai.evaluate), where people compare candidates' answers")
     retry_delay_seconds: float = Field(10.0, ge=0, description="wait before each retry")
     inbox: str | None = Field(
         None, description="new corpus files: a folder (relative to the project) or s3://bucket/prefix; null: none"

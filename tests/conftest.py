@@ -39,7 +39,8 @@ TINY_PARAMS = {
     # dvc.yaml names align keys too; methods [] keeps the flow tests short (one test turns them on)
     "align": {**AlignParams().model_dump(), "methods": [],
               "train": {"steps": 12, "batch_size": 8, "block_size": 32, "learning_rate": 2.0e-3}},
-    "flow": {"retries": 2, "retry_delay_seconds": 1.0},
+    # the answers' evaluation view costs seconds a candidate: the retrain flow's test turns it on
+    "flow": {"retries": 2, "retry_delay_seconds": 1.0, "answers_view": False},
 }
 # The whole flow with one merge branch: for tests of the orchestration around the stages, not of the ratios
 ONE_BRANCH_PARAMS = {**TINY_PARAMS, "merge": {**TINY_PARAMS["merge"], "ratios": [1.0]}}

@@ -6,6 +6,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from flows.tracking import history
@@ -89,6 +90,22 @@ def complete_champion_audit(store: Store, model: str, actor: str) -> str | None:
     else:
         record_decision(store, model, version, "promoted", reasons, actor, None if recorded == "none" else recorded)
     return version
+
+
+def versions(store: Store, model: str) -> list[ModelVersion]:
+    """Every version of `model`, newest first, with its tags."""
+    held = store.client.search_model_versions(f"name = '{model}'")
+    return sorted(held, key=lambda v: int(v.version), reverse=True)
+
+
+def aliases(store: Store, model: str) -> dict[str, str]:
+    """Each alias of `model` and the version it points at."""
+    return {alias: str(version) for alias, version in store.client.get_registered_model(model).aliases.items()}
+
+
+def registering_run(store: Store, model: str, version: str) -> str | None:
+    """The MLflow run that logged and registered `version`."""
+    return store.client.get_model_version(model, version).run_id
 
 
 def version_tags(store: Store, model: str, version: str) -> dict[str, str]:

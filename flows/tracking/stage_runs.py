@@ -13,7 +13,11 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus
 
 from flows.dvc_project import StageSpec
+from flows.tracking.answers import log_answers
 from flows.tracking.store import Store
+from pipelines.atomic import read_jsonl
+
+ANSWERS = Path("reports/samples")  # each candidate's answers, one row a question
 
 
 def flatten(data: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
@@ -87,8 +91,7 @@ def _log_file(store: Store, run_id: str, root: Path, path: Path) -> None:
     """jsonl files become MLflow tables (readable in the UI), training curves (csv) metric histories; JSON reports'
     numbers become metrics too. Every file but a table is also logged as an artifact."""
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in (root / path).read_text().splitlines() if line.strip()]
-        mlflow.log_table(pd.DataFrame(rows), artifact_file=f"tables/{path.stem}.json", run_id=run_id)
+        mlflow.log_table(pd.DataFrame(read_jsonl(root / path)), artifact_file=f"tables/{path.stem}.json", run_id=run_id)
         return
     if path.suffix == ".csv":
         _log_curve(store, run_id, root / path)
@@ -97,13 +100,19 @@ def _log_file(store: Store, run_id: str, root: Path, path: Path) -> None:
     store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
 
 
-def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, params: dict[str, Any]) -> None:
-    """Log everything the stage declares in dvc.yaml, read from the files it wrote; plots are images."""
+def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, params: dict[str, Any],
+                      answers_view: bool = True) -> None:
+    """Log everything the stage declares in dvc.yaml, read from the files it wrote; plots are images; with
+    `answers_view`, a candidate's answers (reports/samples) also go to MLflow's evaluation view, last (it closes
+    the run)."""
     _log_params(store, run_id, params, spec.param_keys)
     for path in [*spec.metrics, *spec.files]:
         _log_file(store, run_id, root, path)
     for path in spec.plots:
         store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
+    for path in spec.files if answers_view else []:
+        if path.parent == ANSWERS and path.suffix == ".jsonl":
+            log_answers(store, run_id, read_jsonl(root / path))
 
 
 def find_stage_run(store: Store, stage: str, hashes: dict[str, str]) -> str | None:

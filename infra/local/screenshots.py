@@ -1,5 +1,6 @@
 """Screenshots of a project's MLflow UI for the README: the registered model, a version's page, the promotion history
-(its runs table: a project with a few moves shows more than one row).
+(its runs table: a project with a few moves shows more than one row), and the champion's answers beside CP's in the
+evaluation view.
 
     make screenshots   (python infra/local/screenshots.py --project-dir . --out docs/images)
 
@@ -46,12 +47,25 @@ def _shoot(page: Page, url: str, out: Path, wait_for: str) -> None:
     print(f"wrote {out}")
 
 
+def _evaluation_run(client: MlflowClient, experiment: str, candidate: str) -> str:
+    """The newest run holding `candidate`'s answers (its evaluate stage's)."""
+    kind, _, item = candidate.partition("-")
+    stage = f"evaluate-{kind}@{item}" if item else ("evaluate-cp" if kind == "cp" else f"evaluate@{kind}")
+    (run,) = client.search_runs([experiment], f"tags.stage = '{stage}' AND tags.cached = 'false'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    return run.info.run_id
+
+
 def take_screenshots(project_dir: Path, out: Path, port: int = 5700) -> None:
-    """Open the project's UI and write registry.png, version.png and history.png into `out`."""
-    model = load_params(project_dir / "params.yaml").promote.registered_model
+    """Open the project's UI and write registry.png, version.png, history.png and answers.png into `out`."""
+    params = load_params(project_dir / "params.yaml").promote
+    model = params.registered_model
     client = MlflowClient(embedded_uri(project_dir), embedded_uri(project_dir))
-    champion = client.get_model_version_by_alias(model, "champion").version
+    champion = client.get_model_version_by_alias(model, "champion")
     history = client.get_experiment_by_name(HISTORY_EXPERIMENT).experiment_id
+    runs = client.get_experiment_by_name(params.experiment).experiment_id
+    answers = (f"evaluation-runs?selectedRunUuid={_evaluation_run(client, runs, champion.tags['candidate'])}"
+               f"&compareToRunUuid={_evaluation_run(client, runs, 'cp')}")
     out.mkdir(parents=True, exist_ok=True)
     ui = subprocess.Popen([sys.executable, "-m", "flows", "ui", "--project-dir", str(project_dir), "--port",
                            str(port), "--watch-port", str(port + 1)], stdout=subprocess.DEVNULL,
@@ -64,8 +78,10 @@ def take_screenshots(project_dir: Path, out: Path, port: int = 5700) -> None:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             _shoot(page, f"{url}/#/models/{model}", out / "registry.png", "champion")
-            _shoot(page, f"{url}/#/models/{model}/versions/{champion}", out / "version.png", "promotion.decision")
+            _shoot(page, f"{url}/#/models/{model}/versions/{champion.version}", out / "version.png",
+                   "promotion.decision")
             _shoot(page, f"{url}/#/experiments/{history}/runs", out / "history.png", "matching run")
+            _shoot(page, f"{url}/#/experiments/{runs}/{answers}", out / "answers.png", "question")
             browser.close()
     finally:
         ui.send_signal(signal.SIGTERM)

@@ -121,6 +121,14 @@ def test_cli_promote_pin_and_rollback(project) -> None:
 
     assert chatgraft("pin", "1").exit_code == 0 and tags(store, "1")["pinned"] == "true"
     assert registry.champion(store, MODEL).pinned
+    store.client.set_model_version_tag(MODEL, "1", "git_sha", "abc123")
+    status = chatgraft("status")  # the registry at a glance: one row a version, newest first, then the lineage
+    assert status.exit_code == 0, status.output
+    rows = {line.split()[0]: line.split() for line in status.output.splitlines()[3:6]}
+    assert rows["1"][1:4] == ["champion", "yes", "?"] and rows["1"][4] == "0.500"
+    assert " ".join(rows["1"][5:]) == "rolled back to" and " ".join(rows["3"][5:]) == "promoted by hand"
+    assert rows["3"][1:3] == ["-", "no"]
+    assert "champion: version 1" in status.output and "code (git)" in status.output and "abc123" in status.output
     assert chatgraft("pin", "1", "--off").exit_code == 0 and not registry.champion(store, MODEL).pinned
     missing = chatgraft("promote", "99")
     assert missing.exit_code == 1 and "99" in missing.output

@@ -26,8 +26,10 @@ from flows.dvc_project import DvcProject
 from flows.fair_comparison import champion_on_current_data, current_fingerprint
 from flows.params_file import apply_overrides
 from flows.tracking import history, registry
+from flows.tracking.answers import SCORES
 from flows.retrain import retrain
 from flows.tracking.store import embedded_uri
+from pipelines.atomic import read_jsonl
 from pipelines.devices import resolve_device
 from pipelines.layout import ALIGN_MANIFEST
 from tests.conftest import TINY_PARAMS, answers_health, ask_served_model, free_port, make_project, wait_until
@@ -38,7 +40,8 @@ STAGES = ["corpus", "upstream", "cp", "merge@0.5", "merge@1.0", "evaluate@base",
           "evaluate-merged@0.5", "evaluate-merged@1.0", "curate", "align@c-rlft", "evaluate-aligned@c-rlft",
           "leaderboard", "plots"]
 # one align method keeps the module short; both are the same stage code (unit tests cover sft and c-rlft)
-FLOW_PARAMS = {**TINY_PARAMS, "align": {**TINY_PARAMS["align"], "methods": ["c-rlft"]}}
+FLOW_PARAMS = {**TINY_PARAMS, "align": {**TINY_PARAMS["align"], "methods": ["c-rlft"]},
+               "flow": {**TINY_PARAMS["flow"], "answers_view": True}}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +87,32 @@ def test_each_stages_output_is_in_its_log_file_and_its_mlflow_run(first_run) -> 
     experiment = client.get_experiment_by_name("chatgraft").experiment_id
     (cp_run,) = client.search_runs([experiment], "attributes.run_name = 'cp'")
     assert [a.path for a in client.list_artifacts(cp_run.info.run_id, "logs")] == ["logs/cp.log"]
+
+
+def test_each_candidates_answers_are_in_the_evaluation_view_with_the_stages_scores(first_run) -> None:
+    """Every answer the evaluate stage wrote is a trace of its run (question in, answer out) carrying that
+    stage's per-answer scores, so two candidates' runs compare their answers side by side in the MLflow UI."""
+    root, _, client = first_run
+    experiment = client.get_experiment_by_name("chatgraft").experiment_id
+    mlflow.set_tracking_uri(embedded_uri(root))
+    questions = {}
+    for candidate, stage in (("cp", "evaluate-cp"), ("merged-1.0", "evaluate-merged@1.0")):
+        (run,) = client.search_runs([experiment], f"tags.stage = '{stage}'")
+        assert run.data.tags["mlflow.runType"] == "genai_evaluate" and run.info.status == "FINISHED"
+        samples = read_jsonl(root / "reports" / "samples" / f"{candidate}.jsonl")
+        traces = mlflow.search_traces(locations=[experiment], run_id=run.info.run_id, return_type="list")
+        assert len(traces) == len(samples)
+        by_question = {(s["suite"], s["prompt"]): s for s in samples}
+        for trace in traces:
+            asked = json.loads(trace.data.request)
+            sample = by_question[asked["suite"], asked["question"]]
+            assert json.loads(trace.data.response) == sample["answer"]
+            scores = {a.name: a.value for a in trace.info.assessments if a.name in SCORES}
+            assert scores == {name: sample[name] for name in SCORES if name in sample}
+        graded = [float(s["correct"]) for s in samples if "correct" in s]
+        assert run.data.metrics["correct/mean"] == pytest.approx(sum(graded) / len(graded))
+        questions[candidate] = set(by_question)
+    assert questions["cp"] == questions["merged-1.0"]  # the same questions: the view pairs their answers
 
 
 def test_dvc_metrics_fit_a_terminal_and_the_plots_open_offline(first_run) -> None:
