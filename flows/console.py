@@ -61,10 +61,10 @@ def live_line(stage: str, log: Path, out: TextIO = sys.stderr, seconds: float = 
         out.flush()
 
 
-def stage_line(stage: str, reproduced: bool, seconds: float, metrics: dict[str, float]) -> str:
-    """`stage  reproduced|cached  time  headline metric`, the one line a stage gets."""
+def stage_line(stage: str, outcome: str, seconds: float, metrics: dict[str, float]) -> str:
+    """`stage  reproduced|cached|failed  time  headline metric`, the one line a stage gets."""
     headline = next((f"{name} {metrics[name]:.4g}" for name in HEADLINES if name in metrics), "")
-    return f"{stage:<26} {'reproduced' if reproduced else 'cached':<10} {seconds:7.1f} s  {headline}".rstrip()
+    return f"{stage:<26} {outcome:<10} {seconds:7.1f} s  {headline}".rstrip()
 
 
 def say(line: str, out: TextIO = sys.stdout) -> None:
@@ -73,10 +73,17 @@ def say(line: str, out: TextIO = sys.stdout) -> None:
     out.flush()
 
 
+def _not_a_failure_report(record: logging.LogRecord) -> bool:
+    """False for Prefect's report of a failed task or flow (its state, or the exception with a traceback): the
+    command prints the error itself, in one line when the user's input caused it."""
+    message = record.getMessage()
+    return not (record.exc_info or message.startswith(("Finished in state Failed", "Encountered exception")))
+
+
 @contextmanager
 def quiet_prefect_console(level: int = logging.WARNING) -> Iterator[None]:
-    """While the block runs, Prefect's console handlers show `level` and above only (its task-run lines still reach
-    the flow run's log in the API); their levels are restored after."""
+    """While the block runs, Prefect's console handlers show `level` and above only, without its reports of a
+    failure (everything still reaches the flow run's log in the API); their levels are restored after."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger(), *(found for found in logging.Logger.manager.loggerDict.values()
@@ -86,8 +93,10 @@ def quiet_prefect_console(level: int = logging.WARNING) -> Iterator[None]:
     levels = {handler: handler.level for handler in handlers}
     for handler in handlers:
         handler.setLevel(max(level, handler.level))
+        handler.addFilter(_not_a_failure_report)
     try:
         yield
     finally:
         for handler, before in levels.items():
             handler.setLevel(before)
+            handler.removeFilter(_not_a_failure_report)

@@ -15,6 +15,7 @@ from dvc import stage as dvc_stage
 from dvc.repo import Repo
 
 from flows.console import last_lines
+from pipelines.cli import USER_ERROR
 
 LOCKED = "Unable to acquire lock"  # what DVC prints when another DVC process holds the repository
 STOP_SECONDS = 10
@@ -63,6 +64,12 @@ class StageSpec:
     dirs: list[Path] = field(default_factory=list)
 
 
+def _user_error(output: str) -> str | None:
+    """The error in the user's input a stage command ended with (its marked line), if it did."""
+    marked = [line for line in output.splitlines() if line.startswith(USER_ERROR)]
+    return marked[-1].removeprefix(USER_ERROR) if marked else None
+
+
 class DvcProject:
     """A DVC project rooted at `root`; each command runs in a fresh `dvc` process or a short-lived Repo."""
 
@@ -96,6 +103,8 @@ class DvcProject:
         if result.returncode != 0 and LOCKED in result.stdout + result.stderr:
             raise DvcLocked(f"`dvc {' '.join(args)}` in {self.root}: another DVC command holds the "
                                   "repository's lock (a `dvc` run by hand?)")
+        if result.returncode != 0 and (problem := _user_error(result.stdout + result.stderr)):
+            raise StageFailed(f"`dvc {' '.join(args)}`: {problem}" + (f"\n(the whole output: {log})" if log else ""))
         if result.returncode != 0:
             output_text = f"{last_lines(log)}\n(the whole output: {log})" if log else "(its output is above)" if \
                 stream else "\n".join((result.stdout + result.stderr).splitlines()[-40:])

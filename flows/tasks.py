@@ -108,9 +108,13 @@ def _reproduce(ctx: RunContext, stage: str, run_id: str) -> None:
         return
     log = ctx.stage_logs / f"{stage.replace('@', '-')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     try:
         with live_line(stage, log):
             ctx.dvc.reproduce(stage, env=env, log=log)
+    except StageFailed:
+        say(stage_line(stage, "failed", time.monotonic() - started, {}))
+        raise
     finally:
         log_file(ctx.store, run_id, log, "logs")
 
@@ -118,7 +122,8 @@ def _reproduce(ctx: RunContext, stage: str, run_id: str) -> None:
 def _shown(ctx: RunContext, outcome: StageOutcome, started: float) -> StageOutcome:
     if ctx.stage_logs is not None:
         metrics = ctx.store.client.get_run(outcome.run_id).data.metrics
-        say(stage_line(outcome.stage, not outcome.cached, time.monotonic() - started, metrics))
+        say(stage_line(outcome.stage, "cached" if outcome.cached else "reproduced", time.monotonic() - started,
+                       metrics))
     return outcome
 
 

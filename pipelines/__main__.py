@@ -1,3 +1,3 @@
-from pipelines.cli import app
+from pipelines.cli import main
 
-app(prog_name="python -m pipelines")
+main()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import typer
@@ -14,6 +15,21 @@ from pipelines.stage_log import record_stage
 app = typer.Typer(help="Run one chatgraft stage in the current project directory.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 PARAMS = Path("params.yaml")
+# the last line a stage prints for an error in the user's input; the flow shows that line alone
+USER_ERROR = "chatgraft error: "
+
+
+def main() -> None:
+    """Run one stage command. An error in the user's input (a bad file, line, key or path: the stages raise
+    ValueError or FileNotFoundError naming it) ends its output with one line after the traceback, marked so the
+    flow can show it alone."""
+    try:
+        app(prog_name="python -m pipelines")
+    except (ValueError, FileNotFoundError) as error:
+        traceback.print_exc()
+        problems = [line.strip() for line in str(error).splitlines() if line.strip()]
+        print(f"{USER_ERROR}{'; '.join(problems)}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def _layout() -> Layout:

@@ -28,7 +28,7 @@ from tests.conftest import ONE_BRANCH_PARAMS, TINY_PARAMS, make_project, wait_un
 
 pytestmark = pytest.mark.integration
 MODEL = "chatgraft-chat"
-PARAMS = {**ONE_BRANCH_PARAMS, "align": {**TINY_PARAMS["align"], "methods": ["c-rlft"]},
+PARAMS = {**ONE_BRANCH_PARAMS,
           "cp": {**TINY_PARAMS["cp"], "steps": 40, "save_every": 10},  # killed after a checkpoint: the rerun resumes
           "flow": {**TINY_PARAMS["flow"], "slot_wait_seconds": 120.0}}
 CHATGRAFT = str(Path(sys.executable).parent / "chatgraft")
@@ -116,11 +116,11 @@ def prefect_state(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def crashed_chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """Runs killed inside cp, align, register, promote and push, each after the last; then one that is left alone.
-    (Merge and evaluate are stage commands as align is; their outputs' atomicity is tested in the unit tests.)"""
+    """Runs killed inside cp, merge, register, promote and push, each after the last; then one that is left alone.
+    (Evaluate and align are stage commands as merge is; their outputs' atomicity is tested in the unit tests.)"""
     root = make_project(tmp_path_factory.mktemp("crash") / "project", PARAMS)
     rng = random.Random(21)
-    for step in ("cp", "align@c-rlft", "register", "promote", "push"):
+    for step in ("cp", "merge@1.0", "register", "promote", "push"):
         kill_inside(root, step, rng)
     final = subprocess.run([CHATGRAFT, "run", "--verbose", "--project-dir", str(root)], env=environment(root),
                            capture_output=True, text=True, timeout=900)

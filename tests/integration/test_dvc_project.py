@@ -13,6 +13,8 @@ DVC_YAML = """stages:
     outs: [out.txt]
   broken:
     cmd: python -c "print('reading data/eval.jsonl'); raise SystemExit('data/eval.jsonl line 3, no key question')"
+  bad-input:
+    cmd: python -c "import sys; print('Traceback (most recent call last):'); sys.exit('chatgraft error: eval.jsonl:3: question: required')"
   score:
     cmd: python -c "import json; json.dump(dict(score=1), open('score.json', 'w'))"
     metrics:
@@ -58,9 +60,18 @@ def test_a_failing_stage_with_a_log_quotes_its_last_lines_and_names_the_file(pro
     assert "reading data/eval.jsonl" in log.read_text()  # the stage's output went to the file, whole
 
 
+def test_an_error_in_the_users_input_is_shown_as_its_one_line(project: DvcProject, tmp_path: Path) -> None:
+    log = tmp_path / "bad-input.log"
+    with pytest.raises(StageFailed) as failed:
+        project.reproduce("bad-input", log=log)
+    assert str(failed.value) == ("`dvc repro --single-item bad-input`: eval.jsonl:3: question: required\n"
+                                 f"(the whole output: {log})")
+    assert "Traceback" in log.read_text()  # the whole story stays in the log
+
+
 def test_stages_in_the_files_order_with_their_gpu_mark(project: DvcProject) -> None:
     assert project.stages() == [PipelineStage("make", False), PipelineStage("broken", False),
-                                PipelineStage("score", False), PipelineStage("sweep@1", True),
+                                PipelineStage("bad-input", False), PipelineStage("score", False), PipelineStage("sweep@1", True),
                                 PipelineStage("sweep@2", True)]
 
 

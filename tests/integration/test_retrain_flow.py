@@ -32,15 +32,16 @@ from flows.tracking.store import embedded_uri
 from pipelines.atomic import read_jsonl
 from pipelines.devices import resolve_device
 from pipelines.layout import ALIGN_MANIFEST
-from tests.conftest import TINY_PARAMS, answers_health, ask_served_model, free_port, make_project, wait_until
+from tests.conftest import ONE_BRANCH_PARAMS, TINY_PARAMS, answers_health, ask_served_model, free_port, make_project, wait_until
 
 pytestmark = pytest.mark.integration
 MODEL = "chatgraft-chat"
-STAGES = ["corpus", "upstream", "cp", "merge@0.5", "merge@1.0", "evaluate@base", "evaluate@chat", "evaluate-cp",
-          "evaluate-merged@0.5", "evaluate-merged@1.0", "curate", "align@c-rlft", "evaluate-aligned@c-rlft",
+STAGES = ["corpus", "upstream", "cp", "merge@1.0", "evaluate@base", "evaluate@chat", "evaluate-cp",
+          "evaluate-merged@1.0", "curate", "align@c-rlft", "evaluate-aligned@c-rlft",
           "leaderboard", "plots"]
-# one align method keeps the module short; both are the same stage code (unit tests cover sft and c-rlft)
-FLOW_PARAMS = {**TINY_PARAMS, "align": {**TINY_PARAMS["align"], "methods": ["c-rlft"]},
+# one merge ratio (a test adds a second) and one align method keep the module short; both align methods are the
+# same stage code (unit tests cover sft and c-rlft)
+FLOW_PARAMS = {**ONE_BRANCH_PARAMS, "align": {**TINY_PARAMS["align"], "methods": ["c-rlft"]},
                "flow": {**TINY_PARAMS["flow"], "answers_view": True}}
 
 
@@ -147,7 +148,7 @@ def test_training_and_merge_tasks_hold_gpu_slots(first_run) -> None:
     with get_client(sync_client=True) as client:
         gpu_runs = client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
         limit = client.read_global_concurrency_limit_by_name("tag:gpu")
-    assert {run.name for run in gpu_runs} == {"cp", "merge@0.5", "merge@1.0", "align@c-rlft"}
+    assert {run.name for run in gpu_runs} == {"cp", "merge@1.0", "align@c-rlft"}
     assert limit.limit == 1  # flow.gpu_slots
 
 
@@ -234,7 +235,7 @@ def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) 
 
     manifest = root / "models" / "aligned" / "c-rlft" / ALIGN_MANIFEST
     aligned_from = json.loads(manifest.read_text())["from"]
-    apply_overrides(root / "params.yaml", ["merge.ratios=[0.5, 0.8]"])
+    apply_overrides(root / "params.yaml", ["merge.ratios=[1.0, 0.8]"])
     changed = retrain(project_dir=str(root))
     # the best merged model may have changed: alignment runs again on it. When it is the same model, the seeded
     # rerun writes the same bytes and DVC skips its evaluation; only a new model is evaluated again.
@@ -286,7 +287,7 @@ def test_each_flow_run_is_a_dvc_experiment_and_the_branch_is_left_alone(first_ru
     experiments = {rev["name"]: rev["data"] for exp in baseline["experiments"] for rev in exp["revs"]}
     assert named == set(experiments) and len(named) >= 4
     ratios = {json.dumps(data["params"]["params.yaml"]["data"]["merge"]["ratios"]) for data in experiments.values()}
-    assert ratios == {"[0.5, 1.0]", "[0.5, 0.8]"}
+    assert ratios == {"[1.0]", "[1.0, 0.8]"}
     for data in experiments.values():
         assert data["metrics"]["metrics/leaderboard.json"]["data"]["winner"]["name"]
         assert "answer_accuracy" in data["metrics"]["metrics/eval/cp.json"]["data"]

@@ -17,9 +17,9 @@ def test_the_latest_line_is_a_progress_bars_last_redraw(tmp_path: Path) -> None:
 
 
 def test_one_line_a_stage_with_its_headline_metric() -> None:
-    line = stage_line("evaluate-merged@1.0", True, 12.34, {"repetition_rate": 0.0, "answer_accuracy": 0.6417})
+    line = stage_line("evaluate-merged@1.0", "reproduced", 12.34, {"repetition_rate": 0.0, "answer_accuracy": 0.6417})
     assert line.split() == ["evaluate-merged@1.0", "reproduced", "12.3", "s", "answer_accuracy", "0.6417"]
-    assert stage_line("plots", False, 0.2, {}).split() == ["plots", "cached", "0.2", "s"]
+    assert stage_line("plots", "cached", 0.2, {}).split() == ["plots", "cached", "0.2", "s"]
 
 
 def test_no_live_line_off_a_terminal(tmp_path: Path) -> None:
@@ -37,6 +37,11 @@ def test_prefect_console_shows_warnings_only_inside_the_block_and_nothing_leaks(
     try:
         with quiet_prefect_console():
             assert handler.level == logging.WARNING
+            failure = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "Encountered exception "
+                                        "during execution: StageFailed(...)", None, None)
+            assert not handler.filter(failure)  # chatgraft prints the error itself, in one line
+            assert handler.filter(logging.LogRecord("prefect", logging.WARNING, __file__, 1, "slow", None, None))
         assert handler.level == logging.NOTSET  # a later run in this process (a test's CliRunner) is not quieted
+        assert handler.filter(failure)
     finally:
         logging.getLogger("prefect.test-quiet-console").removeHandler(handler)
