@@ -58,7 +58,7 @@ def _retrain(project_dir: Path, wait: bool, stage_logs: bool) -> RetrainResult:
     """The retrain flow, ended cleanly by SIGTERM; a busy project or slot is exit status 3, a failed stage 1."""
     from prefect.exceptions import TerminationSignal
 
-    from flows.console import quiet_prefect_console
+    from flows.console import quiet_console
     from flows.dvc_project import StageFailed
     from flows.retrain import retrain
     from flows.slots import SlotWaitTimeout
@@ -69,7 +69,7 @@ def _retrain(project_dir: Path, wait: bool, stage_logs: bool) -> RetrainResult:
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        with quiet_prefect_console() if stage_logs else nullcontext():  # its task-run lines stay in the API's log
+        with quiet_console() if stage_logs else nullcontext():  # its task-run lines stay in the API's log
             return retrain(project_dir=str(project_dir), wait_for_workspace=wait, stage_logs=stage_logs)
     except (WorkspaceBusy, SlotWaitTimeout) as error:
         typer.echo(f"error: {error}", err=True)

@@ -81,22 +81,26 @@ def _not_a_failure_report(record: logging.LogRecord) -> bool:
 
 
 @contextmanager
-def quiet_prefect_console(level: int = logging.WARNING) -> Iterator[None]:
+def quiet_console(level: int = logging.WARNING) -> Iterator[None]:
     """While the block runs, Prefect's console handlers show `level` and above only, without its reports of a
-    failure (everything still reaches the flow run's log in the API); their levels are restored after."""
+    failure (everything still reaches the flow run's log in the API), and MLflow's event lines ("Successfully
+    registered model", "Created version") are silenced; both are restored after."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger(), *(found for found in logging.Logger.manager.loggerDict.values()
                                       if isinstance(found, logging.Logger))]
     handlers = {handler for logger in loggers for handler in logger.handlers
                 if isinstance(handler, PrefectConsoleHandler)}
-    levels = {handler: handler.level for handler in handlers}
+    levels, mlflow_events = {handler: handler.level for handler in handlers}, MLFLOW_LOGGING_STREAM.enabled
     for handler in handlers:
         handler.setLevel(max(level, handler.level))
         handler.addFilter(_not_a_failure_report)
+    MLFLOW_LOGGING_STREAM.enabled = False
     try:
         yield
     finally:
+        MLFLOW_LOGGING_STREAM.enabled = mlflow_events
         for handler, before in levels.items():
             handler.setLevel(before)
             handler.removeFilter(_not_a_failure_report)

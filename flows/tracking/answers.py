@@ -25,32 +25,40 @@ SCORES = ("correct", "terminated", "exact_match", "token_f1", "repetition", "lan
 # one thread: a sqlite store refuses the connections of MLflow's default ten; the answers are already there
 SERIAL = {"MLFLOW_GENAI_EVAL_MAX_WORKERS": "1", "MLFLOW_GENAI_EVAL_MAX_SCORER_WORKERS": "1"}
 
-Key = tuple[str, str, str]
+Key = tuple[str, int]
 
 
-def _key(suite: str, question: str, answer: str) -> Key:
-    return suite, question, answer
-
-
-def evaluation_data(samples: list[dict[str, Any]]) -> pd.DataFrame:
-    """The samples as `mlflow.genai.evaluate` data: the suite and question as inputs, the answer as outputs, the
-    reference (or whether the request is harmful) as expectations."""
-    rows = []
+def numbered(samples: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """Each sample under (suite, its number in the suite from 1): the same key for the same question of every
+    candidate (two conversations can end with the same question, so the question alone is not a key)."""
+    counts: dict[str, int] = {}
+    keyed = {}
     for sample in samples:
+        counts[sample["suite"]] = counts.get(sample["suite"], 0) + 1
+        keyed[sample["suite"], counts[sample["suite"]]] = sample
+    return keyed
+
+
+def evaluation_data(samples: dict[Key, dict[str, Any]]) -> pd.DataFrame:
+    """Numbered samples as `mlflow.genai.evaluate` data: suite, number and question as inputs (the view pairs two
+    candidates' answers by them), the answer as outputs, the reference (or whether the request is harmful) as
+    expectations."""
+    rows = []
+    for (suite, number), sample in samples.items():
         expectations = {"expected_response": sample["reference"]} if "reference" in sample else {}
         if "harmful" in sample:
             expectations["harmful"] = sample["harmful"]
-        rows.append({"inputs": {"suite": sample["suite"], "question": sample["prompt"]},
+        rows.append({"inputs": {"suite": suite, "number": number, "question": sample["prompt"]},
                      "outputs": sample["answer"], "expectations": expectations})
     return pd.DataFrame(rows)
 
 
-def carried_scorer(name: str, scores: dict[Key, dict[str, Any]]) -> Callable:
+def carried_scorer(name: str, samples: dict[Key, dict[str, Any]]) -> Callable:
     """A scorer returning the stage's score `name` for the answer (None where the suite has no such score)."""
 
     @scorer(name=name)
-    def carried(inputs: dict[str, Any], outputs: str) -> Any:
-        return scores[_key(inputs["suite"], inputs["question"], outputs)].get(name)
+    def carried(inputs: dict[str, Any]) -> Any:
+        return samples[inputs["suite"], inputs["number"]].get(name)
 
     return carried
 
@@ -58,11 +66,11 @@ def carried_scorer(name: str, scores: dict[Key, dict[str, Any]]) -> Callable:
 def log_answers(store: Store, run_id: str, samples: list[dict[str, Any]]) -> dict[str, float]:
     """Log the answers and their scores into the evaluation view of run `run_id`; returns the mean of each score
     as MLflow computed it. The run is resumed for the call and marked finished after it: log this last."""
-    scores = {_key(s["suite"], s["prompt"], s["answer"]): s for s in reversed(samples)}  # a repeat: its first row
+    keyed = numbered(samples)
     present = [name for name in SCORES if any(name in sample for sample in samples)]
     mlflow.set_tracking_uri(store.uri)
     with (mock.patch.dict(os.environ, SERIAL), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()),
           mlflow.start_run(run_id=run_id)):
-        result = mlflow.genai.evaluate(data=evaluation_data(samples),
-                                       scorers=[carried_scorer(name, scores) for name in present])
+        result = mlflow.genai.evaluate(data=evaluation_data(keyed),
+                                       scorers=[carried_scorer(name, keyed) for name in present])
     return {name: float(value) for name, value in result.metrics.items()}

@@ -14,7 +14,8 @@ DVC_YAML = """stages:
   broken:
     cmd: python -c "print('reading data/eval.jsonl'); raise SystemExit('data/eval.jsonl line 3, no key question')"
   bad-input:
-    cmd: python -c "import sys; print('Traceback (most recent call last):'); sys.exit('chatgraft error: eval.jsonl:3: question: required')"
+    cmd: >-
+      python -c "import sys; print('Traceback (most recent call last):'); sys.exit('chatgraft error: eval.jsonl:3: question: required')"
   score:
     cmd: python -c "import json; json.dump(dict(score=1), open('score.json', 'w'))"
     metrics:
