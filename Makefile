@@ -30,7 +30,7 @@ screenshots: install browser
 
 # One worker a core; a file's tests stay on one worker (module fixtures: a flow run, a server stack on fixed ports).
 test: install browser
-	$(PY) -m pytest -q -n auto --dist loadfile --durations=12 tests
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=12 tests
 
 # Benchmarks print figures and ratios against baselines measured in the same run (never timed tests).
 bench-merge: install

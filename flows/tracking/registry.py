@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
 from flows.tracking import history
 from flows.tracking.store import Store
@@ -41,13 +42,15 @@ def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags
     """Log the checkpoint with the transformers flavor under `run_id`, `input_example` (a chat request) beside it,
     and register it with its tags in one call (a kill leaves either no version or a version with its lineage);
     returns the version. Logged from its folder: the model is not loaded."""
-    with mlflow.start_run(run_id=run_id):
+    events_shown = MLFLOW_LOGGING_STREAM.enabled  # log_model turns MLflow's event lines on when it ends: keep
+    with mlflow.start_run(run_id=run_id):       # the caller's choice (`chatgraft run` silences them)
         info = mlflow.transformers.log_model(
             # llm/v1/chat: a text-generation pipeline for load_model, chat messages in and out (through the
             # model's chat template) for pyfunc and `mlflow models serve`
             transformers_model=str(checkpoint), name="model", task="llm/v1/chat", pip_requirements=_requirements(),
             input_example=input_example,
         )
+    MLFLOW_LOGGING_STREAM.enabled = events_shown
     registered = str(mlflow.register_model(info.model_uri, model, tags=tags).version)
     if not store.client.get_registered_model(model).description:  # never over what a person wrote
         store.client.update_registered_model(model, description=MODEL_DESCRIPTION)
