@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import boto3
+from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
@@ -98,11 +99,17 @@ def _local_files(folder: Path) -> Iterator[InboxFile]:
         subdirs.sort()
 
 
+def _s3_client(config: Config | None = None) -> BaseClient:
+    """An S3 client of a session of its own: credentials are read from the environment now, not the ones boto3's
+    default session cached when this process first asked (a long-lived `chatgraft serve` sees rotated keys)."""
+    return boto3.session.Session().client("s3", config=config)
+
+
 def _s3_files(uri: str) -> Iterator[InboxFile]:
     """Objects under s3://bucket/prefix; the endpoint and credentials come from the environment
     (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) as boto3 reads them."""
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    s3 = boto3.client("s3")
+    s3 = _s3_client()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             key, etag = item["Key"], item["ETag"].strip('"')
@@ -121,7 +128,7 @@ def inbox_problem(source: str, root: Path) -> str | None:
         folder = root / source
         return None if folder.is_dir() else f"{folder}: no such folder"
     bucket, _, prefix = source.removeprefix("s3://").partition("/")
-    s3 = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1}))
+    s3 = _s3_client(Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1}))
     try:
         s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except NoCredentialsError:
