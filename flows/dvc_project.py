@@ -118,6 +118,12 @@ class DvcProject:
         with chdir(self.root), Repo(".") as repo:
             yield repo
 
+    def link_types(self) -> str:
+        """How DVC puts cached files in the workspace (cache.type, in the order it tries them), as the project's
+        config sets it; `reflink,copy` (DVC's default) where it sets none."""
+        with self._repo() as repo:
+            return ",".join(repo.config["cache"].get("type") or ["reflink", "copy"])
+
     def stages(self) -> list[PipelineStage]:
         """Every stage of dvc.yaml in the file's order (foreach expanded), which is the order the flow runs them."""
         with self._repo() as repo:

@@ -16,6 +16,7 @@ import pytest
 import requests
 import yaml
 
+from flows.dvc_project import DvcProject
 from flows.environment import apply_offline_defaults
 from flows.tracking.store import embedded_uri
 from pipelines.config import AlignParams, MergeParams
@@ -122,6 +123,9 @@ def ask_served_model(root: Path, model_uri: str, question: str) -> dict:
         server.wait(timeout=30)
 
 
+LINK_TYPES = DvcProject(REPO).link_types()
+
+
 def make_project(root: Path, params: dict) -> Path:
     """A git + DVC project with chatgraft's dvc.yaml and stage code, the given params and a local DVC remote: what a
     fresh clone holds (no data/incoming: the inbox stage makes it)."""
@@ -133,6 +137,7 @@ def make_project(root: Path, params: dict) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    run([sys.executable, "-m", "dvc", "config", "cache.type", LINK_TYPES], root)  # what the repository ships
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     run([sys.executable, "-m", "dvc", "remote", "add", "-q", "-d", "local", str(root.parent / "dvc-remote")], root)
