@@ -5,10 +5,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ByteSize, ConfigDict, Field, StrictFloat, TypeAdapter, ValidationError, field_validator, model_validator,
+)
 
 from pipelines.merge.registry import MergeMethod
 
+BYTE_SIZE = TypeAdapter(ByteSize)  # "500MB" (10**6 bytes), "2GiB" (2**30 bytes): merge.max_shard_size
 
 class Section(BaseModel):
     """Base of every params section: no unknown keys, no silent coercions of types."""
@@ -215,9 +218,7 @@ class MergeSettings(Section):
     @staticmethod
     def shard_bytes(size: str) -> int:
         """A size like 500MB (10**6 bytes) or 2GiB (2**30 bytes) in bytes."""
-        from transformers.utils.hub import convert_file_size_to_int
-
-        return convert_file_size_to_int(size)
+        return int(BYTE_SIZE.validate_python(size))
 
 
 class MergeParams(MergeSettings):

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mlflow.entities import RunStatus
-from prefect.events import emit_event
-from prefect.runtime import flow_run
 
 from flows.tracking.store import Store
 
@@ -51,6 +49,8 @@ def record(store: Store, model: str, version: str, decision: str, reasons: list[
            from_version: str, to_version: str) -> HistoryEntry:
     """Add one decision about `version` (champion went from `from_version` to `to_version`, "none" for no
     champion, the same when nothing moved) to the history, and announce a move as a Prefect event."""
+    from prefect.runtime import flow_run  # Prefect only where a decision is made: reading the history needs none
+
     entry = HistoryEntry(at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=model, decision=decision,
                          from_version=from_version, to_version=to_version, actor=actor, reasons="; ".join(reasons),
                          flow_run=str(flow_run.id or "none"))
@@ -65,6 +65,8 @@ def record(store: Store, model: str, version: str, decision: str, reasons: list[
 def announce(entry: HistoryEntry) -> None:
     """Emit `chatgraft.champion.moved` about the registered model, the versions it left and took as related
     resources (roles `from` and `to`), and the decision, actor and reasons as payload."""
+    from prefect.events import emit_event
+
     emit_event(event=MOVED_EVENT, resource={"prefect.resource.id": f"mlflow.registered-model.{entry.model}",
                                             "prefect.resource.name": entry.model},
                related=[{"prefect.resource.id": f"mlflow.model-version.{entry.model}.{version}",

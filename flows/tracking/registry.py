@@ -1,6 +1,8 @@
 """The MLflow Model Registry side: register a winner once per content hash, read and move aliases, audit tags."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -8,6 +10,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
 from flows.tracking import history
@@ -152,10 +155,16 @@ def set_version_tags(store: Store, model: str, version: str, tags: dict[str, str
 
 
 def download_checkpoint(store: Store, model: str, version: str, out: Path) -> Path:
-    """Write a registered version as a Hugging Face checkpoint (weights, tokenizer, chat template) into `out`."""
-    parts = mlflow.transformers.load_model(f"models:/{model}/{version}", return_type="components")
-    parts["model"].save_pretrained(out)
-    parts["tokenizer"].save_pretrained(out)
+    """Write a registered version as a Hugging Face checkpoint (weights, tokenizer, chat template) into `out`, a
+    new folder: the files it was logged from, downloaded (copied from a local store), never loaded into memory,
+    so whoever evaluates or serves it loads it once."""
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
+        logged = Path(mlflow.artifacts.download_artifacts(f"models:/{model}/{version}", dst_path=tmp))
+        checkpoint = logged / Model.load(logged).flavors["transformers"]["model_binary"]
+        tokenizer = logged / "components" / "tokenizer"
+        if not (checkpoint / "tokenizer_config.json").exists() and tokenizer.is_dir():  # logged from a pipeline
+            shutil.copytree(tokenizer, checkpoint, dirs_exist_ok=True)
+        checkpoint.rename(out)
     return out
 
 

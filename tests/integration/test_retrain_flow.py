@@ -1,6 +1,7 @@
 """The retrain flow end to end on a tiny world: real DVC stages, real MLflow (sqlite), real Prefect (test server)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -338,6 +339,18 @@ def test_champion_is_scored_again_when_the_evaluation_data_changed(first_run) ->
     with get_client(sync_client=True) as prefect:  # the model was loaded holding a gpu slot, like the model stages
         gpu_runs = prefect.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
     assert f"re-evaluate v{held.version}" in {run.name for run in gpu_runs}
+
+
+def test_a_version_comes_back_as_the_files_it_was_logged_from(first_run, tmp_path: Path) -> None:
+    root, _, _ = first_run
+    ctx = open_project(root)
+    held = registry.champion(ctx.store, MODEL)
+    logged = mlflow.models.get_model_info(f"models:/{MODEL}/{held.version}").flavors["transformers"]
+    source = Path(logged["source_model_name"])  # the workspace folder it was registered from
+    out = registry.download_checkpoint(ctx.store, MODEL, held.version, tmp_path / "model")
+    digest = lambda folder: {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}  # noqa: E731
+    assert digest(out) == digest(source)  # weights, tokenizer, chat template, report and marker: nothing re-saved
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing of the download left beside it
 
 
 DUMMY_STAGE = """
