@@ -230,9 +230,11 @@ def _person(command: str) -> str:
 def _moved(action: Callable[[], str]) -> None:
     from mlflow.exceptions import MlflowException
 
+    from flows.console import quiet_exit
     from flows.promotion import PromotionError
     from flows.slots import SlotWaitTimeout
 
+    quiet_exit()
     try:
         typer.echo(action())
     except (PromotionError, MlflowException, SlotWaitTimeout) as error:

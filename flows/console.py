@@ -80,6 +80,13 @@ def _not_a_failure_report(record: logging.LogRecord) -> bool:
     return not (record.exc_info or message.startswith(("Finished in state Failed", "Encountered exception")))
 
 
+def quiet_exit() -> None:
+    """From now on, hide the warnings Prefect's client services log while they finish their work as the process
+    exits ("Still processing items: 1 items remaining...": the event of a move being sent): a person's command has
+    already said what happened. Their errors still show."""
+    logging.getLogger("prefect.services").setLevel(logging.ERROR)
+
+
 @contextmanager
 def quiet_console(level: int = logging.WARNING) -> Iterator[None]:
     """While the block runs, Prefect's console handlers show `level` and above only, without its reports of a

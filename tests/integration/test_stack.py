@@ -111,9 +111,12 @@ def fault_chain(root: Path, env: dict[str, str], name: str) -> FaultChain:
 
     config_local.write_text(working)
     log = root.parent / "mlflow-restart.log"
-    # no retries inside the MLflow client: the outage must reach the task, whose retry takes over
-    flow = chatgraft_run(root, {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
-                         "flow.retry_delay_seconds=25.0", log=log)  # a restart takes ~15 s here
+    # no retries inside the MLflow client: the outage must reach a task, whose retry takes over. A restart takes
+    # 15 to 35 s here: the run must still have tasks that talk to MLflow when it goes down, so its evaluations are
+    # made stale (every stage up to date, the run was over before the server stopped, and its own end met the outage)
+    stale = f"eval.max_new_tokens={TINY_PARAMS['eval']['max_new_tokens'] + 1}"
+    flow = chatgraft_run(root, {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}, "flow.retry_delay_seconds=25.0", stale,
+                         log=log)
     deadline = time.monotonic() + 300
     while "Task run 'corpus'" not in log.read_text() and flow.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
-from flows.console import last_lines, last_output_line, live_line, quiet_console, stage_line
+from flows.console import last_lines, last_output_line, live_line, quiet_console, quiet_exit, stage_line
 
 
 def test_the_latest_line_is_a_progress_bars_last_redraw(tmp_path: Path) -> None:
@@ -47,3 +47,20 @@ def test_prefect_console_shows_warnings_only_inside_the_block_and_nothing_leaks(
         assert handler.filter(failure) and MLFLOW_LOGGING_STREAM.enabled
     finally:
         logging.getLogger("prefect.test-quiet-console").removeHandler(handler)
+
+
+def test_a_persons_command_hides_prefects_exit_chatter_but_not_its_errors() -> None:
+    services, worker = logging.getLogger("prefect.services"), logging.getLogger("prefect.services.EventsWorker")
+    seen: list[str] = []
+    collector = logging.Handler()
+    collector.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    worker.addHandler(collector)
+    before = services.level
+    try:
+        quiet_exit()
+        worker.warning("Still processing items: 1 items remaining...")  # what a move's command printed at exit
+        worker.error("Service failed to process item")
+    finally:
+        services.setLevel(before)
+        worker.removeHandler(collector)
+    assert seen == ["Service failed to process item"]
