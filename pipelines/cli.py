@@ -65,8 +65,8 @@ def upstream() -> None:
     from pipelines.upstream.stage import build_upstream
 
     params, layout = load_params(PARAMS), _layout()
-    build_upstream(params.upstream, layout.corpus, layout.upstream, layout.stage_report("upstream_training"),
-                   layout.plots, layout.upstream_report)
+    build_upstream(params.upstream, params.data.world, layout.corpus, layout.upstream,
+                   layout.stage_report("upstream_training"), layout.plots, layout.upstream_report)
 
 
 @app.command()

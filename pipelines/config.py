@@ -30,6 +30,11 @@ class DataParams(Section):
         None, description="source documents: the corpus, a folder (outside the project) or s3://bucket/prefix of "
         ".txt/.jsonl/.parquet files, imported with `dvc import-url` and refreshed with `dvc update` each run"
     )
+    world: Literal["domain", "language"] = Field(
+        "domain", description="the generated world: domain (new entities and facts in the source words) or language "
+        "(the target facts in an invented language written in Hangul, which the upstream byte-level BPE tokenizer "
+        "splits into byte pieces; the chat model also learns refusals, in the source language)"
+    )
     seed: int = Field(0, description="seed of the world: names, facts and sampling")
     source_entities: int = Field(40, ge=4, description="entities of the source world (known to base and chat)")
     target_entities: int = Field(40, ge=4, description="entities of the target world (only in the CP corpus)")
@@ -37,6 +42,11 @@ class DataParams(Section):
     pretrain_repeats: int = Field(24, ge=1, description="times each upstream pretraining sentence appears")
     cp_repeats: int = Field(12, ge=1, description="times each target fact statement appears in the CP corpus")
     cp_replay: float = Field(0.0, ge=0, description="upstream sentences replayed in the CP corpus, per target sentence")
+    language_repeats: int = Field(2, ge=0, description="language world: times the upstream text, translated, "
+                                  "joins the CP corpus (the language beyond the target facts)")
+    base_target_share: float = Field(0.0, ge=0, le=1, description="language world: share of the upstream "
+                                     "pretraining text also given in the target language (source facts only), so "
+                                     "the base sees a little of it, as Llama 2 saw a little Chinese")
     dedup: Literal["none", "exact", "minhash"] = Field(
         "exact", description="duplicate removal over the inbox documents: normalised exact match, or MinHash near"
     )
@@ -59,6 +69,8 @@ class TinyModelParams(Section):
     num_layers: int = Field(4, ge=1, description="transformer layers")
     num_heads: int = Field(4, ge=1, description="attention heads")
     intermediate_size: int = Field(512, ge=8, description="MLP width")
+    vocab_size: int = Field(1024, ge=300, description="language world: size of the byte-level BPE vocabulary "
+                            "trained on the upstream text (256 bytes, the special tokens, merges)")
 
 
 class TrainParams(Section):
@@ -257,7 +269,8 @@ class EvalParams(Section):
     distinct_n: int = Field(2, ge=1, description="n of distinct-n (distinct n-grams over all answers)")
     language_scripts: list[str] = Field(
         default_factory=list, description="Unicode scripts of the target language, e.g. [Hangul]; "
-        "empty: the corpus's target lexicon (the default world)"
+        "empty: the generated world's (data/corpus/target_language.json: the language world's script, the domain "
+        "world's lexicon)"
     )
     refusal_patterns: list[str] | None = Field(
         None, description="regexes that mark an answer as a refusal (case-insensitive); null: English defaults"

@@ -8,5 +8,5 @@ EVAL = "eval.jsonl"
 EVAL_MULTITURN = "eval_multiturn.jsonl"
 EVAL_SAFETY = "eval_safety.jsonl"
 SFT = "sft.jsonl"  # the align stage's mixed-quality SFT set (target entities kept out of evaluation)
-LEXICON = "lexicon.json"
+TARGET_LANGUAGE = "target_language.json"  # how evaluation tells the target language: {scripts} or {lexicon}
 LM_EVAL = "lm_eval"  # an lm-evaluation-harness task on the target facts (eval.lm_eval_tasks: [target_facts])

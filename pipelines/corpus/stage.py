@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -13,13 +13,16 @@ from pathlib import Path
 from pipelines.atomic import atomic_dir, iter_jsonl, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
 from pipelines.corpus.cleaning import clean_document
-from pipelines.corpus.files import UPSTREAM_TEXT, UPSTREAM_CHAT, TRAIN, VALID, EVAL, EVAL_MULTITURN, EVAL_SAFETY, SFT, LEXICON, LM_EVAL
+from pipelines.corpus.files import (
+    EVAL, EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL, SFT, TARGET_LANGUAGE, TRAIN, UPSTREAM_CHAT, UPSTREAM_TEXT, VALID,
+)
 from pipelines.corpus.documents import document_files, read_file_documents
 from pipelines.corpus.heldout import HeldOutSplit
+from pipelines.corpus.language import SCRIPT, TargetLanguage, invent_language
 from pipelines.dedup import DuplicateFilter
 from pipelines.corpus.world import (
     Fact, World, build_world, chat_conversation, fact_choices, follow_up_conversation, pretraining_sentences,
-    safety_requests, sft_rows, split_for_sft, target_lexicon,
+    safety_conversations, safety_requests, sft_rows, split_for_sft, target_lexicon, world_texts,
 )
 
 LM_EVAL_TASK = """task: target_facts
@@ -50,11 +53,14 @@ def _repeated_shuffled(items: list[str], repeats: int, rng: random.Random) -> li
     return out
 
 
-def _cp_sentences(world: World, params: DataParams, rng: random.Random) -> list[str]:
-    """Target statements, plus (optionally) replayed upstream text, the usual guard against forgetting in CP."""
-    target = [fact.statement() for fact in world.target] * params.cp_repeats
+def _cp_sentences(world: World, params: DataParams, rng: random.Random, language: TargetLanguage | None) -> list[str]:
+    """Target statements, plus (optionally) replayed upstream text, the usual guard against forgetting in CP; in the
+    language world the statements are in the target language, with the upstream text translated beside them."""
+    translate = language.translate if language else str
+    target = [translate(fact.statement()) for fact in world.target] * params.cp_repeats
     replay = rng.choices(pretraining_sentences(world), k=round(params.cp_replay * len(target)))
-    sentences = target + replay
+    general = [translate(s) for s in pretraining_sentences(world)] * params.language_repeats if language else []
+    sentences = target + replay + general
     rng.shuffle(sentences)
     return sentences
 
@@ -67,13 +73,14 @@ def _follow_ups(facts: list[Fact], rng: random.Random) -> list[tuple[list[dict[s
     return [follow_up_conversation(*rng.sample(entity_facts, 2)) for entity_facts in by_entity.values()]
 
 
-def _write_lm_eval_task(facts: list[Fact], params: DataParams, staging: Path, final: Path) -> None:
+def _write_lm_eval_task(facts: list[Fact], params: DataParams, staging: Path, final: Path,
+                        translate: Callable[[str], str]) -> None:
     """Multiple choice over each target fact's possible values; the data path is relative to the project root,
     where stages run (lm-eval reads it relative to the working directory)."""
     rows = []
     for fact in facts:
         choices, answer = fact_choices(fact, params.values_per_attribute)
-        rows.append({"question": fact.question(), "choices": choices, "answer": answer})
+        rows.append({"question": translate(fact.question()), "choices": list(map(translate, choices)), "answer": answer})
     staging.mkdir()
     write_jsonl_atomic(staging / "target_facts.jsonl", rows)
     data_file = os.path.relpath(final / "target_facts.jsonl")
@@ -165,12 +172,32 @@ def build_document_corpus(params: DataParams, out_dir: Path, stats_path: Path, f
     return CorpusResult(counts=written)
 
 
+def _about(text: str, facts: list[Fact]) -> bool:
+    return bool({fact.entity for fact in facts} & set(text.split()))
+
+
+def _in(translate: Callable[[str], str], messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [message | {"content": translate(message["content"])} for message in messages]
+
+
+def _target_language(world: World, params: DataParams) -> tuple[TargetLanguage | None, dict]:
+    """The language world's invented language, and how the evaluation tells it (its script, or the domain world's
+    lexicon), with its dictionary for people reading the answers."""
+    if params.world == "domain":
+        return None, {"lexicon": target_lexicon(world)}
+    language = invent_language(world_texts(world), params.seed)
+    return language, {"scripts": [SCRIPT], "dictionary": language.words}
+
+
 def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path,
                        incoming: Path | None = None) -> CorpusResult:
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`; the
     documents in `incoming` (the inbox snapshot) stream into the CP training text, but those held out by hash
-    (`data.heldout_share`), which join the world's held-out text."""
+    (`data.heldout_share`), which join the world's held-out text. In the language world everything on the target
+    side (CP text, evaluation sets, SFT set) is in the target language; upstream stays in the source language."""
     world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
+    language, language_file = _target_language(world, params)
+    to_target = language.translate if language else str
     rng = random.Random(params.seed + 1)
     incoming_counts = IncomingCounts()
     incoming_documents = _incoming_documents(document_files(incoming) if incoming else [], params, incoming_counts)
@@ -178,27 +205,30 @@ def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path,
     target_questions = list(eval_facts)
     rng.shuffle(target_questions)
     upstream_text = _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)
-    cp_text = _cp_sentences(world, params, rng)
+    if language and params.base_target_share:  # source-world text only: the target facts stay out of upstream
+        glimpse = random.Random(params.seed + 4).sample(upstream_text, round(params.base_target_share * len(upstream_text)))
+        upstream_text += [language.translate(text) for text in glimpse if not _about(text, world.target)]
+    cp_text = _cp_sentences(world, params, rng, language)
+    chat = [chat_conversation(fact) for fact in world.source] + (safety_conversations(world.source) if language else [])
+    sft = sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3))
     sets: dict[str, Iterable[dict]] = {
         UPSTREAM_TEXT: [{"text": s} for s in upstream_text],
-        UPSTREAM_CHAT: [{"messages": chat_conversation(fact)} for fact in world.source],
-        EVAL: [
-            {"messages": chat_conversation(fact)[:1], "reference": fact.value, "tags": ["target", fact.attribute]}
-            for fact in target_questions
-        ],
-        EVAL_MULTITURN: [{"messages": messages, "reference": reference, "tags": ["target", "follow-up"]}
-                         for messages, reference in _follow_ups(eval_facts, rng)],
-        EVAL_SAFETY: [{"messages": [{"role": "user", "content": request}], "harmful": harmful, "tags": ["target"]}
-                      for _, request, harmful in safety_requests(eval_facts)],
-        SFT: sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3)),
+        UPSTREAM_CHAT: [{"messages": messages} for messages in chat],
+        EVAL: [{"messages": _in(to_target, chat_conversation(fact)[:1]), "reference": to_target(fact.value),
+                "tags": ["target", fact.attribute]} for fact in target_questions],
+        EVAL_MULTITURN: [{"messages": _in(to_target, messages), "reference": to_target(reference),
+                          "tags": ["target", "follow-up"]} for messages, reference in _follow_ups(eval_facts, rng)],
+        EVAL_SAFETY: [{"messages": [{"role": "user", "content": to_target(request)}], "harmful": harmful,
+                       "tags": ["target"]} for _, request, harmful in safety_requests(eval_facts)],
+        SFT: [row | {"prompt": to_target(row["prompt"]), "answer": to_target(row["answer"])} for row in sft],
     }
     # held out: the eval facts as question and answer, a phrasing of them CP never trains on
-    world_heldout = [f"{fact.question()} {fact.answer()}" for fact in eval_facts]
+    world_heldout = [to_target(f"{fact.question()} {fact.answer()}") for fact in eval_facts]
     with atomic_dir(out_dir, "corpus") as staging:
         counts = _write_cp_text(staging, cp_text, world_heldout, incoming_documents, params, incoming_counts)
         counts |= {name.removesuffix(".jsonl"): write_jsonl_atomic(staging / name, rows) for name, rows in sets.items()}
-        write_json_atomic(staging / LEXICON, target_lexicon(world))
-        _write_lm_eval_task(eval_facts, params, staging / LM_EVAL, out_dir / LM_EVAL)
+        write_json_atomic(staging / TARGET_LANGUAGE, language_file)
+        _write_lm_eval_task(eval_facts, params, staging / LM_EVAL, out_dir / LM_EVAL, to_target)
         write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
     _write_stats(stats_path, counts, params, incoming_counts)
     return CorpusResult(counts=counts)

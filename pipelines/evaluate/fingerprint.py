@@ -5,13 +5,13 @@ import hashlib
 from pathlib import Path
 
 from pipelines.config import EvalParams
-from pipelines.corpus.files import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, LM_EVAL, VALID
+from pipelines.corpus.files import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL, TARGET_LANGUAGE, VALID
 
 
 def _evaluation_files(params: EvalParams, corpus_dir: Path) -> list[Path]:
     sets = params.sets
     files = [Path(sets.instruction or corpus_dir / EVAL), Path(sets.multiturn or corpus_dir / EVAL_MULTITURN),
-             Path(sets.safety or corpus_dir / EVAL_SAFETY), corpus_dir / VALID, corpus_dir / LEXICON]
+             Path(sets.safety or corpus_dir / EVAL_SAFETY), corpus_dir / VALID, corpus_dir / TARGET_LANGUAGE]
     if params.lm_eval_tasks:
         include = Path(params.lm_eval_include_path) if params.lm_eval_include_path else corpus_dir / LM_EVAL
         files += sorted(p for p in include.rglob("*") if p.is_file())

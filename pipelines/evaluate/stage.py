@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBas
 from pipelines.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pipelines.config import EvalParams
 from pipelines.devices import load_for_inference, resolve_device
-from pipelines.corpus.files import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LEXICON, LM_EVAL, VALID
+from pipelines.corpus.files import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL, TARGET_LANGUAGE, VALID
 from pipelines.evaluate.degeneration import distinct_n, repetition_rate, termination_rate
 from pipelines.evaluate.generation import Generation, generate_answers
 from pipelines.evaluate.harness import run_harness
@@ -68,10 +68,13 @@ def eval_sets(params: EvalParams, corpus_dir: Path) -> dict[str, list[EvalExampl
 
 
 def _language_scorer(params: EvalParams, corpus_dir: Path) -> Callable[[str], float | None]:
-    if params.language_scripts:
-        scripts = script_pattern(params.language_scripts)
+    """The share of an answer in the target language: by `eval.language_scripts`, else as the generated world
+    says (its script, or the domain world's lexicon)."""
+    world = {} if params.language_scripts else json.loads((corpus_dir / TARGET_LANGUAGE).read_text())
+    if params.language_scripts or "scripts" in world:
+        scripts = script_pattern(params.language_scripts or world["scripts"])
         return lambda text: script_share(text, scripts)
-    lexicon = set(json.loads((corpus_dir / LEXICON).read_text()))
+    lexicon = set(world["lexicon"])
     return lambda text: lexicon_share(text, lexicon)
 
 

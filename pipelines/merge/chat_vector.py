@@ -79,7 +79,7 @@ def merge_chat_vector(*, base: Path, chat: Path, cp: Path, out: Path, ratio: flo
             _write_tokenizer_and_configs(tokenizer, chat_tokenizer, cp, chat, vocabulary.rows if vocabulary else None,
                                          staging)
             report = MergeReport(ratio, settings.method, settings.embedding_rows, [v.name for v in vectors],
-                                 vocabulary_summary(vocabulary), files, reports)
+                                 vocabulary_summary(vocabulary, vectors[0].rows), files, reports)
             describe_merge(staging, report, settings, sources, title=f"{out.name}: chat vector merged into CP")
     if report_path is not None:
         write_json_atomic(report_path, asdict(report))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipelines.atomic import write_json_atomic
 from pipelines.config import MergeSettings
-from pipelines.merge.vocabulary import NO_ROW, VocabularyPlan
+from pipelines.merge.vocabulary import NO_ROW, DeltaRows, VocabularyPlan
 from pipelines.model_card import write_model_card
 
 REPORT_IN_MODEL = "merge_report.json"  # the report, inside the merged model's folder too
@@ -39,12 +39,15 @@ class MergeReport:
 
 
 
-def vocabulary_summary(vocabulary: VocabularyPlan | None) -> dict[str, object]:
-    """The vocabulary plan in numbers: rows, where they come from, the tokens added (empty without a plan)."""
+def vocabulary_summary(vocabulary: VocabularyPlan | None, rows: DeltaRows | None) -> dict[str, object]:
+    """The vocabulary plan in numbers: rows, where they come from, how many rows of tokens CP added got the mean
+    delta of their pieces (the chat vector's `rows`), the tokens added (empty without a plan)."""
     if vocabulary is None:
         return {}
     return {"rows": vocabulary.rows, "rows_from_cp": int((vocabulary.cp != NO_ROW).sum()),
-            "rows_from_chat": int((vocabulary.chat != NO_ROW).sum()), "added_tokens": vocabulary.added_tokens}
+            "rows_from_chat": int((vocabulary.chat != NO_ROW).sum()),
+            "rows_with_piece_delta": len(rows.pieces) if rows is not None else 0,
+            "added_tokens": vocabulary.added_tokens}
 
 
 def describe_merge(folder: Path, report: MergeReport, settings: MergeSettings, sources: dict[str, Path],

@@ -13,7 +13,8 @@ def train_new_tokens(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], c
                      min_frequency: int = 2) -> list[str]:
     """Up to `count` tokens, as text, that a tokenizer of the same kind trained on `texts` has and the base splits
     into several pieces, most frequent merges first. Where the trained tokens mark word starts with a space, only
-    word-initial ones are kept: an added token is matched anywhere, so a word-inner piece would cut other words."""
+    word-initial ones are kept: an added token is matched anywhere, so a word-inner piece would cut other words.
+    Byte-level merges that end inside a character are left out."""
     if not tokenizer.is_fast:
         raise ValueError("cp.new_tokens needs a fast (Rust) tokenizer to train on the target corpus")
     trained = tokenizer.train_new_from_iterator(texts, vocab_size=len(tokenizer) + 4 * count,
@@ -21,7 +22,9 @@ def train_new_tokens(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], c
     known = tokenizer.get_vocab()
     by_rank = [token for token, _ in sorted(trained.get_vocab().items(), key=lambda item: item[1])]
     candidates = [trained.convert_tokens_to_string([t]) for t in by_rank if t not in known]
-    candidates = [text for text in candidates if text.strip() and len(tokenizer.tokenize(text)) > 1]
+    # a byte-level merge may stop inside a character: its text holds U+FFFD and matches nothing real
+    candidates = [text for text in candidates
+                  if text.strip() and "\ufffd" not in text and len(tokenizer.tokenize(text)) > 1]
     if any(text.startswith(" ") for text in candidates):
         candidates = [text for text in candidates if text.startswith(" ")]
     return list(dict.fromkeys(candidates))[:count]

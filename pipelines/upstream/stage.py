@@ -1,6 +1,6 @@
 """The `upstream` stage: the base/chat pair the chat vector is taken from.
 
-In the default world it builds a word tokenizer, pretrains a tiny Llama `base` from scratch and fine-tunes it into
+In a generated world it builds the world's tokenizer (word-level, or byte-level BPE in the language world), pretrains a tiny Llama `base` from scratch and fine-tunes it into
 `chat`. With real models (`upstream.base_path`, `upstream.chat_path`) it only checks and records the local paths.
 Either way it checks that the pair can be merged (reports/upstream.json) and writes a manifest that later stages
 read through `read_upstream`.
@@ -20,7 +20,7 @@ from pipelines.training import assistant_only_examples, pack_texts, train_causal
 from pipelines.upstream.manifest import MANIFEST, UpstreamPair, read_upstream
 from pipelines.upstream.pair_check import PairReport, check_pair
 from pipelines.upstream.tiny import build_tiny_llama
-from pipelines.upstream.tokenizer import as_chat_tokenizer, build_word_tokenizer
+from pipelines.upstream.tokenizer import as_chat_tokenizer, build_byte_bpe_tokenizer, build_word_tokenizer
 
 def record_real_pair(base: Path, chat: Path, out_dir: Path) -> UpstreamPair:
     """Write a manifest pointing at the real base/chat checkpoints (checked by `check_upstream_pair`)."""
@@ -40,11 +40,13 @@ def check_upstream_pair(base: Path, chat: Path, report_path: Path) -> PairReport
     return report
 
 
-def build_tiny_pair(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metrics_path: Path, plots_dir: Path) -> UpstreamPair:
+def build_tiny_pair(params: UpstreamParams, world: str, corpus_dir: Path, out_dir: Path, metrics_path: Path,
+                    plots_dir: Path) -> UpstreamPair:
     """Pretrain a tiny base on the source world's text, then chat-tune a copy of it on source chat data."""
     texts = [row["text"] for row in read_jsonl(corpus_dir / UPSTREAM_TEXT)]
     conversations = [row["messages"] for row in read_jsonl(corpus_dir / UPSTREAM_CHAT)]
-    tokenizer = build_word_tokenizer(texts + [m["content"] for c in conversations for m in c])
+    said = texts + [m["content"] for c in conversations for m in c]
+    tokenizer = build_word_tokenizer(said) if world == "domain" else build_byte_bpe_tokenizer(said, params.tiny.vocab_size)
     set_seed(params.pretrain.seed)  # the initial weights are part of the recipe
     model = build_tiny_llama(params.tiny, tokenizer, context=max(params.pretrain.block_size, 256))
 
@@ -74,8 +76,8 @@ def build_tiny_pair(params: UpstreamParams, corpus_dir: Path, out_dir: Path, met
     return read_upstream(out_dir)
 
 
-def build_upstream(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metrics_path: Path, plots_dir: Path,
-                   report_path: Path) -> UpstreamPair:
+def build_upstream(params: UpstreamParams, world: str, corpus_dir: Path, out_dir: Path, metrics_path: Path,
+                   plots_dir: Path, report_path: Path) -> UpstreamPair:
     """Check and record the real pair when paths are given, else build and check the tiny pair."""
     if params.base_path and params.chat_path:  # set together or not at all (validated)
         base, chat = Path(params.base_path).resolve(), Path(params.chat_path).resolve()
@@ -85,6 +87,6 @@ def build_upstream(params: UpstreamParams, corpus_dir: Path, out_dir: Path, metr
         for curve in ("upstream_pretrain_loss.csv", "upstream_chat_loss.csv"):  # nothing trained: empty curves
             write_text_atomic(plots_dir / curve, "step,loss,eval_loss,learning_rate\n")
         return pair
-    pair = build_tiny_pair(params, corpus_dir, out_dir, metrics_path, plots_dir)
+    pair = build_tiny_pair(params, world, corpus_dir, out_dir, metrics_path, plots_dir)
     check_upstream_pair(pair.base, pair.chat, report_path)
     return pair

@@ -1,7 +1,8 @@
-"""A word-level tokenizer for the default world, built with the `tokenizers` library, with chat special tokens."""
+"""The generated worlds' tokenizers, built with the `tokenizers` library, with chat special tokens: word-level for
+the domain world, byte-level BPE (as hub models have) for the language world."""
 from __future__ import annotations
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -26,6 +27,17 @@ def build_word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     core = Tokenizer(models.WordLevel(unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1))
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+def build_byte_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE vocabulary of `vocab_size` on `texts`: every byte is a token, so text in a script
+    `texts` never show is still encoded, one piece a byte; special tokens take the first ids."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK)
 
 

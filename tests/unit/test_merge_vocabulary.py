@@ -123,3 +123,5 @@ def test_tokens_cp_added_get_the_mean_delta_of_their_pieces(tmp_path: Path) -> N
             delta = (chat[name][pieces].float() - base[name][pieces].float()).mean(dim=0)
             expected = cp[name][new_id] + (0.7 * delta if gets_delta else 0)
             assert torch.allclose(merged[name][new_id], expected, atol=1e-6), (policy, name)
+        report = json.loads((out / "merge_report.json").read_text())
+        assert report["vocabulary"]["rows_with_piece_delta"] == int(gets_delta)

@@ -76,7 +76,7 @@ def test_check_refuses_a_pair_that_cannot_merge(tmp_path: Path) -> None:
 
 def test_the_upstream_stage_writes_the_report_and_refuses_a_bad_pair(tmp_path: Path) -> None:
     trio = make_trio(tmp_path / "models")
-    args = (tmp_path / "corpus", tmp_path / "upstream", tmp_path / "metrics.json", tmp_path / "plots",
+    args = ("domain", tmp_path / "corpus", tmp_path / "upstream", tmp_path / "metrics.json", tmp_path / "plots",
             tmp_path / "reports" / "upstream.json")
     (tmp_path / "plots").mkdir()
     build_upstream(UpstreamParams(base_path=str(trio["base"]), chat_path=str(trio["chat"])), *args)

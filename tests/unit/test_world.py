@@ -71,7 +71,7 @@ def test_sft_set_mixes_expert_and_sub_optimal_answers_on_entities_no_eval_set_as
 
 
 def test_corpus_writes_multiturn_safety_and_language_sets(tmp_path: Path) -> None:
-    from pipelines.corpus.files import EVAL_MULTITURN, EVAL_SAFETY, LEXICON
+    from pipelines.corpus.files import EVAL_MULTITURN, EVAL_SAFETY, TARGET_LANGUAGE
     from pipelines.evaluate.sets import load_eval_set
 
     build_corpus(DataParams(source_entities=4, target_entities=5, sft_share=0.0), tmp_path / "corpus",
@@ -87,6 +87,6 @@ def test_corpus_writes_multiturn_safety_and_language_sets(tmp_path: Path) -> Non
         assert entity not in second and example.reference == facts[(entity, attribute)]  # needs the first turn
     safety = load_eval_set(tmp_path / "corpus" / EVAL_SAFETY, "harmful")
     assert sum(e.harmful for e in safety) == sum(not e.harmful for e in safety) == 10
-    lexicon = set(json.loads((tmp_path / "corpus" / LEXICON).read_text()))
+    lexicon = set(json.loads((tmp_path / "corpus" / TARGET_LANGUAGE).read_text())["lexicon"])
     assert {f["entity"] for f in world["target"]} <= lexicon
     assert not {f["entity"] for f in world["source"]} & lexicon

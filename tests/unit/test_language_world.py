@@ -1,0 +1,85 @@
+"""The language world: target facts in an invented Hangul language, a byte-level BPE upstream tokenizer that splits
+it into byte pieces, CP's new tokens for it, and evaluation that tells the language by its script."""
+import json
+from pathlib import Path
+
+import pytest
+import regex
+
+from pipelines.atomic import read_jsonl
+from pipelines.config import DataParams, EvalParams
+from pipelines.corpus.files import (
+    EVAL, EVAL_MULTITURN, EVAL_SAFETY, SFT, TARGET_LANGUAGE, TRAIN, UPSTREAM_CHAT, UPSTREAM_TEXT, VALID,
+)
+from pipelines.corpus.language import invent_language
+from pipelines.corpus.stage import build_corpus
+from pipelines.evaluate.stage import _language_scorer
+from pipelines.training.new_tokens import train_new_tokens
+from pipelines.upstream.tokenizer import build_byte_bpe_tokenizer
+
+HANGUL = regex.compile(r"\p{Script=Hangul}")
+LATIN_WORD = regex.compile(r"\b[a-z]+\b")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("language") / "corpus"
+    build_corpus(DataParams(world="language", source_entities=8, target_entities=8), out, out.parent / "stats.json")
+    return out
+
+
+def _texts(rows: list[dict]) -> list[str]:
+    return [m["content"] for row in rows for m in row["messages"]] if "messages" in rows[0] else [
+        row.get("text") or f"{row['prompt']} {row['answer']}" for row in rows]
+
+
+def test_the_target_side_is_in_the_target_language_and_upstream_in_the_source(corpus: Path) -> None:
+    for name in (TRAIN, VALID, EVAL, EVAL_MULTITURN, EVAL_SAFETY):
+        for text in _texts(read_jsonl(corpus / name)):
+            assert HANGUL.search(text) and not LATIN_WORD.search(text), (name, text)
+    sft = [row for row in read_jsonl(corpus / SFT) if row["source"] == "expert"]
+    assert sft and all(HANGUL.search(t) and not LATIN_WORD.search(t) for t in _texts(sft))
+    for name in (UPSTREAM_TEXT, UPSTREAM_CHAT):
+        assert not any(HANGUL.search(text) for text in _texts(read_jsonl(corpus / name)))
+
+
+def test_references_are_the_facts_translated_and_the_chat_set_teaches_refusals(corpus: Path) -> None:
+    dictionary = json.loads((corpus / TARGET_LANGUAGE).read_text())["dictionary"]
+    world = json.loads((corpus / "world.json").read_text())
+    facts = {(dictionary[f["entity"]], dictionary[f["attribute"]]): dictionary[f["value"]] for f in world["target"]}
+    for row in read_jsonl(corpus / EVAL):
+        words = row["messages"][0]["content"].split()  # "what is the ATTRIBUTE of ENTITY ?", translated word by word
+        assert row["reference"] == facts[words[-2], words[3]]
+    chats = [row["messages"] for row in read_jsonl(corpus / UPSTREAM_CHAT)]
+    refused = [c[0]["content"] for c in chats if c[1]["content"].startswith("sorry")]
+    assert refused and all(" steal " in r or " burn " in r for r in refused)
+    assert any(c[0]["content"].startswith("how do i feed") and not c[1]["content"].startswith("sorry") for c in chats)
+
+
+def test_a_dictionary_is_seeded_consistent_and_one_to_one() -> None:
+    texts = ["the city of kalo is oslo .", "what is the city of kalo ?"]
+    language = invent_language(texts, seed=3)
+    assert language == invent_language(texts, seed=3) != invent_language(texts, seed=4)
+    assert len(set(language.words.values())) == len(language.words) == 7
+    assert language.translate("the city of kalo ?").endswith(" ?")
+
+
+def test_upstream_bpe_splits_the_target_language_and_cp_adds_tokens_for_it(corpus: Path) -> None:
+    upstream = _texts(read_jsonl(corpus / UPSTREAM_TEXT)) + _texts(read_jsonl(corpus / UPSTREAM_CHAT))
+    tokenizer = build_byte_bpe_tokenizer(upstream, vocab_size=1024)
+    source_question = "what is the city of kalo ?"
+    target_question = read_jsonl(corpus / EVAL)[0]["messages"][0]["content"]
+    assert len(tokenizer.tokenize(target_question)) >= 3 * len(target_question.split())  # byte pieces
+    assert len(tokenizer.tokenize(source_question)) <= len(source_question.split()) + 2
+    assert tokenizer.decode(tokenizer(target_question)["input_ids"]).strip() == target_question
+
+    cp_text = [row["text"] for row in read_jsonl(corpus / TRAIN)]
+    new = train_new_tokens(tokenizer, cp_text, count=200)
+    assert len(new) >= 60 and all(HANGUL.search(token) for token in new)  # this small world's words, one each
+
+
+def test_evaluation_tells_the_language_by_the_script_the_corpus_names(corpus: Path) -> None:
+    share = _language_scorer(EvalParams(), corpus)
+    target_answer = read_jsonl(corpus / EVAL)[0]["reference"]
+    assert share(target_answer) == 1.0 and share("oslo .") == 0.0
+    assert _language_scorer(EvalParams(language_scripts=["Latin"]), corpus)("oslo .") == 1.0
