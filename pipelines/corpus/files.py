@@ -2,6 +2,8 @@
 
 UPSTREAM_TEXT = "upstream_text.jsonl"
 UPSTREAM_CHAT = "upstream_chat.jsonl"
+# language world: the little target-language text the base pretrains on too; the upstream tokenizer never sees it
+UPSTREAM_TARGET_TEXT = "upstream_target_text.jsonl"
 TRAIN = "train.jsonl"
 VALID = "valid.jsonl"
 EVAL = "eval.jsonl"

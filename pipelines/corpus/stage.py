@@ -14,7 +14,8 @@ from pipelines.atomic import atomic_dir, iter_jsonl, write_json_atomic, write_js
 from pipelines.config import DataParams
 from pipelines.corpus.cleaning import clean_document
 from pipelines.corpus.files import (
-    EVAL, EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL, SFT, TARGET_LANGUAGE, TRAIN, UPSTREAM_CHAT, UPSTREAM_TEXT, VALID,
+    EVAL, EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL, SFT, TARGET_LANGUAGE, TRAIN, UPSTREAM_CHAT, UPSTREAM_TARGET_TEXT,
+    UPSTREAM_TEXT, VALID,
 )
 from pipelines.corpus.documents import document_files, read_file_documents
 from pipelines.corpus.heldout import HeldOutSplit
@@ -205,14 +206,14 @@ def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path,
     target_questions = list(eval_facts)
     rng.shuffle(target_questions)
     upstream_text = _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)
-    if language and params.base_target_share:  # source-world text only: the target facts stay out of upstream
-        glimpse = random.Random(params.seed + 4).sample(upstream_text, round(params.base_target_share * len(upstream_text)))
-        upstream_text += [language.translate(text) for text in glimpse if not _about(text, world.target)]
+    glimpse = random.Random(params.seed + 4).sample(upstream_text, round(params.base_target_share * len(upstream_text)))
+    glimpse = [language.translate(text) for text in glimpse if not _about(text, world.target)] if language else []
     cp_text = _cp_sentences(world, params, rng, language)
     chat = [chat_conversation(fact) for fact in world.source] + (safety_conversations(world.source) if language else [])
     sft = sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3))
     sets: dict[str, Iterable[dict]] = {
         UPSTREAM_TEXT: [{"text": s} for s in upstream_text],
+        **({UPSTREAM_TARGET_TEXT: [{"text": s} for s in glimpse]} if language else {}),  # source-world facts only
         UPSTREAM_CHAT: [{"messages": messages} for messages in chat],
         EVAL: [{"messages": _in(to_target, chat_conversation(fact)[:1]), "reference": to_target(fact.value),
                 "tags": ["target", fact.attribute]} for fact in target_questions],

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, default_data_col
 
 from pipelines.atomic import atomic_dir, read_jsonl, write_json_atomic, write_text_atomic
 from pipelines.config import UpstreamParams
-from pipelines.corpus.files import UPSTREAM_CHAT, UPSTREAM_TEXT
+from pipelines.corpus.files import UPSTREAM_CHAT, UPSTREAM_TARGET_TEXT, UPSTREAM_TEXT
 from pipelines.merge.plan import read_config
 from pipelines.training import assistant_only_examples, pack_texts, train_causal_lm
 from pipelines.upstream.manifest import MANIFEST, UpstreamPair, read_upstream
@@ -47,6 +47,8 @@ def build_tiny_pair(params: UpstreamParams, world: str, corpus_dir: Path, out_di
     conversations = [row["messages"] for row in read_jsonl(corpus_dir / UPSTREAM_CHAT)]
     said = texts + [m["content"] for c in conversations for m in c]
     tokenizer = build_word_tokenizer(said) if world == "domain" else build_byte_bpe_tokenizer(said, params.tiny.vocab_size)
+    if (corpus_dir / UPSTREAM_TARGET_TEXT).exists():  # pretrained on, after the tokenizer was trained without it
+        texts += [row["text"] for row in read_jsonl(corpus_dir / UPSTREAM_TARGET_TEXT)]
     set_seed(params.pretrain.seed)  # the initial weights are part of the recipe
     model = build_tiny_llama(params.tiny, tokenizer, context=max(params.pretrain.block_size, 256))
 

@@ -9,7 +9,8 @@ import regex
 from pipelines.atomic import read_jsonl
 from pipelines.config import DataParams, EvalParams
 from pipelines.corpus.files import (
-    EVAL, EVAL_MULTITURN, EVAL_SAFETY, SFT, TARGET_LANGUAGE, TRAIN, UPSTREAM_CHAT, UPSTREAM_TEXT, VALID,
+    EVAL, EVAL_MULTITURN, EVAL_SAFETY, SFT, TARGET_LANGUAGE, TRAIN, UPSTREAM_CHAT, UPSTREAM_TARGET_TEXT,
+    UPSTREAM_TEXT, VALID,
 )
 from pipelines.corpus.language import invent_language
 from pipelines.corpus.stage import build_corpus
@@ -24,7 +25,8 @@ LATIN_WORD = regex.compile(r"\b[a-z]+\b")
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("language") / "corpus"
-    build_corpus(DataParams(world="language", source_entities=8, target_entities=8), out, out.parent / "stats.json")
+    params = DataParams(world="language", source_entities=8, target_entities=8, base_target_share=0.1)
+    build_corpus(params, out, out.parent / "stats.json")
     return out
 
 
@@ -41,6 +43,17 @@ def test_the_target_side_is_in_the_target_language_and_upstream_in_the_source(co
     assert sft and all(HANGUL.search(t) and not LATIN_WORD.search(t) for t in _texts(sft))
     for name in (UPSTREAM_TEXT, UPSTREAM_CHAT):
         assert not any(HANGUL.search(text) for text in _texts(read_jsonl(corpus / name)))
+
+
+def test_the_base_glimpses_the_target_language_on_source_facts_only(corpus: Path) -> None:
+    dictionary = json.loads((corpus / TARGET_LANGUAGE).read_text())["dictionary"]
+    world = json.loads((corpus / "world.json").read_text())
+    glimpse = _texts(read_jsonl(corpus / UPSTREAM_TARGET_TEXT))
+    upstream = read_jsonl(corpus / UPSTREAM_TEXT)
+    assert 0 < len(glimpse) <= 0.1 * len(upstream) and all(HANGUL.search(t) for t in glimpse)
+    said = {word for text in glimpse for word in text.split()}
+    assert said & {dictionary[f["entity"]] for f in world["source"]}
+    assert not said & {dictionary[f["entity"]] for f in world["target"]}
 
 
 def test_references_are_the_facts_translated_and_the_chat_set_teaches_refusals(corpus: Path) -> None:
@@ -83,3 +96,35 @@ def test_evaluation_tells_the_language_by_the_script_the_corpus_names(corpus: Pa
     target_answer = read_jsonl(corpus / EVAL)[0]["reference"]
     assert share(target_answer) == 1.0 and share("oslo .") == 0.0
     assert _language_scorer(EvalParams(language_scripts=["Latin"]), corpus)("oslo .") == 1.0
+
+
+def test_the_stages_carry_the_language_from_corpus_to_merged_model(corpus: Path, tmp_path: Path) -> None:
+    """corpus -> upstream (byte-level BPE) -> CP with new tokens -> merge under `overlap` -> evaluation, tiny."""
+    from pipelines.config import CPParams, MergeSettings, TinyModelParams, TrainParams, UpstreamParams
+    from pipelines.cp import continual_pretrain
+    from pipelines.evaluate.stage import evaluate_candidate
+    from pipelines.layout import NEW_TOKENS
+    from pipelines.merge.chat_vector import merge_chat_vector
+    from pipelines.upstream.stage import build_upstream
+
+    (tmp_path / "plots").mkdir()
+    steps = TrainParams(steps=4, batch_size=4, block_size=32, learning_rate=1e-3)
+    upstream = UpstreamParams(tiny=TinyModelParams(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
+                              pretrain=steps, chat_tune=steps)
+    pair = build_upstream(upstream, "language", corpus, tmp_path / "upstream", tmp_path / "up.json",
+                          tmp_path / "plots", tmp_path / "pair.json")
+    assert json.loads((pair.base / "tokenizer.json").read_text())["model"]["type"] == "BPE"
+    cp = CPParams(steps=4, batch_size=4, block_size=32, learning_rate=1e-3, save_every=0, new_tokens=40)
+    continual_pretrain(params=cp, corpus_dir=corpus, upstream_dir=tmp_path / "upstream", out_dir=tmp_path / "cp",
+                       metrics_path=tmp_path / "cp.json", curve_csv=tmp_path / "cp.csv",
+                       checkpoint_dir=tmp_path / "checkpoints")
+    added = json.loads((tmp_path / "cp" / NEW_TOKENS).read_text())
+    assert len(added) == json.loads((tmp_path / "cp.json").read_text())["new_tokens"] == 40
+
+    report = merge_chat_vector(base=pair.base, chat=pair.chat, cp=tmp_path / "cp", out=tmp_path / "merged",
+                               ratio=1.0, settings=MergeSettings(embedding_rows="overlap"))
+    assert report.vocabulary["rows_with_piece_delta"] == 40  # every piece is a byte both upstream models have
+    result = evaluate_candidate(model_dir=tmp_path / "merged", chat_dir=pair.chat, corpus_dir=corpus,
+                                params=EvalParams(max_new_tokens=4, max_questions=4, block_size=32),
+                                metrics_path=tmp_path / "metrics.json", samples_path=tmp_path / "samples.jsonl")
+    assert 0.0 <= result.metrics["language_consistency"] <= 1.0 and result.metrics["target_perplexity"] > 1.0
