@@ -44,6 +44,8 @@ class DataParams(Section):
     cp_replay: float = Field(0.0, ge=0, description="upstream sentences replayed in the CP corpus, per target sentence")
     language_repeats: int = Field(2, ge=0, description="language world: times the upstream text, translated, "
                                   "joins the CP corpus (the language beyond the target facts)")
+    base_target_mix: float = Field(1.0, gt=0, le=1, description="language world: share of the words of each "
+                                   "sentence the base glimpses in the target language (below 1: mixed-language text)")
     base_target_share: float = Field(0.0, ge=0, le=1, description="language world: share of the upstream "
                                      "pretraining text also given in the target language (source facts only), so "
                                      "the base sees a little of it, as Llama 2 saw a little Chinese")

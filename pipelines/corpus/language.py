@@ -26,6 +26,10 @@ class TargetLanguage:
         """The text with each whitespace-separated source word replaced; other tokens (punctuation, markup) kept."""
         return " ".join(self.words.get(token, token) for token in text.split())
 
+    def code_switch(self, text: str, share: float, rng: random.Random) -> str:
+        """The text with each source word replaced with probability `share` (mixed-language text)."""
+        return " ".join(self.words.get(token, token) if rng.random() < share else token for token in text.split())
+
 
 def _invented_word(rng: random.Random) -> str:
     return "".join(chr(_FIRST_SYLLABLE + rng.randrange(_SYLLABLES)) for _ in range(rng.choice((1, 2, 2, 3))))

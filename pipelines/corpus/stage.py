@@ -206,8 +206,10 @@ def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path,
     target_questions = list(eval_facts)
     rng.shuffle(target_questions)
     upstream_text = _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)
-    glimpse = random.Random(params.seed + 4).sample(upstream_text, round(params.base_target_share * len(upstream_text)))
-    glimpse = [language.translate(text) for text in glimpse if not _about(text, world.target)] if language else []
+    glimpse_rng = random.Random(params.seed + 4)
+    glimpse = glimpse_rng.sample(upstream_text, round(params.base_target_share * len(upstream_text)))
+    glimpse = [language.code_switch(text, params.base_target_mix, glimpse_rng) for text in glimpse
+               if not _about(text, world.target)] if language else []
     cp_text = _cp_sentences(world, params, rng, language)
     chat = [chat_conversation(fact) for fact in world.source] + (safety_conversations(world.source) if language else [])
     sft = sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3))

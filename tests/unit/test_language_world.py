@@ -1,6 +1,7 @@
 """The language world: target facts in an invented Hangul language, a byte-level BPE upstream tokenizer that splits
 it into byte pieces, CP's new tokens for it, and evaluation that tells the language by its script."""
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,12 @@ def test_a_dictionary_is_seeded_consistent_and_one_to_one() -> None:
     assert language == invent_language(texts, seed=3) != invent_language(texts, seed=4)
     assert len(set(language.words.values())) == len(language.words) == 7
     assert language.translate("the city of kalo ?").endswith(" ?")
+    sentence = "what is the city of kalo ? oslo ."
+    assert language.code_switch(sentence, 1.0, random.Random(0)) == language.translate(sentence)
+    mixed = [language.code_switch(sentence, 0.5, random.Random(seed)).split() for seed in range(20)]
+    assert all(len(m) == 9 for m in mixed)
+    switched = sum(word in language.words.values() for m in mixed for word in m)
+    assert 0.3 * 20 * 7 < switched < 0.7 * 20 * 7  # about half of the 7 words, punctuation never
 
 
 def test_upstream_bpe_splits_the_target_language_and_cp_adds_tokens_for_it(corpus: Path) -> None:
