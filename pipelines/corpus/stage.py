@@ -173,8 +173,16 @@ def build_document_corpus(params: DataParams, out_dir: Path, stats_path: Path, f
     return CorpusResult(counts=written)
 
 
-def _about(text: str, facts: list[Fact]) -> bool:
-    return bool({fact.entity for fact in facts} & set(text.split()))
+def _glimpse(upstream_text: list[str], world: World, params: DataParams, language: TargetLanguage | None) -> list[str]:
+    """Language world: `data.base_target_share` of the upstream text in the target language (each word with
+    probability `data.base_target_mix`), the sentences naming target entities left out."""
+    if language is None:
+        return []
+    rng = random.Random(params.seed + 4)
+    picked = rng.sample(upstream_text, round(params.base_target_share * len(upstream_text)))
+    target_names = {fact.entity for fact in world.target}
+    return [language.code_switch(text, params.base_target_mix, rng) for text in picked
+            if not target_names & set(text.split())]
 
 
 def _in(translate: Callable[[str], str], messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -206,10 +214,7 @@ def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path,
     target_questions = list(eval_facts)
     rng.shuffle(target_questions)
     upstream_text = _repeated_shuffled(pretraining_sentences(world), params.pretrain_repeats, rng)
-    glimpse_rng = random.Random(params.seed + 4)
-    glimpse = glimpse_rng.sample(upstream_text, round(params.base_target_share * len(upstream_text)))
-    glimpse = [language.code_switch(text, params.base_target_mix, glimpse_rng) for text in glimpse
-               if not _about(text, world.target)] if language else []
+    glimpse = _glimpse(upstream_text, world, params, language)
     cp_text = _cp_sentences(world, params, rng, language)
     chat = [chat_conversation(fact) for fact in world.source] + (safety_conversations(world.source) if language else [])
     sft = sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3))
