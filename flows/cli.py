@@ -20,6 +20,14 @@ app = typer.Typer(help="chatgraft: continual pretraining + chat vector, as a tra
 
 apply_offline_defaults()
 
+
+@app.callback()
+def _every_command() -> None:
+    # `run` and `ui` set their own handlers; every other command's half-written outputs are removed on SIGTERM
+    from pipelines.atomic import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
+
 if TYPE_CHECKING:
     from flows.retrain import RetrainResult
     from pipelines.config import Params

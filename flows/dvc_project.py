@@ -130,6 +130,11 @@ class DvcProject:
             return [PipelineStage(stage.addressing, bool((stage.meta or {}).get("gpu")))
                     for stage in repo.index.stages if isinstance(stage, dvc_stage.PipelineStage)]
 
+    def declared_outputs(self) -> list[Path]:
+        """Every output path dvc.yaml declares (foreach expanded), relative to the root."""
+        with self._repo() as repo:
+            return sorted({Path(out.def_path) for stage in repo.index.stages for out in stage.outs})
+
     def is_up_to_date(self, stage: str) -> bool:
         """True when dvc.lock matches the stage's deps, params and outs, so `repro` would skip it."""
         with self._repo() as repo:

@@ -1,12 +1,14 @@
 """What a killed run left behind, closed by the next run: Prefect runs left Running, MLflow runs left RUNNING,
-slots still counted, registry versions and champion moves left half-recorded.
+slots still counted, registry versions and champion moves left half-recorded, outputs left half-written.
 
 It runs while the workspace lock is held, so every other flow run of this workspace still marked Running is known
 to be dead: its process would hold the lock.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from uuid import UUID
 
 from mlflow.entities import Run, RunStatus
@@ -20,6 +22,7 @@ from prefect.states import Crashed
 
 from flows.slots import embedded, release_dead_gpu_slots, revoke_expired_leases
 from flows.tracking.store import Store
+from pipelines.atomic import staging_left_behind
 
 UNFINISHED = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.SCHEDULED]
 FOUND_BY_TAG = "chatgraft.crashed_found_by"
@@ -34,15 +37,17 @@ class Recovery:
     task_runs: list[str] = field(default_factory=list)
     mlflow_runs: list[str] = field(default_factory=list)
     slots: list[str] = field(default_factory=list)
+    staging: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.flow_runs or self.task_runs or self.mlflow_runs or self.slots)
+        return bool(self.flow_runs or self.task_runs or self.mlflow_runs or self.slots or self.staging)
 
     def summary(self) -> str:
         """One line for the log."""
         return "; ".join(f"{what}: {', '.join(items)}" for what, items in (
             ("crashed flow runs", self.flow_runs), ("their unfinished task runs", self.task_runs),
-            ("MLflow runs marked FAILED", self.mlflow_runs), ("slots given back", self.slots)) if items)
+            ("MLflow runs marked FAILED", self.mlflow_runs), ("slots given back", self.slots),
+            ("half-written outputs removed", self.staging)) if items)
 
 
 def tag_workspace(flow_run_id: UUID, workspace: str) -> None:
@@ -104,6 +109,15 @@ def fail_abandoned_runs(store: Store, flow_run_id: UUID, keep: str, found_by: st
         [store.experiment_id], f"attributes.status = 'RUNNING' and tags.prefect_flow_run_id = '{flow_run_id}'",
         max_results=1000)
     return [_fail(store, run, found_by) for run in running if run.info.run_id != keep]
+
+
+def remove_staging_left_behind(root: Path, outputs: list[Path]) -> list[str]:
+    """Delete the half-written copies of `outputs` (paths under `root`) that killed stages left beside them; returns
+    them, relative to `root`. Call while holding the workspace lock: no stage of this workspace writes then."""
+    found = [path for output in outputs for path in staging_left_behind(root / output)]
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return [str(path.relative_to(root)) for path in found]
 
 
 def recover_crashed_runs(store: Store, workspace: str, current: UUID, current_name: str) -> Recovery:

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from flows.context import RunContext, open_project, require_usable_inputs
 from flows.leaderboard_view import leaderboard_markdown, promotion_markdown
 from flows.lineage import lineage_tags
-from flows.recovery import fail_abandoned_runs, recover_crashed_runs, tag_workspace
+from flows.recovery import fail_abandoned_runs, recover_crashed_runs, remove_staging_left_behind, tag_workspace
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
     INTAKE_STAGE, import_documents, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage,
@@ -61,6 +61,7 @@ def retrain(project_dir: str = ".", wait_for_workspace: bool = True, stage_logs:
         workspace, current = workspace_id(ctx.root), UUID(str(flow_run.id))
         tag_workspace(current, workspace)
         recovery = recover_crashed_runs(ctx.store, workspace, current, flow_run.name)
+        recovery.staging = remove_staging_left_behind(ctx.root, ctx.dvc.declared_outputs())
         if recovery:
             logger.warning("closed what killed runs left: %s", recovery.summary())
         ensure_concurrency_limits(ctx.params.flow.gpu_slots)

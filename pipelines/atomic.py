@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,6 +28,25 @@ def _umask() -> int:
 
 
 UMASK = _umask()  # read once: os.umask can only be read by setting it, which would race with other threads
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def staging_left_behind(target: Path) -> list[Path]:
+    """The temporary folders and files writers of `target` left beside it when they were killed outright (SIGKILL,
+    the OOM killer, a lost machine): a model's worth of disk each. Only call while no writer of `target` runs."""
+    pattern = re.compile(re.escape(_staging_prefix(target)) + r"[a-z0-9_]{8}")  # what mkdtemp/mkstemp append
+    if not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM (what schedulers and the flow send) unwind like an error, so the staging of an output being
+    written is removed; by default Python dies at once and leaves it behind, a model's worth of disk per kill."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 class OutputExistsError(FileExistsError):
@@ -65,7 +87,7 @@ def atomic_dir(target: Path, kind: str, overwrite: bool = False) -> Iterator[Pat
     if not overwrite:
         check_replaceable(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), dir=target.parent))
     try:
         yield staging
         (staging / OUTPUT_MARKER).write_text(kind + "\n")
@@ -86,7 +108,7 @@ def atomic_file(path: Path, binary: bool = False) -> Iterator[IO[Any]]:
     """An open file (text, or bytes when `binary`) that replaces `path` when the block succeeds, and vanishes if it
     fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_staging_prefix(path), dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as handle:

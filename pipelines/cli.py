@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from pipelines.atomic import exit_cleanly_on_sigterm
 from pipelines.config import load_params
 from pipelines.layout import Layout
 from pipelines.stage_log import record_stage
@@ -23,6 +24,7 @@ def main() -> None:
     """Run one stage command. An error in the user's input (a bad file, line, key or path: the stages raise
     ValueError or FileNotFoundError naming it) ends its output with one line after the traceback, marked so the
     flow can show it alone."""
+    exit_cleanly_on_sigterm()
     try:
         app(prog_name="python -m pipelines")
     except (ValueError, FileNotFoundError) as error:

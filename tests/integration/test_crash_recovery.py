@@ -24,7 +24,10 @@ from mlflow import MlflowClient
 
 from flows.recovery import FOUND_BY_TAG
 from flows.tracking.store import embedded_uri
+from pipelines.atomic import output_kind
+from pipelines.merge.chat_vector import MERGED_MODEL
 from tests.conftest import ONE_BRANCH_PARAMS, TINY_PARAMS, make_project, wait_until
+from tests.unit.test_atomic_outputs import HALFWAY
 
 pytestmark = pytest.mark.integration
 MODEL = "chatgraft-chat"
@@ -98,6 +101,14 @@ def kill_inside(root: Path, step: str, rng: random.Random) -> None:
                interval=0.2)
 
 
+def kill_a_writer_halfway(target: Path) -> None:
+    """SIGKILL a process halfway through writing `target` as the stages do (a merge killed at its last file)."""
+    process = subprocess.Popen([sys.executable, "-c", HALFWAY, str(target)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    process.kill()
+    process.wait()
+
+
 def working_in(root: Path) -> list[str]:
     """Command lines of the processes whose working directory is the project (a stage, DVC, the flow)."""
     found = []
@@ -122,6 +133,7 @@ def crashed_chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subpr
     rng = random.Random(21)
     for step in ("cp", "merge@1.0", "register", "promote", "push"):
         kill_inside(root, step, rng)
+    kill_a_writer_halfway(root / "models" / "merged" / "alpha-1.0")
     final = subprocess.run([CHATGRAFT, "run", "--verbose", "--project-dir", str(root)], env=environment(root),
                            capture_output=True, text=True, timeout=900)
     return root, final
@@ -131,6 +143,8 @@ def test_the_run_after_the_kills_completes(crashed_chain) -> None:
     root, final = crashed_chain
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     assert "closed what killed runs left" in final.stdout + final.stderr
+    assert "half-written outputs removed: models/merged/.alpha-1.0." in final.stdout + final.stderr
+    assert not [p.name for p in (root / "models" / "merged").iterdir() if p.name.startswith(".")]
 
 
 def test_each_stage_was_reproduced_once_and_nothing_registered_twice(crashed_chain) -> None:
@@ -178,4 +192,7 @@ def test_sigterm_ends_a_run_cleanly(crashed_chain) -> None:
     assert not runs  # the run ended its own MLflow runs, FAILED, without waiting for the next run
     state = prefect_state(root)
     assert state["slots"]["tag:gpu"] == 0 and "RUNNING" not in [kind for _, kind in state["flow_runs"]]
-    assert not (root / "models" / "merged" / "alpha-0.9").exists()
+    merged = root / "models" / "merged"
+    assert not [p.name for p in merged.iterdir() if p.name.startswith(".alpha-0.9.")]  # no half-written staging
+    # the merge was stopped (most often while importing), or had just replaced its output: never half a model
+    assert not (merged / "alpha-0.9").exists() or output_kind(merged / "alpha-0.9") == MERGED_MODEL

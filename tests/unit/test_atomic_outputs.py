@@ -1,10 +1,15 @@
 """Outputs replace only what they own, appear whole, and get the modes the umask gives."""
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from pipelines.atomic import OUTPUT_MARKER, UMASK, OutputExistsError, atomic_dir, output_kind, write_json_atomic
+from pipelines.atomic import (
+    OUTPUT_MARKER, UMASK, OutputExistsError, atomic_dir, output_kind, staging_left_behind, write_json_atomic,
+)
 
 
 def _write_model(target: Path, kind: str = "merged model", **options: bool) -> None:
@@ -72,6 +77,44 @@ def test_a_failed_block_leaves_the_previous_output(tmp_path: Path) -> None:
             raise RuntimeError("killed")
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# a stage command halfway through writing an output: the handler every command installs, then a block that waits
+HALFWAY = """
+import sys, time
+from pathlib import Path
+from pipelines.atomic import atomic_dir, exit_cleanly_on_sigterm
+exit_cleanly_on_sigterm()
+with atomic_dir(Path(sys.argv[1]), "merged model") as staging:
+    (staging / "model.safetensors").write_bytes(b"half")
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_sigterm_halfway_leaves_no_staging(tmp_path: Path) -> None:
+    """What the flow and schedulers send: the half-written folder goes, and nothing appears in its place."""
+    process = subprocess.Popen([sys.executable, "-c", HALFWAY, str(tmp_path / "out")], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "writing"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # the staging, while it writes
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_staging_a_killed_writer_left_is_found(tmp_path: Path) -> None:
+    """SIGKILL cannot be handled: the staging stays until the next run finds it, and only it is found."""
+    (tmp_path / ".out.notes.txt").write_text("mine")  # the user's, and another output's staging
+    (tmp_path / ".outer.abcdefgh").mkdir()
+    process = subprocess.Popen([sys.executable, "-c", HALFWAY, str(tmp_path / "out")], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "writing"
+    process.kill()
+    process.wait(timeout=30)
+    left = staging_left_behind(tmp_path / "out")
+    assert len(left) == 1 and (left[0] / "model.safetensors").read_bytes() == b"half"
+    assert staging_left_behind(tmp_path / "missing" / "out") == []
 
 
 def test_outputs_follow_the_umask(tmp_path: Path) -> None:
