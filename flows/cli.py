@@ -23,7 +23,7 @@ apply_offline_defaults()
 
 @app.callback()
 def _every_command() -> None:
-    # `run` and `ui` set their own handlers; every other command's half-written outputs are removed on SIGTERM
+    # SIGTERM unwinds: half-written outputs are removed, `ui` stops its server in a `finally` (`run` sets its own)
     from pipelines.atomic import exit_cleanly_on_sigterm
 
     exit_cleanly_on_sigterm()
@@ -340,6 +340,7 @@ def ui(
 
     from flows.tracking.store import tracking_uri
     from flows.tracking.webhooks import project_keys, server_environment
+    from flows.watch import local_address
 
     root = project_dir.resolve()
     uri = tracking_uri(root)
@@ -347,13 +348,12 @@ def ui(
                "--host", host, "--port", str(port), "--workers", "1"]  # one delivery queue: moves heard in order
     if uri.startswith("sqlite:"):
         command += ["--default-artifact-root", (root / "mlflow" / "artifacts").as_uri()]
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # unwinds to the finally below
     server = subprocess.Popen(command, env={**os.environ, **server_environment(project_keys(root))},
                               start_new_session=True)  # its own group: its workers are stopped with it
     try:
         if no_watch or uri.startswith("http"):  # a server of one's own delivers to a `chatgraft watch` of one's own
             raise typer.Exit(server.wait())
-        os.environ["MLFLOW_TRACKING_URI"] = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        os.environ["MLFLOW_TRACKING_URI"] = local_address(host, port)
         _wait_for_server(server, os.environ["MLFLOW_TRACKING_URI"])
         _watch(root, host, watch_port, None)
     finally:

@@ -104,9 +104,14 @@ def create_app(store: Store, policy: PromoteParams, secret: str) -> FastAPI:
     return app
 
 
+def local_address(host: str, port: int) -> str:
+    """The URL this machine reaches a server listening on `host`:`port` at (the loopback for a wildcard host)."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+
 def webhook_url(host: str, port: int) -> str:
     """The address MLflow delivers to for a receiver listening on `host`:`port`."""
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}{PATH}"
+    return local_address(host, port) + PATH
 
 
 def serve_watch(root: Path, host: str, port: int, url: str | None = None) -> None:
