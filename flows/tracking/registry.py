@@ -8,6 +8,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+from huggingface_hub import ModelCard
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
@@ -28,6 +29,7 @@ MODEL_DESCRIPTION = (f"Chat models made by chatgraft (continual pretraining + ch
                      f"`chatgraft ui` starts), is a run of the MLflow experiment "
                      f"`{history.HISTORY_EXPERIMENT}`; `chatgraft history` prints them.")
 
+
 def _requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "transformers", "accelerate", "safetensors")]
 
@@ -38,6 +40,13 @@ def find_version(store: Store, model: str, model_md5: str) -> str | None:
         if candidate.tags.get(MODEL_MD5_TAG) == model_md5:
             return str(candidate.version)
     return None
+
+
+def _model_card(checkpoint: Path) -> ModelCard | None:
+    """The folder's own model card (every stage writes one): logged with the model, so MLflow does not look for
+    one on the hub, which is unreachable here and knows no local path."""
+    card = checkpoint / "README.md"
+    return ModelCard.load(card) if card.is_file() else None
 
 
 def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags: dict[str, str],
@@ -51,7 +60,7 @@ def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags
             # llm/v1/chat: a text-generation pipeline for load_model, chat messages in and out (through the
             # model's chat template) for pyfunc and `mlflow models serve`
             transformers_model=str(checkpoint), name="model", task="llm/v1/chat", pip_requirements=_requirements(),
-            input_example=input_example,
+            input_example=input_example, model_card=_model_card(checkpoint),
         )
     MLFLOW_LOGGING_STREAM.enabled = events_shown
     registered = str(mlflow.register_model(info.model_uri, model, tags=tags).version)

@@ -351,6 +351,11 @@ def test_a_version_comes_back_as_the_files_it_was_logged_from(first_run, tmp_pat
     digest = lambda folder: {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}  # noqa: E731
     assert digest(out) == digest(source)  # weights, tokenizer, chat template, report and marker: nothing re-saved
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing of the download left beside it
+    logged_model = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{held.version}",
+                                                            dst_path=str(tmp_path / "logged")))
+    card = ModelCard.load(source / "README.md")  # the model card the stage wrote goes with the logged model
+    assert (logged_model / "model_card.md").read_text().strip() == card.text.strip()
+    assert yaml.safe_load((logged_model / "model_card_data.yaml").read_text())["tags"] == card.data.tags
 
 
 DUMMY_STAGE = """
