@@ -14,9 +14,11 @@ import boto3
 import pytest
 import yaml
 from boto3.s3.transfer import TransferConfig
+from botocore.client import BaseClient
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.context import open_project
+from flows.inbox import inbox_files, take_inbox
 from flows.tasks import import_documents, take_new_data
 from pipelines.atomic import read_jsonl
 from tests.conftest import TINY_PARAMS, free_port, make_project, wait_until
@@ -47,6 +49,15 @@ def s3_endpoint() -> str:
 def listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> BaseClient:
+    """A client of moto's server, whose endpoint and credentials the code under test reads from the environment."""
+    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    return boto3.client("s3")
 
 
 def project_with_inbox(tmp_path: Path, inbox: str) -> Path:
@@ -88,11 +99,7 @@ def test_local_inbox_feeds_the_corpus_and_an_unchanged_inbox_is_a_no_op(tmp_path
     assert not ctx.dvc.is_up_to_date("corpus")
 
 
-def test_s3_inbox_takes_each_object_once(tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3")
+def test_s3_inbox_takes_each_object_once(tmp_path: Path, s3: BaseClient) -> None:
     s3.create_bucket(Bucket="corpus")
     s3.put_object(Bucket="corpus", Key="weekly/2026-11-16/news.txt", Body=b"kato opened a school .")
     big = tmp_path / "big.jsonl"
@@ -119,12 +126,48 @@ def test_s3_inbox_takes_each_object_once(tmp_path: Path, s3_endpoint: str, monke
     assert snapshot_files(root) == 3
 
 
-def test_s3_documents_are_imported_by_dvc_and_updated_when_the_prefix_changes(
-        tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3")
+def _put_documents(s3: BaseClient, bucket: str, keys: list[str]) -> None:
+    s3.create_bucket(Bucket=bucket)
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"text": f"the text of {key} ."}).encode() + b"\n")
+
+
+def test_s3_keys_of_a_file_and_a_folder_of_one_name_never_block_the_intake(tmp_path: Path, s3: BaseClient) -> None:
+    # both keys are legal on S3; only one of them can have its place in data/incoming
+    _put_documents(s3, "clash", ["inbox/a.jsonl", "inbox/a.jsonl/b.jsonl", "inbox/c.jsonl"])
+    root = project_with_inbox(tmp_path, "s3://clash/inbox")
+    ctx = open_project(root)
+    for taken in (["a.jsonl", "c.jsonl"], []):  # every scheduled run: the same refusal, the rest taken once
+        intake = take_new_data(ctx)
+        assert intake.taken == taken and list(intake.refused) == ["a.jsonl/b.jsonl"]
+        report = json.loads((root / "reports" / "intake.json").read_text())
+        assert report["refused"] == {"a.jsonl/b.jsonl": "name collision: 'a.jsonl' is a file in the snapshot, so it "
+                                                        "cannot be the folder of this file"}
+    assert snapshot_files(root) == 2
+    assert (root / "data" / "incoming" / "a.jsonl").read_text() == '{"text": "the text of inbox/a.jsonl ."}\n'
+
+
+def test_an_s3_prefix_is_a_folder_not_the_start_of_sibling_keys(tmp_path: Path, s3: BaseClient) -> None:
+    _put_documents(s3, "siblings", ["inbox/a.txt", "inbox/deep/b.txt", "inbox2/x.jsonl", "inbox.txt", "inboxes/y.txt"])
+    for source in ("s3://siblings/inbox", "s3://siblings/inbox/"):
+        assert [item.name for item in inbox_files(source, tmp_path)] == ["a.txt", "deep/b.txt"]
+    assert [item.name for item in inbox_files("s3://siblings", tmp_path)] == [
+        "inbox.txt", "inbox/a.txt", "inbox/deep/b.txt", "inbox2/x.jsonl", "inboxes/y.txt"]
+    intake = take_inbox(inbox_files("s3://siblings/inbox", tmp_path), tmp_path / "incoming")
+    assert intake.taken == ["a.txt", "deep/b.txt"] and not intake.refused
+
+
+def test_an_s3_object_deleted_after_the_listing_is_refused(tmp_path: Path, s3: BaseClient) -> None:
+    _put_documents(s3, "vanishing", ["inbox/a.txt", "inbox/b.txt", "inbox/c.txt"])
+    listed = list(inbox_files("s3://vanishing/inbox", tmp_path))
+    s3.delete_object(Bucket="vanishing", Key="inbox/b.txt")
+    intake = take_inbox(iter(listed), tmp_path / "data" / "incoming")
+    assert intake.taken == ["a.txt", "c.txt"] and list(intake.refused) == ["b.txt"]
+    assert intake.refused["b.txt"].startswith("gone or unreadable when fetched: ") and "404" in intake.refused["b.txt"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["incoming"]  # no staging left behind
+
+
+def test_s3_documents_are_imported_by_dvc_and_updated_when_the_prefix_changes(tmp_path: Path, s3: BaseClient) -> None:
     s3.create_bucket(Bucket="documents")
     s3.put_object(Bucket="documents", Key="ko/a.jsonl", Body=b'{"text": "kato opened a school ."}\n'
                                                                b'{"text": "vela closed a harbour ."}\n')
