@@ -12,6 +12,7 @@ from pydantic import (
 from pipelines.merge.registry import MergeMethod
 
 BYTE_SIZE = TypeAdapter(ByteSize)  # "500MB" (10**6 bytes), "2GiB" (2**30 bytes): merge.max_shard_size
+HELDOUT_SHARE_BELOW = 0.5  # data.heldout_share stays below it: most documents are trained on
 
 class Section(BaseModel):
     """Base of every params section: no unknown keys, no silent coercions of types."""
@@ -53,9 +54,12 @@ class DataParams(Section):
         "exact", description="duplicate removal over the inbox documents: normalised exact match, or MinHash near"
     )
     near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of a near duplicate")
-    heldout_share: float = Field(0.05, ge=0, lt=0.5, description="share of the inbox documents held out of CP "
-                                 "(chosen by a seeded hash of each document): held-out loss and perplexity read them")
-    heldout_min: int = Field(8, ge=0, description="at least this many documents held out (at most half of them)")
+    heldout_share: float = Field(0.05, ge=0, lt=HELDOUT_SHARE_BELOW, description="share of the inbox documents "
+                                 "held out of CP (chosen by a seeded hash of each document, so a document keeps its "
+                                 "side as the corpus grows): held-out loss and perplexity read them")
+    heldout_min: int = Field(8, ge=0, description="the fewest held-out documents expected, checked, never met by "
+                             "moving a document across: fewer is a warning and `heldout_shortfall` in "
+                             "reports/corpus.json; none, with nothing else held out, is an error (0: no check)")
     min_document_chars: int = Field(1, ge=1, description="inbox documents shorter than this after cleaning "
                                     "(mojibake, control characters, whitespace) are dropped")
     sft_share: float = Field(0.25, ge=0, lt=1, description="share of the target entities whose facts form the SFT "

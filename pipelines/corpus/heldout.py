@@ -1,18 +1,21 @@
-"""Held out by document: a seeded hash of each document decides whether CP may ever train on it.
+"""Held out by document: a seeded hash of each document alone decides whether CP may ever train on it.
 
-The hash, not the document's position, decides, so a document keeps its side when the corpus grows: a retrain
-never trains on what an earlier run held out. `data.heldout_share` of the documents are held out, and at least
-`data.heldout_min` (never more than half): when the share falls short, the training documents next in hash order
-are moved over.
+Nothing but the document, the seed and `data.heldout_share` decides, so a document keeps its side when the corpus
+grows: a retrain never trains on what an earlier run held out, and never holds out what it trained on.
+`data.heldout_min` is a floor that is checked, never met by moving documents across (training documents moved over
+to meet it in a small corpus would go back to training once the corpus grows): a shortfall is reported with its fix.
 """
 from __future__ import annotations
 
 import hashlib
 import heapq
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
+
+from pipelines.config import HELDOUT_SHARE_BELOW
 
 
 def document_rank(text: str, seed: int) -> float:
@@ -21,33 +24,52 @@ def document_rank(text: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def _just_above(rank: float) -> float:
+    """The shortest share with two significant digits that holds out a document of this rank."""
+    digits = 1 - math.floor(math.log10(max(rank, 2**-64)))
+    return round(math.floor(rank * 10**digits + 1) / 10**digits, digits)
+
+
 @dataclass
 class HeldOutSplit:
-    """Splits a stream of documents, keeping in memory only the `floor` lowest-ranked training ones."""
+    """Splits a stream of documents by their ranks alone, counting each side; of the documents it keeps only the
+    `floor` lowest ranks, which say what share would meet the floor."""
 
     share: float
     floor: int
     seed: int
     held: int = 0
     trained: int = 0
-    _lowest: list[tuple[float, str]] = field(default_factory=list)  # heap of (-rank, text): the lowest ranks
+    _lowest: list[float] = field(default_factory=list)  # heap of negated ranks: the `floor` lowest
 
     def training(self, documents: Iterable[str], heldout: IO[str]) -> Iterator[str]:
         """The documents CP may train on; the held-out ones are written to `heldout` as jsonl rows instead."""
         for text in documents:
             rank = document_rank(text, self.seed)
+            heapq.heappush(self._lowest, -rank)
+            if len(self._lowest) > self.floor:
+                heapq.heappop(self._lowest)
             if rank < self.share:
                 heldout.write(json.dumps({"text": text}) + "\n")
                 self.held += 1
-                continue
-            self.trained += 1
-            heapq.heappush(self._lowest, (-rank, text))
-            if len(self._lowest) > self.floor:
-                heapq.heappop(self._lowest)
-            yield text
+            else:
+                self.trained += 1
+                yield text
 
-    def shortfall(self) -> set[str]:
-        """Training documents to move to the held-out side to reach the floor (at most half of all documents)."""
-        wanted = min(self.floor, (self.held + self.trained) // 2)
-        ranked = sorted((-negated, text) for negated, text in self._lowest)
-        return {text for _, text in ranked[: max(0, wanted - self.held)]}
+    def shortfall(self) -> dict[str, int | str] | None:
+        """The report of a split holding out fewer than `floor` documents, with its fix; None when the floor is met
+        (or there are no documents to hold out)."""
+        documents = self.held + self.trained
+        if not documents or self.held >= self.floor:
+            return None
+        return {"heldout": self.held, "floor": self.floor, "documents": documents, "fix": self._fix(documents)}
+
+    def _fix(self, documents: int) -> str:
+        """What meets the floor: the share that holds out `floor` of these documents (the next run holds out those
+        ranked below it), or more documents where no share below HELDOUT_SHARE_BELOW would."""
+        share = _just_above(-self._lowest[0]) if documents >= self.floor else HELDOUT_SHARE_BELOW
+        if share >= HELDOUT_SHARE_BELOW:
+            return (f"add documents: no data.heldout_share below {HELDOUT_SHARE_BELOW} holds out {self.floor} of "
+                    f"these {documents}")
+        return (f"raise data.heldout_share from {self.share} to {share}, which holds out at least {self.floor} of "
+                f"these {documents} documents (or add documents)")

@@ -3,6 +3,7 @@ data set the world needs) or from documents of one's own (`data.source: document
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
-from pipelines.atomic import atomic_dir, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
 from pipelines.config import DataParams
 from pipelines.corpus.cleaning import clean_document
 from pipelines.corpus.files import (
@@ -26,6 +27,7 @@ from pipelines.corpus.world import (
     safety_conversations, safety_requests, sft_rows, split_for_sft, target_lexicon, world_texts,
 )
 
+LOGGER = logging.getLogger(__name__)
 LM_EVAL_TASK = """task: target_facts
 dataset_path: json
 dataset_kwargs:
@@ -119,32 +121,44 @@ def _incoming_documents(files: list[Path], params: DataParams, counts: IncomingC
                 yield text
 
 
-def _write_cp_text(staging: Path, world_train: Iterable[str], world_heldout: Iterable[str],
-                   incoming_documents: Iterable[str], params: DataParams, counts: IncomingCounts) -> dict[str, int]:
+def _checked_floor(split: HeldOutSplit, params: DataParams, heldout_rows: int) -> dict[str, int | str] | None:
+    """The held-out documents' shortfall from `data.heldout_min`, logged as a warning; an error where nothing at all
+    is held out, as held-out loss and perplexity would read nothing (floor 0: no check)."""
+    shortfall = split.shortfall()
+    if shortfall and not heldout_rows:
+        raise ValueError(f"data.heldout_share: no document held out of {shortfall['documents']} (held-out loss and "
+                         f"perplexity need some): {shortfall['fix']}")
+    if shortfall:
+        LOGGER.warning("data.heldout_min: %s of %s documents held out, fewer than %s: %s (reports/corpus.json: "
+                       "heldout_shortfall)", shortfall["heldout"], shortfall["documents"], shortfall["floor"],
+                       shortfall["fix"])
+    return shortfall
+
+
+def _write_cp_text(staging: Path, world_train: Iterable[str], world_heldout: list[str],
+                   incoming_documents: Iterable[str], params: DataParams,
+                   counts: IncomingCounts) -> tuple[dict[str, int], dict[str, int | str] | None]:
     """The CP training text (the world's, and the inbox documents CP may train on) and the held-out text (the
-    world's, and the inbox documents held out by hash): no held-out document is in the training text."""
+    world's, and the inbox documents held out by hash): no held-out document is in the training text. Returns the
+    records written and the shortfall from `data.heldout_min`, if any."""
     split = HeldOutSplit(params.heldout_share, params.heldout_min, params.seed)
-    held_incoming = staging / "heldout-incoming.jsonl.tmp"
-    with held_incoming.open("w") as held:
+    with (staging / VALID).open("w") as heldout:
+        heldout.writelines(json.dumps({"text": text}) + "\n" for text in world_heldout)
         trained = write_jsonl_atomic(staging / TRAIN, ({"text": t} for t in chain(
-            world_train, split.training(incoming_documents, held))))
-        moved = split.shortfall()
-        held.writelines(json.dumps({"text": text}) + "\n" for text in moved)
-    if moved:  # reads the written file while its replacement is written beside it
-        kept = (row for row in iter_jsonl(staging / TRAIN) if row["text"] not in moved)
-        trained = write_jsonl_atomic(staging / TRAIN, kept)
-    counts.heldout = split.held + len(moved)
-    heldout = write_jsonl_atomic(staging / VALID, chain(({"text": t} for t in world_heldout),
-                                                        iter_jsonl(held_incoming)))
-    held_incoming.unlink()
-    return {TRAIN.removesuffix(".jsonl"): trained, VALID.removesuffix(".jsonl"): heldout}
+            world_train, split.training(incoming_documents, heldout))))
+    counts.heldout = split.held
+    written = {TRAIN.removesuffix(".jsonl"): trained, VALID.removesuffix(".jsonl"): len(world_heldout) + split.held}
+    return written, _checked_floor(split, params, written[VALID.removesuffix(".jsonl")])
 
 
-def _write_stats(stats_path: Path, counts: dict[str, int], params: DataParams, documents: IncomingCounts) -> None:
-    """The records written, and what became of the documents (the inbox's, or with `documents` all of them)."""
+def _write_stats(stats_path: Path, counts: dict[str, int], params: DataParams, documents: IncomingCounts,
+                 shortfall: dict[str, int | str] | None) -> None:
+    """The records written, what became of the documents (the inbox's, or with `documents` all of them), and the
+    held-out documents' shortfall from `data.heldout_min` where there is one."""
     world = {"source_entities": params.source_entities, "target_entities": params.target_entities}
     described = {"incoming": vars(documents)} if params.source == "generator" else {"documents": vars(documents)}
-    write_json_atomic(stats_path, {"records": counts, **(world if params.source == "generator" else {}), **described})
+    write_json_atomic(stats_path, {"records": counts, **(world if params.source == "generator" else {}), **described,
+                                   **({"heldout_shortfall": shortfall} if shortfall else {})})
 
 
 def build_corpus(params: DataParams, out_dir: Path, stats_path: Path, incoming: Path | None = None,
@@ -165,11 +179,12 @@ def build_document_corpus(params: DataParams, out_dir: Path, stats_path: Path, f
     counts = IncomingCounts()
     files = [path for folder in folders for path in document_files(folder)]
     with atomic_dir(out_dir, "corpus") as staging:
-        written = _write_cp_text(staging, [], [], _incoming_documents(files, params, counts), params, counts)
+        written, shortfall = _write_cp_text(staging, [], [], _incoming_documents(files, params, counts), params,
+                                            counts)
         if not written[TRAIN.removesuffix(".jsonl")]:  # raised inside: the last corpus stays as it was
             raise ValueError(f"data.documents: no document left to train on in {', '.join(map(str, folders))} "
                              f"({counts.files} files, {counts.documents} documents kept, {counts.heldout} held out)")
-    _write_stats(stats_path, written, params, counts)
+    _write_stats(stats_path, written, params, counts, shortfall)
     return CorpusResult(counts=written)
 
 
@@ -233,10 +248,11 @@ def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path,
     # held out: the eval facts as question and answer, a phrasing of them CP never trains on
     world_heldout = [to_target(f"{fact.question()} {fact.answer()}") for fact in eval_facts]
     with atomic_dir(out_dir, "corpus") as staging:
-        counts = _write_cp_text(staging, cp_text, world_heldout, incoming_documents, params, incoming_counts)
+        counts, shortfall = _write_cp_text(staging, cp_text, world_heldout, incoming_documents, params,
+                                           incoming_counts)
         counts |= {name.removesuffix(".jsonl"): write_jsonl_atomic(staging / name, rows) for name, rows in sets.items()}
         write_json_atomic(staging / TARGET_LANGUAGE, language_file)
         _write_lm_eval_task(eval_facts, params, staging / LM_EVAL, out_dir / LM_EVAL, to_target)
         write_json_atomic(staging / "world.json", {"source": [vars(f) for f in world.source], "target": [vars(f) for f in world.target]})
-    _write_stats(stats_path, counts, params, incoming_counts)
+    _write_stats(stats_path, counts, params, incoming_counts, shortfall)
     return CorpusResult(counts=counts)
