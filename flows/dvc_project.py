@@ -46,10 +46,12 @@ def _stop_tree(process: subprocess.Popen) -> None:
 
 @dataclass(frozen=True)
 class PipelineStage:
-    """A (resolved) stage of dvc.yaml, in the file's order: its name, and whether it holds a `gpu` slot."""
+    """A (resolved) stage of dvc.yaml, in the file's order: its name, whether it holds a `gpu` slot, and whether
+    DVC runs it every time (`always_changed`: whether it changed anything shows in dvc.lock afterwards)."""
 
     name: str
     gpu: bool
+    always_changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class DvcProject:
     def stages(self) -> list[PipelineStage]:
         """Every stage of dvc.yaml in the file's order (foreach expanded), which is the order the flow runs them."""
         with self._repo() as repo:
-            return [PipelineStage(stage.addressing, bool((stage.meta or {}).get("gpu")))
+            return [PipelineStage(stage.addressing, bool((stage.meta or {}).get("gpu")), stage.always_changed)
                     for stage in repo.index.stages if isinstance(stage, dvc_stage.PipelineStage)]
 
     def declared_outputs(self) -> list[Path]:
@@ -145,11 +147,14 @@ class DvcProject:
         self._dvc("repro", "--single-item", stage, env=env, stream=log is None, log=log)
 
     def spec(self, stage: str) -> StageSpec:
-        """The params, metrics, plots and other outputs the stage declares in dvc.yaml."""
+        """The params, metrics, plots and other outputs the stage declares in dvc.yaml (none for a stage whose
+        `meta` says `artifacts: false`)."""
         with self._repo() as repo:
             (resolved,) = repo.stage.collect(stage)
             param_keys = [key for dep in resolved.deps if hasattr(dep, "params") for key in dep.params]
-            outs = [(Path(out.def_path), out) for out in resolved.outs]
+            # `meta: {artifacts: false}`: outputs that are not the stage's results (links to the user's inputs)
+            logged = (resolved.meta or {}).get("artifacts", True)
+            outs = [(Path(out.def_path), out) for out in resolved.outs] if logged else []
         is_dir = lambda path: (self.root / path).is_dir()  # noqa: E731
         return StageSpec(
             name=stage,
@@ -160,7 +165,8 @@ class DvcProject:
             dirs=[p for p, out in outs if is_dir(p)],
         )
 
-    def _locked_stages(self) -> dict[str, dict]:
+    def locked_stages(self) -> dict[str, dict]:
+        """dvc.lock's entry of every stage it records: cmd, deps and outs with their md5s, params with values."""
         lock_path = self.root / "dvc.lock"
         if not lock_path.exists():
             return {}
@@ -168,12 +174,12 @@ class DvcProject:
 
     def lock_hashes(self, stage: str) -> dict[str, str]:
         """`path -> md5` of the stage's deps and outs as dvc.lock recorded them."""
-        entry = self._locked_stages().get(stage, {})
+        entry = self.locked_stages().get(stage, {})
         return {item["path"]: item["md5"] for kind in ("deps", "outs") for item in entry.get(kind, []) if "md5" in item}
 
     def output_hash(self, path: str) -> str | None:
         """The dvc.lock md5 of the output that is `path` or contains it."""
-        for entry in self._locked_stages().values():
+        for entry in self.locked_stages().values():
             for out in entry.get("outs", []):
                 if path == out["path"] or path.startswith(out["path"].rstrip("/") + "/"):
                     return out.get("md5")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -25,6 +26,7 @@ from flows.tracking.stage_runs import (
 from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.corpus.files import EVAL
 from pipelines.evaluate.sets import load_eval_set
+from pipelines.inputs import INPUTS
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.leaderboard import Leaderboard
 from pipelines.model_card import CARD as MODEL_CARD, with_evaluation
@@ -77,13 +79,19 @@ def import_documents(ctx: RunContext) -> str | None:
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
-def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
+def _run_stage(ctx: RunContext, stage: str, always_changed: bool = False) -> StageOutcome:
     """Reproduce one DVC stage and log its files to a nested MLflow run; a stage DVC skips (up to date) is linked
     to the run that reproduced what dvc.lock records, and logged again from its files only when there is none.
-    With `ctx.stage_logs`, the stage's output goes to its log file (an artifact of its run) and the terminal gets
-    one line."""
+    A stage DVC always runs (`always_changed`) is run first and counts as up to date when dvc.lock records what it
+    did before. With `ctx.stage_logs`, the stage's output goes to its log file (an artifact of its run) and the
+    terminal gets one line."""
     started = time.monotonic()
-    cached = ctx.dvc.is_up_to_date(stage)
+    if always_changed:
+        before = ctx.dvc.locked_stages().get(stage)
+        ctx.dvc.reproduce(stage, log=_log_path(ctx, stage))
+        cached = ctx.dvc.locked_stages().get(stage) == before
+    else:
+        cached = ctx.dvc.is_up_to_date(stage)
     earlier = find_stage_run(ctx.store, stage, ctx.dvc.lock_hashes(stage)) if cached else None
     if earlier:
         if ctx.parent_run_id:
@@ -92,7 +100,9 @@ def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
         return _shown(ctx, StageOutcome(stage, earlier, cached=True), started)
     tags = {"stage": stage, "cached": str(cached).lower(), **lineage_tags(ctx.root)}
     with tracked_run(ctx.store, stage, tags, ctx.parent_run_id) as run_id:
-        if not cached:
+        if always_changed and (log := _log_path(ctx, stage)):
+            log_file(ctx.store, run_id, log, "logs")
+        elif not cached:
             _reproduce(ctx, stage, run_id)
         log_stage_outputs(ctx.store, run_id, ctx.root, ctx.dvc.spec(stage), ctx.raw_params,
                           ctx.params.flow.answers_view)
@@ -106,8 +116,7 @@ def _reproduce(ctx: RunContext, stage: str, run_id: str) -> None:
     if ctx.stage_logs is None:
         ctx.dvc.reproduce(stage, env=env)
         return
-    log = ctx.stage_logs / f"{stage.replace('@', '-')}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = _log_path(ctx, stage)
     started = time.monotonic()
     try:
         with live_line(stage, log):
@@ -117,6 +126,15 @@ def _reproduce(ctx: RunContext, stage: str, run_id: str) -> None:
         raise
     finally:
         log_file(ctx.store, run_id, log, "logs")
+
+
+def _log_path(ctx: RunContext, stage: str) -> Path | None:
+    """Where the stage's output goes with `ctx.stage_logs`; None: to the terminal."""
+    if ctx.stage_logs is None:
+        return None
+    log = ctx.stage_logs / f"{stage.replace('@', '-')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return log
 
 
 def _shown(ctx: RunContext, outcome: StageOutcome, started: float) -> StageOutcome:
@@ -163,18 +181,25 @@ def run_stage(ctx: RunContext, stage: PipelineStage) -> StageOutcome:
     if stage.gpu:
         wait_for_gpu_slot(stage.name, ctx.params.flow.slot_wait_seconds, get_run_logger())
     return with_retries(ctx, _run_stage).with_options(tags=[GPU_TAG] if stage.gpu else [],
-                                                      retry_condition_fn=_not_a_failed_stage)(ctx, stage.name)
+                                                      retry_condition_fn=_not_a_failed_stage)(
+        ctx, stage.name, stage.always_changed)
+
+
+def _input_hashes(ctx: RunContext) -> dict[str, str]:
+    """`inputs/<group> -> md5` as dvc.lock recorded them: the content of what the run read from outside."""
+    return {dep["path"]: dep["md5"] for entry in ctx.dvc.locked_stages().values() for dep in entry.get("deps", [])
+            if dep["path"].startswith(f"{INPUTS}/") and "md5" in dep}
 
 
 def _version_tags(ctx: RunContext, candidate: str, model_md5: str) -> dict[str, str]:
     upstream = read_upstream(ctx.layout.upstream)
     sources = {"base": upstream.base, "chat": upstream.chat, "cp": ctx.layout.cp_model}
     tags = {
-        **lineage_tags(ctx.root),
+        **lineage_tags(ctx.root, _input_hashes(ctx)),
         registry.MODEL_MD5_TAG: model_md5,
         "dvc_data_md5": ctx.dvc.output_hash("data/corpus") or "unknown",
         "candidate": candidate,
-        registry.EVAL_FINGERPRINT_TAG: current_fingerprint(ctx),
+        registry.EVAL_FINGERPRINT_TAG: current_fingerprint(ctx, candidate),
         **{f"source.{role}": str(p.relative_to(ctx.root) if p.is_relative_to(ctx.root) else p)
            for role, p in sources.items()},
     }
@@ -213,8 +238,9 @@ def _register(ctx: RunContext, candidate: str, board: Leaderboard, leaderboard_m
             version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, _input_example(ctx))
             registry.describe_version(ctx.store, model, version, version_markdown(
                 model, version, board.row(candidate), champion, metric_columns(board), leaderboard_md))
-    elif registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG) != current_fingerprint(ctx):
-        record_version_metrics(ctx, version, board.row(candidate).metrics)  # same weights, new evaluation data
+    elif (fingerprint := current_fingerprint(ctx, candidate)) != \
+            registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG):
+        record_version_metrics(ctx, version, board.row(candidate).metrics, fingerprint)  # same weights, new data
     get_run_logger().info("%s is version %s of %s", candidate, version, model)
     return version
 
@@ -240,13 +266,13 @@ def register_winner(ctx: RunContext, board: Leaderboard, leaderboard_md: str) ->
 def promote_challenger(ctx: RunContext, version: str, board: Leaderboard, actor: str) -> Decision:
     """Apply the policy to the challenger, against the champion scored on the current evaluation data."""
     policy = ctx.params.promote
-    held = registry.champion(ctx.store, policy.registered_model)
-    if held is not None and held.version != version:
-        champion_on_current_data(ctx, held)  # the slow part, outside the promotion lock
     if board.winner is None:
         raise ValueError("promote: the leaderboard names no winner to promote")
+    held = registry.champion(ctx.store, policy.registered_model)
+    if held is not None and held.version != version:
+        champion_on_current_data(ctx, held, board.winner)  # the slow part, outside the promotion lock
     decision = apply_policy(ctx.store, policy, version, board.row(board.winner).metrics, actor,
-                            refresh=lambda current: champion_on_current_data(ctx, current),
+                            refresh=lambda current: champion_on_current_data(ctx, current, board.winner),
                             wait_seconds=ctx.params.flow.slot_wait_seconds)
     get_run_logger().info("version %s %s: %s", version, "promoted" if decision.promote else "not promoted",
                           "; ".join(decision.reasons))

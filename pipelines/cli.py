@@ -1,6 +1,7 @@
 """`python -m pipelines <stage> [item]`: the commands dvc.yaml runs, one per stage; params come from params.yaml."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -43,6 +44,16 @@ def _every_stage() -> None:
     # No model hub is reachable from chatgraft's machines: never wait on one.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     record_stage(sys.argv[1:])
+
+
+@app.command()
+def inputs() -> None:
+    """Mirror every input params.yaml names outside the project (checkpoints, eval and SFT sets, task vectors) as
+    links under inputs/, which the stages reading them list as deps."""
+    from pipelines.inputs import mirror_inputs
+
+    for group, names in mirror_inputs(load_params(PARAMS), Path.cwd()).items():
+        print(f"inputs/{group}: {', '.join(names) or 'none from outside the project'}")
 
 
 @app.command()
@@ -114,16 +125,28 @@ def curate() -> None:
 
 
 @app.command()
+def pick() -> None:
+    """Choose the merged model the align stages tune (the leaderboard's rule over the merged models' scores)."""
+    from pipelines.align.pick import pick_merged
+    from pipelines.candidates import merged_name
+
+    params, layout = load_params(PARAMS), _layout()
+    picked = pick_merged({merged_name(r): layout.eval_metrics(merged_name(r)) for r in params.merge.ratios},
+                         params.promote, layout.stage_report("align/pick"))
+    typer.echo(f"align tunes {picked}")
+
+
+@app.command()
 def align(method: str = typer.Argument(help="an align method, as written in align.methods")) -> None:
     """Fine-tune the best merged model on the curated SFT set into models/aligned/<method>."""
-    from pipelines.align.stage import align_best_merged, best_merged
-    from pipelines.candidates import candidate_dir, merged_name
+    from pipelines.align.pick import PICKED
+    from pipelines.align.stage import align_best_merged
+    from pipelines.candidates import candidate_dir
 
     params, layout = load_params(PARAMS), _layout()
     if method not in params.align.methods:
         raise typer.BadParameter(f"{method} is not in align.methods {params.align.methods}")
-    merged = best_merged({merged_name(r): layout.eval_metrics(merged_name(r)) for r in params.merge.ratios},
-                         params.promote)
+    merged = json.loads(layout.stage_report("align/pick").read_text())[PICKED]
     typer.echo(f"aligning {merged} with {method}")
     align_best_merged(method=method, params=params.align, sft_dir=layout.sft_set, merged_name=merged,
                       merged_dir=candidate_dir(layout, merged), out_dir=layout.aligned_model(method),

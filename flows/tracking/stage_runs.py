@@ -78,13 +78,32 @@ def _log_curve(store: Store, run_id: str, csv_path: Path) -> None:
     """Each column of a training curve CSV as a metric history `<file stem>/<column>` (the MLflow UI charts them;
     the plots stage draws the same curves as images)."""
     frame = pd.read_csv(csv_path)
-    if frame.empty:
+    if frame.empty or "step" not in frame:  # a table of another shape (a user's stage's) is an artifact only
         return
     now = int(time.time() * 1000)
-    series = [c for c in frame.columns if c != "step" and frame[c].notna().any()]
+    series = [c for c in frame.select_dtypes("number").columns if c != "step" and frame[c].notna().any()]
     metrics = [Metric(f"{csv_path.stem}/{c}", float(row[c]), now, int(row["step"]))
                for _, row in frame.iterrows() for c in series if pd.notna(row[c])]
     store.client.log_batch(run_id, metrics=metrics)
+
+
+def _artifact_folder(path: Path) -> str | None:
+    """The folder of the run's artifacts that a project file goes to: the one it is in, the run's root (None:
+    MLflow refuses `.`) for a file at the project root."""
+    return None if path.parent == Path(".") else path.parent.as_posix()
+
+
+def _files(root: Path, path: Path) -> list[Path]:
+    """The files a declared output holds, relative to `root`: the output itself, or those inside it for a folder."""
+    folder = root / path
+    if not folder.is_dir():
+        return [path]
+    return sorted(file.relative_to(root) for file in folder.rglob("*") if file.is_file())
+
+
+def _log_artifact(store: Store, run_id: str, root: Path, path: Path) -> None:
+    """Log a project file as an artifact of the run, at the place it has in the project."""
+    store.client.log_artifact(run_id, str(root / path), artifact_path=_artifact_folder(path))
 
 
 def _log_file(store: Store, run_id: str, root: Path, path: Path) -> None:
@@ -97,19 +116,22 @@ def _log_file(store: Store, run_id: str, root: Path, path: Path) -> None:
         _log_curve(store, run_id, root / path)
     elif path.suffix == ".json":
         log_metrics(store, run_id, flatten(json.loads((root / path).read_text())))
-    store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
+    _log_artifact(store, run_id, root, path)
 
 
 def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, params: dict[str, Any],
                       answers_view: bool = True) -> None:
-    """Log everything the stage declares in dvc.yaml, read from the files it wrote; plots are images; with
+    """Log everything the stage declares in dvc.yaml but its plain folders (models: DVC versions them), read from the
+    files it wrote, each at its place in the project (a metrics or plots folder file by file); plots are images; with
     `answers_view`, a candidate's answers (reports/samples) also go to MLflow's evaluation view, last (it closes
     the run)."""
     _log_params(store, run_id, params, spec.param_keys)
     for path in [*spec.metrics, *spec.files]:
-        _log_file(store, run_id, root, path)
+        for file in _files(root, path):
+            _log_file(store, run_id, root, file)
     for path in spec.plots:
-        store.client.log_artifact(run_id, str(root / path), artifact_path=str(path.parent))
+        for file in _files(root, path):
+            _log_artifact(store, run_id, root, file)
     for path in spec.files if answers_view else []:
         if path.parent == ANSWERS and path.suffix == ".jsonl":
             log_answers(store, run_id, read_jsonl(root / path))

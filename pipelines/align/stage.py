@@ -1,7 +1,7 @@
 """The `curate` and `align@<method>` stages: curate a small SFT set (LIMA), then fine-tune the best merged model on it.
 
-`curate` writes the curated set and its report; `align <method>` picks the best merged model by the leaderboard's
-rule from the merged models' evaluation metrics, fine-tunes it and writes the folded model with a manifest.
+`curate` writes the curated set and its report; `align <method>` fine-tunes the merged model the `pick` stage chose
+(pipelines/align/pick.py) and writes the folded model with a manifest.
 """
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from pipelines.align.curation import Curation, curate
 from pipelines.align.sft_set import SFT_FILE, read_sft_set, write_sft_set
 from pipelines.align.tune import align_model, best_class
 from pipelines.atomic import write_json_atomic
-from pipelines.config import AlignParams, PromoteParams
-from pipelines.leaderboard import read_metrics
-from pipelines.promotion import rank_candidates
+from pipelines.config import AlignParams
 
 
 def curate_sft_set(params: AlignParams, source: Path, out_dir: Path, report_path: Path) -> Curation:
@@ -25,12 +23,6 @@ def curate_sft_set(params: AlignParams, source: Path, out_dir: Path, report_path
     write_sft_set(out_dir / SFT_FILE, curation.kept)
     write_json_atomic(report_path, curation.report)
     return curation
-
-
-def best_merged(metric_files: dict[str, Path], policy: PromoteParams) -> str:
-    """The merged candidate (`name -> metrics file`) the leaderboard would rank first: eligible first, then the
-    primary metric."""
-    return rank_candidates(read_metrics(metric_files), policy)[0].name
 
 
 def align_best_merged(*, method: str, params: AlignParams, sft_dir: Path, merged_name: str, merged_dir: Path,

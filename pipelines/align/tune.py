@@ -12,7 +12,7 @@ from pipelines.config import AlignParams
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.model_card import write_model_card
 from pipelines.training import TrainResult, assistant_only_examples, train_causal_lm
-from pipelines.training.data import IGNORE_INDEX, with_pad_token
+from pipelines.padding import IGNORE_INDEX, with_pad_token
 from pipelines.training.lora import with_lora
 from pipelines.training.weighted import LOSS_WEIGHT, WeightedCollator
 

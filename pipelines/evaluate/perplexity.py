@@ -6,7 +6,7 @@ import math
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipelines.training.data import IGNORE_INDEX
+from pipelines.padding import IGNORE_INDEX
 
 
 @torch.inference_mode()

@@ -28,7 +28,7 @@ from pipelines.evaluate.safety import (
     DEFAULT_REFUSAL_PATTERNS, classifier_refusals, is_refusal, refusal_matcher, safety_rates,
 )
 from pipelines.evaluate.sets import EvalExample, load_eval_set
-from pipelines.training.data import with_pad_token
+from pipelines.padding import with_pad_token
 
 
 def end_of_turn_ids(chat_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -9,20 +9,10 @@ from typing import Any
 from datasets import Dataset, IterableDataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
+from pipelines.padding import IGNORE_INDEX
 from pipelines.training.chat_mask import assistant_token_mask
 
-IGNORE_INDEX = -100
 PACK_GROUP = 10_000  # documents tokenized and packed together; a group's tail shorter than a block is dropped
-
-
-def with_pad_token(tokenizer: PreTrainedTokenizerBase, source: Path) -> PreTrainedTokenizerBase:
-    """`tokenizer`, padding with its end-of-sequence token when it has no pad token (most hub base models have
-    none): padded positions are masked out, so the id only has to exist."""
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"{source}: the tokenizer has neither a pad nor an end-of-sequence token to pad with")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def text_dataset(path: Path, streaming: bool = False, cache_dir: Path | None = None) -> Dataset | IterableDataset:

@@ -44,6 +44,13 @@ def _live_tracking() -> list[str] | str:
     return ["mlflow"] if os.environ.get("MLFLOW_RUN_ID") else "none"
 
 
+def _final_eval_loss(log_history: list[dict[str, Any]]) -> float:
+    """The held-out loss of the evaluation the Trainer runs at the last step: read, never evaluated again after
+    training, as transformers' MLflowCallback ends the run named by MLFLOW_RUN_ID when training ends (and MLflow
+    drops the variable once used), so a later evaluation's log would start another run in the Default experiment."""
+    return next(entry["eval_loss"] for entry in reversed(log_history) if "eval_loss" in entry)
+
+
 def _write_curve(log_history: list[dict[str, Any]], path: Path) -> None:
     rows: dict[int, dict[str, Any]] = {}
     for entry in log_history:
@@ -171,7 +178,7 @@ def train_causal_lm(
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         throughput = trainer.meter.total(trainer.state.num_input_tokens_seen)
         history = tuple(entry for entry in trainer.state.log_history if "loss" in entry)
-        eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
+        eval_loss = _final_eval_loss(trainer.state.log_history) if eval_examples else None
         if is_main_process():
             _write_curve(trainer.state.log_history, curve_csv)
     return TrainResult(

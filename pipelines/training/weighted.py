@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional
 from transformers import Trainer
 
-from pipelines.training.data import IGNORE_INDEX
+from pipelines.padding import IGNORE_INDEX
 
 LOSS_WEIGHT = "loss_weight"
 

@@ -8,6 +8,7 @@ whole flow runs on it with real DVC (the documents imported with `dvc import-url
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,10 +22,13 @@ from prefect.testing.utilities import prefect_test_harness
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from flows.dvc_project import DvcProject
+from flows.fair_comparison import evaluation_fingerprint
 from flows.retrain import retrain
 from flows.tracking.store import embedded_uri
 from pipelines.atomic import read_jsonl
 from pipelines.config import validate_params
+from pipelines.leaderboard import Leaderboard
 from pipelines.upstream.pair_check import check_pair
 from tests.conftest import ONE_BRANCH_PARAMS, ask_served_model, make_project
 from tests.unit.merge_models import byte_bpe, merge, perturbed, save, tiny_model
@@ -85,14 +89,15 @@ def own_sets(folder: Path) -> dict[str, Path]:
     return {name: folder / f"{name}.jsonl" for name in sets}
 
 
-def hub_params(pair: dict[str, Path], documents: Path, sets: dict[str, Path]) -> dict:
+def hub_params(pair: dict[str, Path], documents: Path, sets: dict[str, Path], vector: Path) -> dict:
     base = ONE_BRANCH_PARAMS
     return {
         **base,
-        "data": {**base["data"], "source": "documents", "documents": str(documents), "heldout_share": 0.2,
+        "data": {**base["data"], "source": "documents", "documents": str(documents), "heldout_share": 0.22,
                  "heldout_min": 4},
         "upstream": {**base["upstream"], "base_path": str(pair["base"]), "chat_path": str(pair["chat"])},
-        "merge": {**base["merge"], "embedding_rows": "overlap", "max_shard_size": SHARD},
+        "merge": {**base["merge"], "embedding_rows": "overlap", "max_shard_size": SHARD,
+                  "vectors": [{"name": "none", "base": str(vector), "tuned": str(vector), "ratio": 0.5}]},
         "eval": {**base["eval"], "language_scripts": ["Latin"], "sets": {
             "instruction": str(sets["instruction"]), "multiturn": str(sets["multiturn"]),
             "safety": str(sets["safety"])}},
@@ -107,14 +112,15 @@ def hub_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("hub")
     pair, documents = hub_pair(tmp / "models"), tmp / "corpus"
     texts = documents_folder(documents)
-    params = hub_params(pair, documents, own_sets(tmp / "sets"))
+    vector = shutil.copytree(pair["base"], tmp / "models" / "vector")  # a zero task vector: merged, changes nothing
+    params = hub_params(pair, documents, own_sets(tmp / "sets"), vector)
     validate_params(params)
     root = make_project(tmp / "project", params)
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     with prefect_test_harness(server_startup_timeout=120):
         result = retrain(project_dir=str(root))
-    yield root, result, texts, pair, documents
+    yield root, result, texts, pair, documents, params
     mp.undo()
 
 
@@ -130,8 +136,8 @@ def test_the_pair_is_in_hub_format(hub_run) -> None:
 
 def test_every_stage_ran_and_the_champion_is_registered(hub_run) -> None:
     root, result = hub_run[:2]
-    assert result.reproduced == ["corpus", "upstream", "cp", "merge@1.0", "evaluate@base", "evaluate@chat",
-                                 "evaluate-cp", "evaluate-merged@1.0", "curate", "align@sft", "evaluate-aligned@sft",
+    assert result.reproduced == ["inputs", "corpus", "upstream", "cp", "merge@1.0", "evaluate@base", "evaluate@chat",
+                                 "evaluate-cp", "evaluate-merged@1.0", "curate", "pick", "align@sft", "evaluate-aligned@sft",
                                  "leaderboard", "plots"]
     assert result.promoted and result.version == "1"
     client = MlflowClient(embedded_uri(root), embedded_uri(root))
@@ -141,7 +147,7 @@ def test_every_stage_ran_and_the_champion_is_registered(hub_run) -> None:
 
 
 def test_the_corpus_is_the_documents_only_with_held_out_ones_apart(hub_run) -> None:
-    root, _, documents, _, folder = hub_run
+    root, _, documents, _, folder, _ = hub_run
     corpus = root / "data" / "corpus"
     train = [row["text"] for row in read_jsonl(corpus / "train.jsonl")]
     held = [row["text"] for row in read_jsonl(corpus / "valid.jsonl")]
@@ -192,3 +198,66 @@ def test_tied_hub_pair_merges(tmp_path: Path) -> None:
     assert model.config.vocab_size == len(tokenizer) == len(AutoTokenizer.from_pretrained(pair["chat"]))
     assert tokenizer.chat_template == CHATML and model.dtype == torch.bfloat16
     assert "<|im_end|>" in tokenizer.get_vocab()
+
+
+def _stale(root: Path) -> set[str]:
+    project = DvcProject(root)
+    return {stage.name for stage in project.stages() if not stage.always_changed and not project.is_up_to_date(stage.name)}
+
+
+EVALUATIONS = {"evaluate@base", "evaluate@chat", "evaluate-cp", "evaluate-merged@1.0", "evaluate-aligned@sft"}
+
+
+@pytest.mark.parametrize("input_path, readers", [
+    ("upstream.base_path", {"upstream", "cp", "merge@1.0", *EVALUATIONS}),
+    ("upstream.chat_path", {"upstream", "cp", "merge@1.0", *EVALUATIONS}),
+    ("merge.vectors", {"merge@1.0"}),
+    ("align.data", {"curate"}),
+    ("eval.sets.safety", EVALUATIONS),
+])
+def test_an_input_edited_in_place_makes_exactly_its_readers_stale(hub_run, input_path: str, readers: set[str]) -> None:
+    """Each outside input, changed in place under the same path, is seen by DVC (through the inputs stage's links)
+    in exactly the stages that read it; put back, nothing is stale."""
+    root, params = hub_run[0], hub_run[5]
+    section, *keys = input_path.split(".")
+    given = params[section]
+    for key in keys:
+        given = given[key]
+    folder = Path(given[0]["tuned"] if section == "merge" else given)
+    edited = folder / "config.json" if folder.is_dir() else folder
+    before = edited.read_bytes()
+    assert _stale(root) == set()
+    edited.write_bytes(before + b"\n")
+    try:
+        assert _stale(root) == readers
+    finally:
+        edited.write_bytes(before)
+    assert _stale(root) == set()
+
+
+def test_an_eval_set_edited_in_place_re_scores_the_models_and_the_champion_fairly(hub_run) -> None:
+    """The last test here (it changes the project): one question less in the instruction set, same path. The
+    evaluations and what reads their scores rerun, nothing is retrained or merged, and every version's fingerprint
+    is the one of the scores it holds."""
+    root, params = hub_run[0], hub_run[5]
+    instruction = Path(params["eval"]["sets"]["instruction"])
+    instruction.write_text("".join(instruction.read_text().splitlines(keepends=True)[:-1]))
+    lock_before, picked = DvcProject(root).locked_stages(), (root / "reports" / "align" / "pick.json").read_text()
+    with prefect_test_harness(server_startup_timeout=120):
+        result = retrain(project_dir=str(root))
+    retrained = {"align@sft"} if (root / "reports" / "align" / "pick.json").read_text() != picked else set()
+    assert set(result.reproduced) == {"inputs", *EVALUATIONS, "pick", "leaderboard", "plots"} | retrained
+    locked = DvcProject(root).locked_stages()
+    eval_hash = lambda lock: next(d["md5"] for d in lock["evaluate@chat"]["deps"] if d["path"] == "inputs/eval")  # noqa: E731
+    assert eval_hash(locked) != eval_hash(lock_before)
+    client = MlflowClient(embedded_uri(root), embedded_uri(root))
+    board = Leaderboard.read(root / "reports" / "leaderboard.json")
+    for version in client.search_model_versions(f"name = '{MODEL}'"):
+        candidate = version.tags["candidate"]
+        assert version.tags["eval_fingerprint"] == evaluation_fingerprint(locked, candidate)
+        measured = client.get_run(version.tags.get("eval_run_id", version.run_id)).data.metrics
+        scores = board.row(candidate).metrics
+        assert measured and {k: measured[k] for k in scores if k in measured} == \
+            {k: v for k, v in scores.items() if k in measured}
+        assert version.tags["dvc.md5.inputs/upstream"] == next(
+            d["md5"] for d in locked["upstream"]["deps"] if d["path"] == "inputs/upstream")

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -24,21 +23,21 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.context import open_project
 from flows.dvc_project import DvcProject
-from flows.fair_comparison import champion_on_current_data, current_fingerprint
+from flows.fair_comparison import champion_on_current_data, current_fingerprint, evaluation_fingerprint
 from flows.params_file import apply_overrides
 from flows.tracking import history, registry
 from flows.tracking.answers import SCORES, numbered
 from flows.retrain import retrain
 from flows.tracking.store import embedded_uri
 from pipelines.atomic import read_jsonl
-from pipelines.devices import resolve_device
 from pipelines.layout import ALIGN_MANIFEST
+from pipelines.leaderboard import Leaderboard
 from tests.conftest import ONE_BRANCH_PARAMS, TINY_PARAMS, answers_health, ask_served_model, free_port, make_project, wait_until
 
 pytestmark = pytest.mark.integration
 MODEL = "chatgraft-chat"
-STAGES = ["corpus", "upstream", "cp", "merge@1.0", "evaluate@base", "evaluate@chat", "evaluate-cp",
-          "evaluate-merged@1.0", "curate", "align@c-rlft", "evaluate-aligned@c-rlft",
+STAGES = ["inputs", "corpus", "upstream", "cp", "merge@1.0", "evaluate@base", "evaluate@chat", "evaluate-cp",
+          "evaluate-merged@1.0", "curate", "pick", "align@c-rlft", "evaluate-aligned@c-rlft",
           "leaderboard", "plots"]
 # one merge ratio (a test adds a second) and one align method keep the module short; both align methods are the
 # same stage code (unit tests cover sft and c-rlft)
@@ -241,7 +240,7 @@ def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) 
     # the best merged model may have changed: alignment runs again on it. When it is the same model, the seeded
     # rerun writes the same bytes and DVC skips its evaluation; only a new model is evaluated again.
     moved = json.loads(manifest.read_text())["from"] != aligned_from
-    assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "align@c-rlft",
+    assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "pick", "align@c-rlft",
                                   *(["evaluate-aligned@c-rlft"] if moved else []), "leaderboard", "plots"]
 
 
@@ -264,17 +263,20 @@ def test_top_k_registers_the_best_eligible_merged_and_aligned_models(first_run) 
 
 
 def test_an_eval_param_re_scores_the_models_and_retrains_nothing(first_run) -> None:
-    """eval.* is a param of the evaluate stages alone: pinning eval.device leaves every training, merge and align
-    stage up to date (DVC's status, nothing run: re-scoring is the evaluate stages' cost only)."""
-    root, _, _ = first_run
-    params, project = root / "params.yaml", DvcProject(root)
-    before = params.read_text()
-    apply_overrides(params, [f"eval.device={resolve_device('auto').type}"])
-    try:
-        stale = [stage.name for stage in project.stages() if not project.is_up_to_date(stage.name)]
-    finally:
-        params.write_text(before)
-    assert stale == [stage.name for stage in project.stages() if stage.name.startswith("evaluate")]
+    """eval.* is a param of the evaluate stages alone: a change that changes scores reruns the evaluations and what
+    reads their scores, nothing is trained or merged again, and each version's fingerprint is its scores' data."""
+    root, _, client = first_run
+    pick = root / "reports" / "align" / "pick.json"
+    picked = pick.read_text()
+    apply_overrides(root / "params.yaml", ["eval.max_new_tokens=6"])
+    result = retrain(project_dir=str(root))
+    evaluations = {stage.name for stage in DvcProject(root).stages() if stage.name.startswith("evaluate")}
+    # align tunes the merged model the scores pick: it is trained again only when the pick changed
+    retrained = {"align@c-rlft"} if pick.read_text() != picked else set()
+    assert set(result.reproduced) == evaluations | {"pick", "leaderboard", "plots"} | retrained
+    locked = DvcProject(root).locked_stages()
+    for version in client.search_model_versions(f"name = '{MODEL}'"):
+        assert version.tags["eval_fingerprint"] == evaluation_fingerprint(locked, version.tags["candidate"])
 
 
 def test_each_flow_run_is_a_dvc_experiment_and_the_branch_is_left_alone(first_run) -> None:
@@ -321,19 +323,20 @@ def test_champion_is_scored_again_when_the_evaluation_data_changed(first_run) ->
     root, _, client = first_run
     ctx = open_project(root)
     held = registry.champion(ctx.store, MODEL)
-    shorter = ctx.params.eval.model_copy(update={"max_new_tokens": 2})  # answers cut short: other scores
-    changed = replace(ctx, params=ctx.params.model_copy(update={"eval": shorter}))
+    candidate = client.get_model_version(MODEL, held.version).tags["candidate"]
 
     @flow
     def compare_fairly(context):
-        return champion_on_current_data(context, held)
+        return champion_on_current_data(context, held, candidate)
 
-    assert compare_fairly(ctx) is held  # evaluated on these very data: nothing to do
-    fresh = compare_fairly(changed)
-    assert fresh.version == held.version and fresh.metrics != held.metrics
+    assert compare_fairly(ctx) is held  # evaluated on the data dvc.lock records now: nothing to do
+    registry.set_version_tags(ctx.store, MODEL, held.version, {"eval_fingerprint": "measured on other sets"})
+    fresh = compare_fairly(ctx)
+    board = Leaderboard.read(root / "reports" / "leaderboard.json").row(candidate).metrics
+    assert fresh.version == held.version and fresh.metrics == {k: board[k] for k in fresh.metrics}
     assert "answers_per_second" not in fresh.metrics  # scores only: a timing would make every rerun differ
     tags = client.get_model_version(MODEL, held.version).tags
-    assert tags["eval_fingerprint"] == current_fingerprint(changed) != current_fingerprint(ctx)
+    assert tags["eval_fingerprint"] == current_fingerprint(ctx, candidate)
     assert client.get_run(tags["eval_run_id"]).data.metrics == fresh.metrics
     assert registry.champion(ctx.store, MODEL).metrics == fresh.metrics
     with get_client(sync_client=True) as prefect:  # the model was loaded holding a gpu slot, like the model stages
@@ -359,10 +362,13 @@ def test_a_version_comes_back_as_the_files_it_was_logged_from(first_run, tmp_pat
 
 
 DUMMY_STAGE = """
-  dummy:                    # added by the test: a stage the flow has never heard of
-    cmd: python -c "import json; json.dump(dict(dummy_score=0.25), open('metrics/dummy.json', 'w'))"
+  dummy:                    # added by the test: a stage the flow has never heard of, an output at the project root
+    cmd: >-
+      python -c "import json; json.dump(dict(dummy_score=0.25), open('metrics/dummy.json', 'w'));
+      open('hello.txt', 'w').write('hello')"
     meta: {gpu: true}
     deps: [metrics/leaderboard.json]
+    outs: [hello.txt]
     metrics:
       - metrics/dummy.json: {cache: false}
 """
@@ -378,6 +384,7 @@ def test_a_stage_added_to_dvc_yaml_alone_is_run_tracked_and_given_its_gpu_slot(f
                                 "tags.stage = 'dummy'")
     assert run.data.metrics["dummy_score"] == 0.25 and run.data.tags["cached"] == "false"
     assert run.data.tags["mlflow.parentRunId"]  # nested under the flow's run like every stage
+    assert "hello.txt" in {artifact.path for artifact in client.list_artifacts(run.info.run_id)}  # at the run's root
     with get_client(sync_client=True) as prefect:
         gpu_runs = prefect.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
     assert "dummy" in {task_run.name for task_run in gpu_runs}

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
 
-from pipelines.align.stage import best_merged, curate_sft_set
+from pipelines.align.pick import pick_merged
+from pipelines.align.stage import curate_sft_set
 from pipelines.align.conditioning import add_class_tokens, class_token, conditioned_template
 from pipelines.align.curation import SftExample
 from pipelines.align.sft_set import read_sft_set
@@ -19,7 +20,7 @@ from pipelines.config import (
 )
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.training import assistant_only_examples
-from pipelines.training.data import IGNORE_INDEX
+from pipelines.padding import IGNORE_INDEX
 from pipelines.training.weighted import LOSS_WEIGHT, WeightedCollator, WeightedLossTrainer
 from pipelines.upstream.tokenizer import as_chat_tokenizer
 from tests.unit.merge_models import save, tiny_model, word_tokenizer
@@ -121,7 +122,8 @@ def test_the_best_merged_model_is_picked_by_the_leaderboard_rule(tmp_path: Path)
             json.dumps({"answer_accuracy": accuracy, "termination_rate": termination}))
     policy = PromoteParams(guardrails={"termination_rate": Bound(min=0.9)})
     files = {f"merged-{ratio}": tmp_path / f"merged-{ratio}.json" for ratio in (0.5, 1.0)}
-    assert best_merged(files, policy) == "merged-1.0"  # 0.5 is not eligible
+    assert pick_merged(files, policy, tmp_path / "pick.json") == "merged-1.0"  # 0.5 is not eligible
+    assert json.loads((tmp_path / "pick.json").read_text()) == {"merged": "merged-1.0"}  # what align reads
 
 
 def test_sft_set_errors_name_the_file_line_and_key(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.training import assistant_only_examples
 from pipelines.training.chat_mask import UnstableChatTemplate, assistant_token_mask
-from pipelines.training.data import IGNORE_INDEX
+from pipelines.padding import IGNORE_INDEX
 from pipelines.upstream.tokenizer import as_chat_tokenizer
 from tests.unit.merge_models import byte_bpe, word_tokenizer
 
