@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 from collections.abc import Callable
@@ -29,6 +30,7 @@ def _every_command() -> None:
     exit_cleanly_on_sigterm()
 
 if TYPE_CHECKING:
+    from flows.params_file import Overridden
     from flows.retrain import RetrainResult
     from pipelines.config import Params
 
@@ -36,7 +38,10 @@ if TYPE_CHECKING:
 @app.command()
 def run(
     project_dir: Path = typer.Option(Path("."), help="project directory holding dvc.yaml and params.yaml"),
-    set_: list[str] = typer.Option([], "--set", help="override a param before running, e.g. merge.ratios=[0.5,1.0]"),
+    set_: list[str] = typer.Option([], "--set", help="override a param, e.g. merge.ratios=[0.5,1.0]: written to "
+                                   "params.yaml once the result is valid, its inputs usable and the project free (a "
+                                   "refused or busy run leaves the file as it was); the run then reads it, and a run "
+                                   "stopped after that keeps the new value, as `dvc exp run --set-param` does"),
     no_wait: bool = typer.Option(False, "--no-wait", help="refuse at once when another run is working in the "
                                  "project, instead of waiting up to flow.workspace_wait_seconds"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every stage's output and Prefect's log "
@@ -44,33 +49,50 @@ def run(
 ) -> None:
     """Run the retrain flow: every stage through DVC, tracked in MLflow, winner registered and maybe promoted.
 
-    Shows one line a stage (reproduced or cached, time, headline metric) and the running stage's progress; each
-    stage's output goes to .chatgraft/logs/<flow run>/<stage>.log and to its MLflow run. SIGTERM (what schedulers
-    and Kubernetes send) and Ctrl-C end the run cleanly: the running stage is stopped, its runs are marked failed,
-    and the run's slots and the project are released.
+    Before Prefect starts: the overrides are validated and every input the params name is checked (exit 2), then
+    the project is taken, or refused when another run holds it (exit 3). Shows one line a stage (reproduced or
+    cached, time, headline metric) and the running stage's progress; each stage's output goes to
+    .chatgraft/logs/<flow run>/<stage>.log and to its MLflow run. SIGTERM (what schedulers and Kubernetes send) and
+    Ctrl-C end the run cleanly: the running stage is stopped, its runs are marked failed, and the run's slots and
+    the project are released.
     """
-    from flows.params_file import apply_overrides
+    from flows.workspace import WorkspaceBusy, workspace_lock
     from pipelines.config import ParamsError
 
     try:
-        apply_overrides(project_dir / "params.yaml", set_)  # before Prefect and MLflow load: a typo is answered at once
-        _check_inputs(project_dir)  # before Prefect starts: a bad input is answered in seconds
-        result = _retrain(project_dir, wait=not no_wait, stage_logs=not verbose)
+        wanted = _check_inputs(project_dir, set_)  # in memory: a refused run leaves params.yaml as it was
+        wait = 0.0 if no_wait else wanted.params.flow.workspace_wait_seconds
+        with workspace_lock(project_dir, "chatgraft run, starting its flow", wait, partial(typer.echo, err=True)):
+            _write_overrides(project_dir, set_, wanted)
+            result = _retrain(project_dir, stage_logs=not verbose)
     except ParamsError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2)
+    except WorkspaceBusy as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3)
     typer.echo("\n" + result.leaderboard)
 
 
-def _retrain(project_dir: Path, wait: bool, stage_logs: bool) -> RetrainResult:
-    """The retrain flow, ended cleanly by SIGTERM; a busy project or slot is exit status 3, a failed stage 1."""
+def _write_overrides(project_dir: Path, overrides: list[str], wanted: Overridden) -> None:
+    """Write the overridden params.yaml, the project held: checked again if the file changed while this run waited
+    (a run before it wrote its own overrides, or a person edited it), so that no edit is undone unseen."""
+    try:
+        unchanged = (project_dir / "params.yaml").read_text() == wanted.before
+    except OSError:
+        unchanged = False  # checking again says why
+    (wanted if unchanged else _check_inputs(project_dir, overrides)).write()
+
+
+def _retrain(project_dir: Path, stage_logs: bool) -> RetrainResult:
+    """The retrain flow in the project this process holds, ended cleanly by SIGTERM; a busy slot is exit status 3,
+    a failed stage 1."""
     from prefect.exceptions import TerminationSignal
 
     from flows.console import quiet_console
     from flows.dvc_project import StageFailed
     from flows.retrain import retrain
     from flows.slots import SlotWaitTimeout
-    from flows.workspace import WorkspaceBusy
 
     def terminate(signum: int, _frame: object) -> None:
         raise TerminationSignal(signum)  # unwinds the flow: Prefect marks it Crashed, `finally` blocks release
@@ -78,8 +100,8 @@ def _retrain(project_dir: Path, wait: bool, stage_logs: bool) -> RetrainResult:
     signal.signal(signal.SIGTERM, terminate)
     try:
         with quiet_console() if stage_logs else nullcontext():  # its task-run lines stay in the API's log
-            return retrain(project_dir=str(project_dir), wait_for_workspace=wait, stage_logs=stage_logs)
-    except (WorkspaceBusy, SlotWaitTimeout) as error:
+            return retrain(project_dir=str(project_dir), stage_logs=stage_logs, workspace_held=True)
+    except SlotWaitTimeout as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(3)
     except StageFailed as error:
@@ -87,11 +109,16 @@ def _retrain(project_dir: Path, wait: bool, stage_logs: bool) -> RetrainResult:
         raise typer.Exit(1)
 
 
-def _check_inputs(project_dir: Path) -> None:
-    from flows.context import require_usable_inputs
-    from pipelines.config import load_params
+def _check_inputs(project_dir: Path, overrides: list[str] | None = None) -> Overridden:
+    """params.yaml with `overrides` applied in memory, validated, and every input it names usable (ParamsError
+    otherwise); nothing is written."""
+    from flows.params_file import with_overrides
 
-    require_usable_inputs(load_params(project_dir / "params.yaml"), project_dir.resolve())
+    wanted = with_overrides(project_dir / "params.yaml", overrides or [])  # a typo is answered before MLflow loads
+    from flows.context import require_usable_inputs
+
+    require_usable_inputs(wanted.params, project_dir.resolve())
+    return wanted
 
 
 @app.command()

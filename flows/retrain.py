@@ -43,11 +43,14 @@ class RetrainResult:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(project_dir: str = ".", wait_for_workspace: bool = True, stage_logs: bool = False) -> RetrainResult:
+def retrain(project_dir: str = ".", wait_for_workspace: bool = True, stage_logs: bool = False,
+            workspace_held: bool = False) -> RetrainResult:
     """Reproduce every stage through DVC, track each in MLflow, register the winner and apply the promotion policy.
 
     One run per project at a time: another waits (`flow.workspace_wait_seconds`), or refuses at once when
     `wait_for_workspace` is false; the run that gets the project first closes what killed runs left open.
+    `workspace_held`: the calling process holds the project already (`chatgraft run` takes it before it starts
+    Prefect), and the flow run is only named as its holder.
     With `stage_logs`, each stage's output goes to .chatgraft/logs/<flow run>/<stage>.log (and its MLflow run)
     instead of the terminal, which gets one line a stage.
     """
@@ -57,7 +60,7 @@ def retrain(project_dir: str = ".", wait_for_workspace: bool = True, stage_logs:
     require_usable_inputs(ctx.params, ctx.root)
     logger = get_run_logger()
     wait = ctx.params.flow.workspace_wait_seconds if wait_for_workspace else 0.0
-    with workspace_lock(ctx.root, f"{flow_run.name} ({flow_run.id})", wait, logger):
+    with workspace_lock(ctx.root, f"flow run {flow_run.name} ({flow_run.id})", wait, logger.info, held=workspace_held):
         workspace, current = workspace_id(ctx.root), UUID(str(flow_run.id))
         tag_workspace(current, workspace)
         recovery = recover_crashed_runs(ctx.store, workspace, current, flow_run.name)
