@@ -125,22 +125,64 @@ def _check_inputs(project_dir: Path, overrides: list[str] | None = None) -> Over
 def check(
     project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
 ) -> None:
-    """Check params.yaml and every input it names (model folders, eval and SFT sets, the inbox) without running;
-    with a real base/chat pair, say what the merge will reconcile and what CP will need in memory."""
-    from pipelines.config import ParamsError, load_params
-    from pipelines.upstream.pair_check import check_pair
+    """Check params.yaml and every input it names (model folders, eval and SFT sets, the inbox) without running,
+    and the CP setup against this machine (FSDP needs CUDA; processes per GPU, or per CPU core; memory); with a
+    real base/chat pair, say what the merge will reconcile and what CP will need in memory. Exit 2 on a problem.
+    With data.source documents, warn about settings still sized for the tiny world."""
+    from flows.params_file import with_overrides
+    from pipelines.config import ParamsError
+    from pipelines.preflight import tiny_world_warnings
 
     try:
-        _check_inputs(project_dir)
+        params = with_overrides(project_dir / "params.yaml", []).params
     except ParamsError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2)
-    params = load_params(project_dir / "params.yaml")
-    if params.upstream.base_path and params.upstream.chat_path:
-        pair = {role: project_dir / getattr(params.upstream, f"{role}_path") for role in ("base", "chat")}
-        typer.echo("\n".join(check_pair(pair).summary()))
-        typer.echo(_memory_estimate(params, pair["base"]))
-    typer.echo(f"{project_dir / 'params.yaml'}: valid, and every input it names is usable")
+    problems = _input_refusal(params, project_dir)
+    per_process = None if problems else _describe_pair(params, project_dir)
+    problems += _machine_refusal(params, per_process)
+    for warning in tiny_world_warnings(params):
+        typer.echo(f"warning: {warning}", err=True)
+    if problems:
+        typer.echo("\n".join(problems), err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{project_dir / 'params.yaml'}: valid, and every input it names is usable; "
+               "this machine can run its CP setup")
+
+
+def _input_refusal(params: Params, project_dir: Path) -> list[str]:
+    """What `chatgraft run` would refuse in the inputs `params` name, as one message (none: all usable)."""
+    from flows.context import require_usable_inputs
+    from pipelines.config import ParamsError
+
+    try:
+        require_usable_inputs(params, project_dir.resolve())
+    except ParamsError as error:
+        return [str(error)]
+    return []
+
+
+def _describe_pair(params: Params, project_dir: Path) -> int | None:
+    """With a real base/chat pair: print what the merge will reconcile and CP's memory estimate; return that
+    estimate (bytes per process). None for the tiny pair, which the run builds."""
+    from pipelines.upstream.pair_check import check_pair
+
+    if not (params.upstream.base_path and params.upstream.chat_path):
+        return None
+    pair = {role: project_dir / getattr(params.upstream, f"{role}_path") for role in ("base", "chat")}
+    typer.echo("\n".join(check_pair(pair).summary()))
+    text, per_process = _memory_estimate(params, pair["base"])
+    typer.echo(text)
+    return per_process
+
+
+def _machine_refusal(params: Params, per_process: int | None) -> list[str]:
+    """What in the CP setup this machine cannot run, as one message (none: it can)."""
+    from pipelines.preflight import cp_setup_problems, this_machine
+
+    machine = this_machine()
+    problems = cp_setup_problems(params.cp, machine, per_process)
+    return ["\n  ".join([f"a CP setup this machine ({machine}) cannot run", *problems])] if problems else []
 
 
 @app.command()
@@ -187,24 +229,25 @@ def evaluate(
     out: Path = typer.Option(Path("reports/evaluate"), help="folder for <model name>.json (metrics) and "
                              "<model name>.samples.jsonl (every answer)"),
 ) -> None:
-    """Score any model folder on the evaluation suites the flow uses, and print the scores."""
-    from pipelines.config import ParamsError, load_params
-    from pipelines.evaluate.stage import evaluate_candidate
-    from pipelines.model_folder import check_model_folder
+    """Score any model folder on the evaluation suites the flow uses, and print the scores.
 
+    Every file it will read (the model folders, the sets, the corpus folder's held-out text and target language)
+    is read first: a problem refuses the command before any model is loaded (exit 2), naming the file and the
+    option or setting that fixes it. Relative paths in params.yaml are read from the project."""
+    from pipelines.config import ParamsError
+    from pipelines.evaluate.stage import evaluate_candidate
+
+    corpus_dir = corpus or project_dir / "data" / "corpus"
     try:
-        check_model_folder(model)
-        params = load_params(project_dir / "params.yaml").eval
-        given = {"instruction": instruction, "multiturn": multiturn, "safety": safety}
-        sets = params.sets.model_copy(update={k: str(v) for k, v in given.items() if v is not None})
-        result = evaluate_candidate(model_dir=model, chat_dir=chat or model,
-                                    corpus_dir=corpus or project_dir / "data" / "corpus",
-                                    params=params.model_copy(update={"sets": sets}),
-                                    metrics_path=out / f"{model.name}.json",
-                                    samples_path=out / f"{model.name}.samples.jsonl")
+        params = _eval_params(project_dir, {"instruction": instruction, "multiturn": multiturn, "safety": safety})
+        _require_evaluation_inputs(model, chat, params, corpus_dir)
     except ParamsError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2)
+    try:
+        result = evaluate_candidate(model_dir=model, chat_dir=chat or model, corpus_dir=corpus_dir, params=params,
+                                    metrics_path=out / f"{model.name}.json",
+                                    samples_path=out / f"{model.name}.samples.jsonl")
     except (ValueError, OSError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1)
@@ -275,6 +318,48 @@ def _moved(action: Callable[[], str]) -> None:
     except (PromotionError, MlflowException, SlotWaitTimeout) as error:
         typer.echo(f"error: {getattr(error, 'message', error)}", err=True)
         raise typer.Exit(1)
+
+
+def _eval_params(project_dir: Path, given: dict[str, Path | None]) -> EvalParams:
+    """The project's `eval` section with its relative paths read from the project, as its stages read them, and
+    the sets `given` on the command line instead of its own."""
+    from pipelines.config import load_params
+
+    params = load_params(project_dir / "params.yaml").eval
+
+    def in_project(path: str | None) -> str | None:
+        return str(project_dir / path) if path else None  # an absolute path stays itself
+
+    sets = {suite: str(path) if path else in_project(getattr(params.sets, suite)) for suite, path in given.items()}
+    return params.model_copy(update={"sets": params.sets.model_copy(update=sets),
+                                     "refusal_classifier": in_project(params.refusal_classifier),
+                                     "lm_eval_include_path": in_project(params.lm_eval_include_path)})
+
+
+EVAL_FIXES = {**{f"eval.sets.{suite}": f"--{suite} FILE (or eval.sets.{suite})"
+                 for suite in ("instruction", "multiturn", "safety")},
+              "eval.language_scripts": "set eval.language_scripts (the target language's scripts, e.g. [Hangul])"}
+
+
+def _require_evaluation_inputs(model: Path, chat: Path | None, params: EvalParams, corpus_dir: Path) -> None:
+    """Raise ParamsError listing every file `evaluate` would fail on, each read before any model is loaded: the
+    model folders, and what the evaluation reads (`eval_inputs`) with the option or setting that fixes it."""
+    from pipelines.config import ParamsError
+    from pipelines.evaluate.inputs import eval_input_problems, eval_inputs
+    from pipelines.model_folder import check_model_folder
+
+    problems = []
+    for option, folder in (("--model", model), ("--chat", chat)):
+        try:
+            if folder:
+                check_model_folder(folder)
+        except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+            problems.append(f"{option}: {error}")
+    corpus_fix = f"--corpus DIR, a folder the corpus stage wrote (now {corpus_dir})"
+    problems += eval_input_problems(eval_inputs(params, corpus_dir), corpus_fix, EVAL_FIXES)
+    if problems:
+        raise ParamsError("\n  ".join(["chatgraft evaluate: inputs it cannot use (no model loaded, nothing "
+                                       "generated)", *problems]))
 
 
 @app.command()
@@ -365,12 +450,15 @@ def ui(
     SIGINT or SIGTERM stops both."""
     import os
 
-    from flows.tracking.store import tracking_uri
+    from flows.tracking.relocation import relocate
+    from flows.tracking.store import embedded_uri, tracking_uri
     from flows.tracking.webhooks import project_keys, server_environment
     from flows.watch import local_address
 
     root = project_dir.resolve()
     uri = tracking_uri(root)
+    if uri == embedded_uri(root):
+        relocate(root)  # a moved or copied project: the UI must show, and write to, this folder's artifacts
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri,
                "--host", host, "--port", str(port), "--workers", "1"]  # one delivery queue: moves heard in order
     if uri.startswith("sqlite:"):
@@ -460,10 +548,11 @@ def memory(
     if not (source / "config.json" if source.is_dir() else source).exists():
         typer.echo(f"{source}: no model config.json (pass --model-config, or run the upstream stage)", err=True)
         raise typer.Exit(2)
-    typer.echo(_memory_estimate(params, source))
+    typer.echo(_memory_estimate(params, source)[0])
 
 
-def _memory_estimate(params: "Params", source: Path) -> str:
+def _memory_estimate(params: "Params", source: Path) -> tuple[str, int]:
+    """CP's memory per process on the model of `source` (a config.json or its folder): as printed, and in bytes."""
     from transformers import AutoConfig
 
     from pipelines.training.memory import estimate_cp_memory
@@ -474,4 +563,4 @@ def _memory_estimate(params: "Params", source: Path) -> str:
     distributed = params.cp.distributed
     return (f"{config.model_type}, {mode} fine-tuning, {distributed.nproc_per_node} process(es) "
             f"({distributed.strategy}), {params.cp.batch_size} x {params.cp.block_size} tokens a step:\n"
-            f"{estimate.table()}")
+            f"{estimate.table()}"), estimate.total

@@ -46,12 +46,10 @@ def _stop_tree(process: subprocess.Popen) -> None:
 
 @dataclass(frozen=True)
 class PipelineStage:
-    """A (resolved) stage of dvc.yaml, in the file's order: its name, whether it holds a `gpu` slot, and whether
-    DVC runs it every time (`always_changed`: whether it changed anything shows in dvc.lock afterwards)."""
+    """A (resolved) stage of dvc.yaml, in the file's order: its name, and whether it holds a `gpu` slot."""
 
     name: str
     gpu: bool
-    always_changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ class DvcProject:
     def stages(self) -> list[PipelineStage]:
         """Every stage of dvc.yaml in the file's order (foreach expanded), which is the order the flow runs them."""
         with self._repo() as repo:
-            return [PipelineStage(stage.addressing, bool((stage.meta or {}).get("gpu")), stage.always_changed)
+            return [PipelineStage(stage.addressing, bool((stage.meta or {}).get("gpu")))
                     for stage in repo.index.stages if isinstance(stage, dvc_stage.PipelineStage)]
 
     def declared_outputs(self) -> list[Path]:
@@ -147,14 +145,11 @@ class DvcProject:
         self._dvc("repro", "--single-item", stage, env=env, stream=log is None, log=log)
 
     def spec(self, stage: str) -> StageSpec:
-        """The params, metrics, plots and other outputs the stage declares in dvc.yaml (none for a stage whose
-        `meta` says `artifacts: false`)."""
+        """The params, metrics, plots and other outputs the stage declares in dvc.yaml."""
         with self._repo() as repo:
             (resolved,) = repo.stage.collect(stage)
             param_keys = [key for dep in resolved.deps if hasattr(dep, "params") for key in dep.params]
-            # `meta: {artifacts: false}`: outputs that are not the stage's results (links to the user's inputs)
-            logged = (resolved.meta or {}).get("artifacts", True)
-            outs = [(Path(out.def_path), out) for out in resolved.outs] if logged else []
+            outs = [(Path(out.def_path), out) for out in resolved.outs]
         is_dir = lambda path: (self.root / path).is_dir()  # noqa: E731
         return StageSpec(
             name=stage,

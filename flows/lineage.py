@@ -1,10 +1,14 @@
-"""Lineage tags that tie a run or model version to its code, data and orchestration run."""
+"""Lineage tags that tie a run or model version to its code, data, orchestration run and environment."""
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
 from prefect.runtime import flow_run
+
+from flows.environment_lineage import PACKAGES_ARTIFACT, environment_tags, installed_packages
+from flows.tracking.stage_runs import log_text
+from flows.tracking.store import Store
 
 
 def git_revision(root: Path) -> str:
@@ -27,8 +31,14 @@ def experiment_name() -> str | None:
 
 
 def lineage_tags(root: Path, hashes: dict[str, str] | None = None) -> dict[str, str]:
-    """git sha, Prefect flow-run id, the run's DVC experiment, and `dvc.md5.<path>` for each dvc.lock hash given."""
+    """git sha, Prefect flow-run id, the run's DVC experiment, the environment (`env.*`: packages, CPU, torch's
+    CPU capability and threads, accelerator), and `dvc.md5.<path>` for each dvc.lock hash given."""
     tags = {"git_sha": git_revision(root), "prefect_flow_run_id": str(flow_run.id or "none"),
-            "dvc_experiment": experiment_name() or "none"}
+            "dvc_experiment": experiment_name() or "none", **environment_tags()}
     tags.update({f"dvc.md5.{path}": md5 for path, md5 in (hashes or {}).items()})
     return tags
+
+
+def log_environment(store: Store, run_id: str) -> None:
+    """The full package list whose hash is `env.packages_sha256`, as the run's `environment/packages.txt`."""
+    log_text(store, run_id, "\n".join(installed_packages()) + "\n", PACKAGES_ARTIFACT)

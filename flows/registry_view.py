@@ -1,9 +1,11 @@
 """The registry at a glance, for `chatgraft status`: every version with its aliases, pin, latest decision and
-primary metric, then where the champion came from (code, data, sources, runs)."""
+primary metric, then where the champion came from (code, data, sources, runs, the machine it was scored on), and a
+note when that machine was of another kind than this one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flows.environment_lineage import MACHINE_TAGS, environment_tags, machine_notice
 from flows.tracking import registry
 from flows.tracking.store import Store
 
@@ -11,7 +13,8 @@ LINEAGE = (("candidate", "candidate"), ("git_sha", "code (git)"), ("dvc_data_md5
            (registry.MODEL_MD5_TAG, "weights (DVC md5)"), ("source.base", "base"), ("source.chat", "chat"),
            ("source.cp", "continually pretrained"), ("merge_ratio", "merge ratio"),
            ("align_method", "aligned with"), ("dvc_experiment", "DVC experiment"),
-           ("prefect_flow_run_id", "Prefect flow run"))
+           ("prefect_flow_run_id", "Prefect flow run"), *MACHINE_TAGS.items(), ("env.threads", "torch threads"),
+           ("env.packages_sha256", "packages (sha256)"))
 
 
 @dataclass(frozen=True)
@@ -64,4 +67,11 @@ def registry_overview(store: Store, model: str, metric: str) -> str:
     run_id = registry.registering_run(store, model, champion)
     lineage.append(("registered by MLflow run", run_id or "unknown"))
     text += [f"champion: version {champion}", *_table([("", label, value) for label, value in lineage])]
-    return "\n".join(text)
+    return "\n".join([*text, *_machine_line(tags)])
+
+
+def _machine_line(tags: dict[str, str]) -> list[str]:
+    """The notice that the champion was scored on another kind of machine, when it was (probing this machine only
+    when the champion recorded its own)."""
+    notice = machine_notice(tags, environment_tags()) if MACHINE_TAGS.keys() & tags.keys() else None
+    return ["", notice] if notice else []

@@ -1,7 +1,7 @@
 """The `retrain` flow: the DESIGN diagram, top to bottom.
 
-intake -> import-documents -> corpus -> upstream -> cp -> merge@ratio -> evaluate* -> curate -> align@method
-       -> evaluate-aligned@method -> leaderboard -> register -> promote -> push -> save-experiment
+intake -> import-documents -> link-inputs -> inputs -> corpus -> upstream -> cp -> merge@ratio -> evaluate* -> curate
+       -> pick -> align@method -> evaluate-aligned@method -> leaderboard -> register -> promote -> push -> save-experiment
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from prefect.runtime import flow_run
 
 from flows.context import RunContext, open_project, require_usable_inputs
 from flows.leaderboard_view import leaderboard_markdown, promotion_markdown
-from flows.lineage import lineage_tags
+from flows.lineage import lineage_tags, log_environment
 from flows.recovery import fail_abandoned_runs, recover_crashed_runs, remove_staging_left_behind, tag_workspace
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
-    INTAKE_STAGE, import_documents, promote_challenger, push_outputs, read_leaderboard, register_winner, run_stage,
-    save_experiment, take_new_data, with_retries,
+    INTAKE_STAGE, import_documents, link_inputs, promote_challenger, push_outputs, read_leaderboard, register_winner,
+    run_stage, save_experiment, take_new_data, with_retries,
 )
 from flows.tracking.stage_runs import describe_stages, log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock
@@ -82,9 +82,11 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
     """The stages of dvc.yaml in its order, each a tracked task; then register, promote, push."""
     with tracked_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)) as parent_run_id:
         ctx = replace(ctx, parent_run_id=parent_run_id)
+        log_environment(ctx.store, parent_run_id)
         try:
             intake = take_new_data(ctx)  # records the inbox stage's output itself
             import_documents(ctx)
+            link_inputs(ctx)
             outcomes = [run_stage(ctx, stage) for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE]
             describe_stages(ctx.store, parent_run_id, [(o.stage, not o.cached, o.run_id) for o in outcomes])
 

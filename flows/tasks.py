@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -26,7 +25,7 @@ from flows.tracking.stage_runs import (
 from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
 from pipelines.corpus.files import EVAL
 from pipelines.evaluate.sets import load_eval_set
-from pipelines.inputs import INPUTS
+from pipelines.inputs import INPUTS, mirror_inputs
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.leaderboard import Leaderboard
 from pipelines.model_card import CARD as MODEL_CARD, with_evaluation
@@ -78,20 +77,23 @@ def import_documents(ctx: RunContext) -> str | None:
     return md5
 
 
+@task(name="link-inputs", cache_policy=NO_CACHE)
+def link_inputs(ctx: RunContext) -> None:
+    """Link the inputs params.yaml names outside the project anew (the `inputs` stage's output, pipelines/inputs.py)
+    before DVC compares the stages: a file added to or removed from an input folder is then seen as well as one
+    edited in place; with nothing changed the links are the same and the stage stays up to date."""
+    for group, inputs in mirror_inputs(ctx.params, ctx.root).items():
+        get_run_logger().info("inputs/%s: %s", group, ", ".join(inputs) or "none from outside the project")
+
+
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
-def _run_stage(ctx: RunContext, stage: str, always_changed: bool = False) -> StageOutcome:
+def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     """Reproduce one DVC stage and log its files to a nested MLflow run; a stage DVC skips (up to date) is linked
     to the run that reproduced what dvc.lock records, and logged again from its files only when there is none.
-    A stage DVC always runs (`always_changed`) is run first and counts as up to date when dvc.lock records what it
-    did before. With `ctx.stage_logs`, the stage's output goes to its log file (an artifact of its run) and the
-    terminal gets one line."""
+    With `ctx.stage_logs`, the stage's output goes to its log file (an artifact of its run) and the terminal gets
+    one line."""
     started = time.monotonic()
-    if always_changed:
-        before = ctx.dvc.locked_stages().get(stage)
-        ctx.dvc.reproduce(stage, log=_log_path(ctx, stage))
-        cached = ctx.dvc.locked_stages().get(stage) == before
-    else:
-        cached = ctx.dvc.is_up_to_date(stage)
+    cached = ctx.dvc.is_up_to_date(stage)
     earlier = find_stage_run(ctx.store, stage, ctx.dvc.lock_hashes(stage)) if cached else None
     if earlier:
         if ctx.parent_run_id:
@@ -100,9 +102,7 @@ def _run_stage(ctx: RunContext, stage: str, always_changed: bool = False) -> Sta
         return _shown(ctx, StageOutcome(stage, earlier, cached=True), started)
     tags = {"stage": stage, "cached": str(cached).lower(), **lineage_tags(ctx.root)}
     with tracked_run(ctx.store, stage, tags, ctx.parent_run_id) as run_id:
-        if always_changed and (log := _log_path(ctx, stage)):
-            log_file(ctx.store, run_id, log, "logs")
-        elif not cached:
+        if not cached:
             _reproduce(ctx, stage, run_id)
         log_stage_outputs(ctx.store, run_id, ctx.root, ctx.dvc.spec(stage), ctx.raw_params,
                           ctx.params.flow.answers_view)
@@ -116,7 +116,8 @@ def _reproduce(ctx: RunContext, stage: str, run_id: str) -> None:
     if ctx.stage_logs is None:
         ctx.dvc.reproduce(stage, env=env)
         return
-    log = _log_path(ctx, stage)
+    log = ctx.stage_logs / f"{stage.replace('@', '-')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
         with live_line(stage, log):
@@ -126,15 +127,6 @@ def _reproduce(ctx: RunContext, stage: str, run_id: str) -> None:
         raise
     finally:
         log_file(ctx.store, run_id, log, "logs")
-
-
-def _log_path(ctx: RunContext, stage: str) -> Path | None:
-    """Where the stage's output goes with `ctx.stage_logs`; None: to the terminal."""
-    if ctx.stage_logs is None:
-        return None
-    log = ctx.stage_logs / f"{stage.replace('@', '-')}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return log
 
 
 def _shown(ctx: RunContext, outcome: StageOutcome, started: float) -> StageOutcome:
@@ -181,8 +173,7 @@ def run_stage(ctx: RunContext, stage: PipelineStage) -> StageOutcome:
     if stage.gpu:
         wait_for_gpu_slot(stage.name, ctx.params.flow.slot_wait_seconds, get_run_logger())
     return with_retries(ctx, _run_stage).with_options(tags=[GPU_TAG] if stage.gpu else [],
-                                                      retry_condition_fn=_not_a_failed_stage)(
-        ctx, stage.name, stage.always_changed)
+                                                      retry_condition_fn=_not_a_failed_stage)(ctx, stage.name)
 
 
 def _input_hashes(ctx: RunContext) -> dict[str, str]:

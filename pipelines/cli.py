@@ -52,8 +52,8 @@ def inputs() -> None:
     links under inputs/, which the stages reading them list as deps."""
     from pipelines.inputs import mirror_inputs
 
-    for group, names in mirror_inputs(load_params(PARAMS), Path.cwd()).items():
-        print(f"inputs/{group}: {', '.join(names) or 'none from outside the project'}")
+    for group, inputs in mirror_inputs(load_params(PARAMS), Path.cwd()).items():
+        print(f"inputs/{group}: {', '.join(inputs) or 'none from outside the project'}")
 
 
 @app.command()

@@ -42,7 +42,8 @@ def _experiment_id(store: Store) -> str:
     found = store.client.get_experiment_by_name(HISTORY_EXPERIMENT)
     if found is not None:
         return found.experiment_id
-    return store.client.create_experiment(HISTORY_EXPERIMENT, tags={"chatgraft.role": "promotion history"})
+    return store.client.create_experiment(HISTORY_EXPERIMENT, artifact_location=store.artifact_location,
+                                          tags={"chatgraft.role": "promotion history"})
 
 
 def record(store: Store, model: str, version: str, decision: str, reasons: list[str], actor: str,

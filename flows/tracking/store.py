@@ -8,19 +8,23 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
+from flows.tracking.relocation import relocate, store_artifacts, store_db
+
 
 @dataclass(frozen=True)
 class Store:
-    """An MLflow tracking + registry store and the experiment the flow logs to."""
+    """An MLflow tracking + registry store, the experiment the flow logs to, and where experiments the project
+    creates keep their artifacts (None: the server's default)."""
 
     uri: str
     client: MlflowClient
     experiment_id: str
+    artifact_location: str | None = None
 
 
 def embedded_uri(root: Path) -> str:
     """The embedded store of a project: sqlite in mlflow/mlflow.db."""
-    return f"sqlite:///{(root / 'mlflow' / 'mlflow.db').resolve()}"
+    return f"sqlite:///{store_db(root).resolve()}"
 
 
 def tracking_uri(root: Path) -> str:
@@ -29,13 +33,17 @@ def tracking_uri(root: Path) -> str:
 
 
 def open_store(root: Path, experiment: str) -> Store:
-    """Point MLflow at the project's store and get or create the experiment (artifacts in mlflow/artifacts)."""
+    """Point MLflow at the project's store and get or create the experiment (artifacts in mlflow/artifacts). The
+    embedded store's artifact locations are first moved to where the project lies now (see `relocation`); a
+    server's are never touched."""
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
-    found = client.get_experiment_by_name(experiment)
+    found = client.get_experiment_by_name(experiment)  # MLflow creates the db (and Default) first
+    if uri == embedded_uri(root):
+        relocate(root)
+    artifacts = store_artifacts(root).resolve().as_uri() if uri.startswith("sqlite:") else None
     if found is not None:
-        return Store(uri, client, found.experiment_id)
-    artifacts = (root / "mlflow" / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    return Store(uri, client, client.create_experiment(experiment, artifact_location=artifacts))
+        return Store(uri, client, found.experiment_id, artifacts)
+    return Store(uri, client, client.create_experiment(experiment, artifact_location=artifacts), artifacts)

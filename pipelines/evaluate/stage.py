@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,9 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from pipelines.atomic import read_jsonl, write_json_atomic, write_jsonl_atomic
+from pipelines.atomic import write_json_atomic, write_jsonl_atomic
 from pipelines.config import EvalParams
 from pipelines.devices import load_for_inference, resolve_device
-from pipelines.corpus.files import EVAL, EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL, TARGET_LANGUAGE, VALID
 from pipelines.evaluate.degeneration import distinct_n, repetition_rate, termination_rate
 from pipelines.evaluate.generation import Generation, generate_answers
 from pipelines.evaluate.harness import run_harness
@@ -27,7 +26,8 @@ from pipelines.evaluate.perplexity import perplexity
 from pipelines.evaluate.safety import (
     DEFAULT_REFUSAL_PATTERNS, classifier_refusals, is_refusal, refusal_matcher, safety_rates,
 )
-from pipelines.evaluate.sets import EvalExample, load_eval_set
+from pipelines.evaluate.inputs import SET_FILES, EvalInput, eval_input_problems, eval_inputs
+from pipelines.evaluate.sets import EvalExample
 from pipelines.padding import with_pad_token
 
 
@@ -57,20 +57,24 @@ class EvalResult:
     answers_per_second: float
 
 
+def require_eval_inputs(inputs: Mapping[str, EvalInput], corpus_dir: Path) -> None:
+    """Raise ValueError listing every input the evaluation cannot read, before a model is loaded."""
+    problems = eval_input_problems(inputs, f"run the corpus stage, which writes {corpus_dir}")
+    if problems:
+        raise ValueError("\n  ".join(["inputs the evaluation cannot read (no model was loaded)", *problems]))
+
+
 def eval_sets(params: EvalParams, corpus_dir: Path) -> dict[str, list[EvalExample]]:
     """The instruction, multi-turn and safety sets, from params or from the corpus stage."""
-    paths = {"instruction": EVAL, "multiturn": EVAL_MULTITURN, "safety": EVAL_SAFETY}
-    return {
-        suite: load_eval_set(Path(getattr(params.sets, suite) or corpus_dir / name),
-                             "harmful" if suite == "safety" else "reference", params.max_questions)
-        for suite, name in paths.items()
-    }
+    inputs = eval_inputs(params, corpus_dir)
+    return {suite: inputs[suite].read() for suite in SET_FILES}
 
 
 def _language_scorer(params: EvalParams, corpus_dir: Path) -> Callable[[str], float | None]:
     """The share of an answer in the target language: by `eval.language_scripts`, else as the generated world
     says (its script, or the domain world's lexicon)."""
-    world = {} if params.language_scripts else json.loads((corpus_dir / TARGET_LANGUAGE).read_text())
+    generated = eval_inputs(params, corpus_dir).get("target_language")
+    world = generated.read() if generated else {}
     if params.language_scripts or "scripts" in world:
         scripts = script_pattern(params.language_scripts or world["scripts"])
         return lambda text: script_share(text, scripts)
@@ -142,6 +146,8 @@ def evaluate_candidate(*, model_dir: Path, chat_dir: Path, corpus_dir: Path, par
     accelerator when there is one (`eval.device`). The scores go to `metrics_path`, every answer to
     `samples_path`, and the answers a second to `speed_path` when given (never beside the scores, which later
     stages depend on)."""
+    inputs = eval_inputs(params, corpus_dir)
+    require_eval_inputs(inputs, corpus_dir)
     device = resolve_device(params.device)
     tokenizer = with_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir)
     if not tokenizer.chat_template:  # base and CP models are asked in the chat model's format
@@ -160,15 +166,14 @@ def evaluate_candidate(*, model_dir: Path, chat_dir: Path, corpus_dir: Path, par
     samples = [_sample(suite, example, answer, params, language, refusal)
                for suite, examples in sets.items() for example, answer in zip(examples, answers[suite])]
     if params.refusal_classifier:
-        _classify_refusals(params, Path(params.refusal_classifier), samples, device)
-    valid = [row["text"] for row in read_jsonl(corpus_dir / VALID)]
+        _classify_refusals(params, inputs["refusal_classifier"].path, samples, device)
+    heldout = inputs["heldout"].read()
     metrics = {
-        "target_perplexity": perplexity(model, tokenizer, valid, params.block_size, params.batch_size),
+        "target_perplexity": perplexity(model, tokenizer, heldout, params.block_size, params.batch_size),
         **suite_metrics(samples, answers, params),
     }
     if params.lm_eval_tasks:
-        include = Path(params.lm_eval_include_path) if params.lm_eval_include_path else corpus_dir / LM_EVAL
-        metrics |= run_harness(model_dir, params.lm_eval_tasks, include, params.batch_size, device)
+        metrics |= run_harness(model_dir, params.lm_eval_tasks, inputs["lm_eval"].path, params.batch_size, device)
     if params.judge_model:
         metrics["judge_score"] = _judge(params.judge_model, samples)
     write_jsonl_atomic(samples_path, samples)

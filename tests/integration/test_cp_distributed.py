@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 def _cp_metrics(root: Path) -> dict:
     project = DvcProject(root)  # the flow's own DVC runner
-    for stage in ("inbox", "corpus", "upstream", "cp"):
+    for stage in ("inputs", "inbox", "corpus", "upstream", "cp"):
         project.reproduce(stage)
     return json.loads((root / "reports" / "cp.json").read_text())
 

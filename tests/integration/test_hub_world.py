@@ -202,7 +202,7 @@ def test_tied_hub_pair_merges(tmp_path: Path) -> None:
 
 def _stale(root: Path) -> set[str]:
     project = DvcProject(root)
-    return {stage.name for stage in project.stages() if not stage.always_changed and not project.is_up_to_date(stage.name)}
+    return {stage.name for stage in project.stages() if not project.is_up_to_date(stage.name)}
 
 
 EVALUATIONS = {"evaluate@base", "evaluate@chat", "evaluate-cp", "evaluate-merged@1.0", "evaluate-aligned@sft"}
@@ -246,7 +246,7 @@ def test_an_eval_set_edited_in_place_re_scores_the_models_and_the_champion_fairl
     with prefect_test_harness(server_startup_timeout=120):
         result = retrain(project_dir=str(root))
     retrained = {"align@sft"} if (root / "reports" / "align" / "pick.json").read_text() != picked else set()
-    assert set(result.reproduced) == {"inputs", *EVALUATIONS, "pick", "leaderboard", "plots"} | retrained
+    assert set(result.reproduced) == {*EVALUATIONS, "pick", "leaderboard", "plots"} | retrained
     locked = DvcProject(root).locked_stages()
     eval_hash = lambda lock: next(d["md5"] for d in lock["evaluate@chat"]["deps"] if d["path"] == "inputs/eval")  # noqa: E731
     assert eval_hash(locked) != eval_hash(lock_before)

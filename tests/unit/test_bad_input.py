@@ -81,7 +81,7 @@ PARAMS_CASES = {
              ({"max_questions": 0}, "eval.max_questions: Input should be greater than or equal to 1"),
              ({"sets": {"instruction": "sets/missing.jsonl"}}, "eval.sets.instruction: "),
              ({"refusal_classifier": "models/refusals"}, "eval.refusal_classifier: "),
-             ({"lm_eval_include_path": "tasks"}, "eval.lm_eval_include_path: ")],
+             ({"lm_eval_tasks": ["target_facts"], "lm_eval_include_path": "tasks"}, "eval.lm_eval_include_path: ")],
     "promote": [({"winner": "me"}, "promote.winner: unknown key"),
                 ({"higher_is_better": "sometimes"}, "promote.higher_is_better: Input should be a valid boolean"),
                 ({"register_top_k": 0}, "promote.register_top_k: Input should be greater than or equal to 1")],

@@ -7,6 +7,7 @@ import mlflow
 import pytest
 from datasets import Dataset
 from mlflow import MlflowClient
+from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 from transformers import default_data_collator
 
 from pipelines.config import CPParams
@@ -22,6 +23,9 @@ def test_live_curves_go_to_the_named_run_and_no_other_run_is_created(tmp_path: P
     run_id = client.create_run(experiment_id, run_name="cp").info.run_id  # as the flow opens a stage's run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    # a stage's process starts with no tracking URI set in code; a test worker may have one from an earlier test,
+    # which would win over the environment (restored afterwards)
+    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
     tokenizer = word_tokenizer()
     examples = pack_texts(tokenizer, Dataset.from_dict({"text": ["the city of kato is oslo ."] * 20}), 8)
     params = CPParams(steps=5, batch_size=2, block_size=8, learning_rate=1e-3, eval_every=2)  # 5: no eval step
