@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -32,7 +33,7 @@ def _every_command() -> None:
 if TYPE_CHECKING:
     from flows.params_file import Overridden
     from flows.retrain import RetrainResult
-    from pipelines.config import Params
+    from pipelines.config import EvalParams, Params
 
 
 @app.command()
@@ -53,16 +54,19 @@ def run(
     the project is taken, or refused when another run holds it (exit 3). Shows one line a stage (reproduced or
     cached, time, headline metric) and the running stage's progress; each stage's output goes to
     .chatgraft/logs/<flow run>/<stage>.log and to its MLflow run. SIGTERM (what schedulers and Kubernetes send) and
-    Ctrl-C end the run cleanly: the running stage is stopped, its runs are marked failed, and the run's slots and
-    the project are released.
+    Ctrl-C end the run cleanly, in seconds: the running stage is stopped, its runs are marked failed, the run's slots
+    and the project are released (exit 143, or 130). A run killed outright (SIGKILL, the OOM killer) leaves nothing
+    running: its watchdog stops what it had started, and the next run reports it.
     """
+    from flows.watchdog import watchdog
     from flows.workspace import WorkspaceBusy, workspace_lock
     from pipelines.config import ParamsError
 
     try:
         wanted = _check_inputs(project_dir, set_)  # in memory: a refused run leaves params.yaml as it was
         wait = 0.0 if no_wait else wanted.params.flow.workspace_wait_seconds
-        with workspace_lock(project_dir, "chatgraft run, starting its flow", wait, partial(typer.echo, err=True)):
+        with (workspace_lock(project_dir, "chatgraft run, starting its flow", wait, partial(typer.echo, err=True)),
+              watchdog(project_dir)):  # before Prefect, DVC or a stage starts
             _write_overrides(project_dir, set_, wanted)
             result = _retrain(project_dir, stage_logs=not verbose)
     except ParamsError as error:
@@ -71,6 +75,8 @@ def run(
     except WorkspaceBusy as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(3)
+    except _Stopped as stopped:  # the project is released, the watchdog stood down
+        _exit_at_once(stopped.signum)
     typer.echo("\n" + result.leaderboard)
 
 
@@ -84,9 +90,17 @@ def _write_overrides(project_dir: Path, overrides: list[str], wanted: Overridden
     (wanted if unchanged else _check_inputs(project_dir, overrides)).write()
 
 
+class _Stopped(Exception):
+    """SIGTERM or Ctrl-C stopped the run; its flow has marked its runs ended and released what it held."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _retrain(project_dir: Path, stage_logs: bool) -> RetrainResult:
-    """The retrain flow in the project this process holds, ended cleanly by SIGTERM; a busy slot is exit status 3,
-    a failed stage 1."""
+    """The retrain flow in the project this process holds, ended cleanly by SIGTERM or Ctrl-C (_Stopped); a busy
+    slot is exit status 3, a failed stage 1."""
     from prefect.exceptions import TerminationSignal
 
     from flows.console import quiet_console
@@ -94,10 +108,17 @@ def _retrain(project_dir: Path, stage_logs: bool) -> RetrainResult:
     from flows.retrain import retrain
     from flows.slots import SlotWaitTimeout
 
-    def terminate(signum: int, _frame: object) -> None:
-        raise TerminationSignal(signum)  # unwinds the flow: Prefect marks it Crashed, `finally` blocks release
+    stops: list[int] = []
 
-    signal.signal(signal.SIGTERM, terminate)
+    def stop(signum: int, _frame: object) -> None:
+        stops.append(signum)
+        # unwinds the flow: Prefect marks it Crashed, `finally` blocks release
+        raise TerminationSignal(signum) if signum == signal.SIGTERM else KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # a shell's background job ignores SIGINT: it still does
+            signal.signal(signum, stop)
+    _detach_temporary_server()
     try:
         with quiet_console() if stage_logs else nullcontext():  # its task-run lines stay in the API's log
             return retrain(project_dir=str(project_dir), stage_logs=stage_logs, workspace_held=True)
@@ -107,6 +128,47 @@ def _retrain(project_dir: Path, stage_logs: bool) -> RetrainResult:
     except StageFailed as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1)
+    except BaseException:
+        if stops:  # the signal, or what Prefect made of it: a ValueError when it came as a task run began
+            raise _Stopped(stops[0]) from None
+        raise
+
+
+def _detach_temporary_server() -> None:
+    """Make the temporary API server Prefect starts for the flow (the embedded default: no PREFECT_API_URL) start in
+    a session of its own. In the run's process group, a signal sent to the group (Ctrl-C in a terminal, `kill -TERM
+    -PGID`) stopped it with the run, which then spent minutes retrying to mark its flow run Crashed and to send its
+    logs (each call tried 6 times, 2 to 32 s apart: 62-74 s), and left the flow run Running. The run stops it (at
+    exit, or `_exit_at_once`); a killed run's watchdog does."""
+    from unittest.mock import patch
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class OwnSession(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            with patch.object(subprocess, "Popen", partial(subprocess.Popen, start_new_session=True)):
+                return super()._run_uvicorn_command()
+
+    OwnSession()  # what Prefect's `SubprocessASGIServer()` returns: it keeps one per port, and both ask the default
+
+
+def _exit_at_once(signum: int) -> NoReturn:
+    """End a run that `signum` stopped, its runs marked: send the logs and events Prefect still queues (a few seconds
+    at most), stop the temporary server, and exit 128 + signum without the interpreter's teardown, which waits for
+    Prefect's queues without a limit and here took 2-4 s of CPU collecting what the run had loaded."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for repeated in (signal.SIGTERM, signal.SIGINT):  # the run is ending already: a second one would cut it short
+        signal.signal(repeated, signal.SIG_IGN)
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=5)
+    SubprocessASGIServer().stop()  # none started (a Prefect server named by PREFECT_API_URL): nothing to do
+    typer.echo(f"stopped by {signal.Signals(signum).name}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def _check_inputs(project_dir: Path, overrides: list[str] | None = None) -> Overridden:
@@ -257,6 +319,48 @@ def evaluate(
     typer.echo(f"metrics: {out / f'{model.name}.json'}; answers: {out / f'{model.name}.samples.jsonl'}")
 
 
+def _eval_params(project_dir: Path, given: dict[str, Path | None]) -> EvalParams:
+    """The project's `eval` section with its relative paths read from the project, as its stages read them, and
+    the sets `given` on the command line instead of its own."""
+    from pipelines.config import load_params
+
+    params = load_params(project_dir / "params.yaml").eval
+
+    def in_project(path: str | None) -> str | None:
+        return str(project_dir / path) if path else None  # an absolute path stays itself
+
+    sets = {suite: str(path) if path else in_project(getattr(params.sets, suite)) for suite, path in given.items()}
+    return params.model_copy(update={"sets": params.sets.model_copy(update=sets),
+                                     "refusal_classifier": in_project(params.refusal_classifier),
+                                     "lm_eval_include_path": in_project(params.lm_eval_include_path)})
+
+
+EVAL_FIXES = {**{f"eval.sets.{suite}": f"--{suite} FILE (or eval.sets.{suite})"
+                 for suite in ("instruction", "multiturn", "safety")},
+              "eval.language_scripts": "set eval.language_scripts (the target language's scripts, e.g. [Hangul])"}
+
+
+def _require_evaluation_inputs(model: Path, chat: Path | None, params: EvalParams, corpus_dir: Path) -> None:
+    """Raise ParamsError listing every file `evaluate` would fail on, each read before any model is loaded: the
+    model folders, and what the evaluation reads (`eval_inputs`) with the option or setting that fixes it."""
+    from pipelines.config import ParamsError
+    from pipelines.evaluate.inputs import eval_input_problems, eval_inputs
+    from pipelines.model_folder import check_model_folder
+
+    problems = []
+    for option, folder in (("--model", model), ("--chat", chat)):
+        try:
+            if folder:
+                check_model_folder(folder)
+        except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+            problems.append(f"{option}: {error}")
+    corpus_fix = f"--corpus DIR, a folder the corpus stage wrote (now {corpus_dir})"
+    problems += eval_input_problems(eval_inputs(params, corpus_dir), corpus_fix, EVAL_FIXES)
+    if problems:
+        raise ParamsError("\n  ".join(["chatgraft evaluate: inputs it cannot use (no model loaded, nothing "
+                                       "generated)", *problems]))
+
+
 @app.command()
 def serve(
     project_dir: Path = typer.Option(Path("."), help="project directory holding prefect.yaml, dvc.yaml, params.yaml"),
@@ -318,48 +422,6 @@ def _moved(action: Callable[[], str]) -> None:
     except (PromotionError, MlflowException, SlotWaitTimeout) as error:
         typer.echo(f"error: {getattr(error, 'message', error)}", err=True)
         raise typer.Exit(1)
-
-
-def _eval_params(project_dir: Path, given: dict[str, Path | None]) -> EvalParams:
-    """The project's `eval` section with its relative paths read from the project, as its stages read them, and
-    the sets `given` on the command line instead of its own."""
-    from pipelines.config import load_params
-
-    params = load_params(project_dir / "params.yaml").eval
-
-    def in_project(path: str | None) -> str | None:
-        return str(project_dir / path) if path else None  # an absolute path stays itself
-
-    sets = {suite: str(path) if path else in_project(getattr(params.sets, suite)) for suite, path in given.items()}
-    return params.model_copy(update={"sets": params.sets.model_copy(update=sets),
-                                     "refusal_classifier": in_project(params.refusal_classifier),
-                                     "lm_eval_include_path": in_project(params.lm_eval_include_path)})
-
-
-EVAL_FIXES = {**{f"eval.sets.{suite}": f"--{suite} FILE (or eval.sets.{suite})"
-                 for suite in ("instruction", "multiturn", "safety")},
-              "eval.language_scripts": "set eval.language_scripts (the target language's scripts, e.g. [Hangul])"}
-
-
-def _require_evaluation_inputs(model: Path, chat: Path | None, params: EvalParams, corpus_dir: Path) -> None:
-    """Raise ParamsError listing every file `evaluate` would fail on, each read before any model is loaded: the
-    model folders, and what the evaluation reads (`eval_inputs`) with the option or setting that fixes it."""
-    from pipelines.config import ParamsError
-    from pipelines.evaluate.inputs import eval_input_problems, eval_inputs
-    from pipelines.model_folder import check_model_folder
-
-    problems = []
-    for option, folder in (("--model", model), ("--chat", chat)):
-        try:
-            if folder:
-                check_model_folder(folder)
-        except (ValueError, OSError) as error:  # CheckpointError is a ValueError
-            problems.append(f"{option}: {error}")
-    corpus_fix = f"--corpus DIR, a folder the corpus stage wrote (now {corpus_dir})"
-    problems += eval_input_problems(eval_inputs(params, corpus_dir), corpus_fix, EVAL_FIXES)
-    if problems:
-        raise ParamsError("\n  ".join(["chatgraft evaluate: inputs it cannot use (no model loaded, nothing "
-                                       "generated)", *problems]))
 
 
 @app.command()

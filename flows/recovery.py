@@ -1,5 +1,6 @@
 """What a killed run left behind, closed by the next run: Prefect runs left Running, MLflow runs left RUNNING,
-slots still counted, registry versions and champion moves left half-recorded, outputs left half-written.
+slots still counted, registry versions and champion moves left half-recorded, outputs left half-written, and the
+processes its watchdog stopped.
 
 It runs while the workspace lock is held, so every other flow run of this workspace still marked Running is known
 to be dead: its process would hold the lock.
@@ -22,6 +23,8 @@ from prefect.states import Crashed
 
 from flows.slots import embedded, release_dead_gpu_slots, revoke_expired_leases
 from flows.tracking.store import Store
+from flows.watchdog import take_record
+from flows.workspace import STATE_DIR
 from pipelines.atomic import staging_left_behind
 
 UNFINISHED = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.SCHEDULED]
@@ -38,16 +41,19 @@ class Recovery:
     mlflow_runs: list[str] = field(default_factory=list)
     slots: list[str] = field(default_factory=list)
     staging: list[str] = field(default_factory=list)
+    processes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.flow_runs or self.task_runs or self.mlflow_runs or self.slots or self.staging)
+        return bool(self.flow_runs or self.task_runs or self.mlflow_runs or self.slots or self.staging
+                    or self.processes)
 
     def summary(self) -> str:
         """One line for the log."""
         return "; ".join(f"{what}: {', '.join(items)}" for what, items in (
             ("crashed flow runs", self.flow_runs), ("their unfinished task runs", self.task_runs),
             ("MLflow runs marked FAILED", self.mlflow_runs), ("slots given back", self.slots),
-            ("half-written outputs removed", self.staging)) if items)
+            ("half-written outputs removed", self.staging),
+            ("processes left running, stopped by their run's watchdog", self.processes)) if items)
 
 
 def tag_workspace(flow_run_id: UUID, workspace: str) -> None:
@@ -120,11 +126,16 @@ def remove_staging_left_behind(root: Path, outputs: list[Path]) -> list[str]:
     return [str(path.relative_to(root)) for path in found]
 
 
+def _project_root(workspace: str) -> Path:
+    """The project path a workspace id names (`host:path`, flows.workspace.workspace_id)."""
+    return Path(workspace.partition(":")[2])
+
+
 def recover_crashed_runs(store: Store, workspace: str, current: UUID, current_name: str) -> Recovery:
     """Close what killed runs of this workspace left open (call while holding the workspace lock)."""
     found_by = f"flow run {current_name} ({current})"
     reason = f"found dead by {found_by}: its process had ended without finishing the run"
-    recovery = Recovery()
+    recovery = Recovery(processes=take_record(_project_root(workspace) / STATE_DIR))
     dead = _crash_dead_flow_runs(workspace, current, reason, recovery)
     _fail_orphaned_mlflow_runs(store, dead, found_by, recovery)
     if embedded():
