@@ -15,6 +15,7 @@ from dvc import stage as dvc_stage
 from dvc.repo import Repo
 
 from flows.console import last_lines
+from flows.processes import stop_processes
 from pipelines.cli import USER_ERROR
 
 LOCKED = "Unable to acquire lock"  # what DVC prints when another DVC process holds the repository
@@ -33,14 +34,7 @@ def _stop_tree(process: subprocess.Popen) -> None:
     """SIGTERM the dvc process and every process under it (the stage's), SIGKILL what is left after STOP_SECONDS."""
     with suppress(psutil.NoSuchProcess):
         dvc = psutil.Process(process.pid)
-        tree = [*dvc.children(recursive=True), dvc]
-        for member in tree:
-            with suppress(psutil.NoSuchProcess):
-                member.terminate()
-        _, alive = psutil.wait_procs(tree, timeout=STOP_SECONDS)
-        for member in alive:
-            with suppress(psutil.NoSuchProcess):
-                member.kill()
+        stop_processes([*dvc.children(recursive=True), dvc], STOP_SECONDS)
     process.wait()
 
 

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
+
+from flows.processes import stop_processes
 from filelock import FileLock, Timeout
 
 from flows.workspace import STATE_DIR
@@ -114,14 +116,7 @@ def _describe(process: psutil.Process) -> str:
 def _stop(processes: list[psutil.Process]) -> list[str]:
     """SIGTERM each, SIGKILL what is left after GRACE_SECONDS; returns what they were."""
     stopped = [_describe(process) for process in processes]
-    for process in processes:
-        with suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=GRACE_SECONDS)
-    for process in alive:
-        with suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(alive, timeout=GRACE_SECONDS)
+    stop_processes(processes, GRACE_SECONDS)
     return stopped
 
 

@@ -15,16 +15,9 @@ from typer.testing import CliRunner
 from flows.cli import _check_inputs, _write_overrides, app
 from flows.params_file import apply_overrides
 from flows.workspace import workspace_lock
+from tests.unit.test_workspace import HOLD  # a process holding the workspace
 
 REPO = Path(__file__).resolve().parents[2]
-HOLD = """
-import sys, time
-from pathlib import Path
-from flows.workspace import workspace_lock
-with workspace_lock(Path(sys.argv[1]), "flow run brave-otter (1234)", 0, print):
-    print("held", flush=True)
-    time.sleep(600)
-"""
 RUN = """
 import sys
 from flows.cli import _check_inputs, _write_overrides, app
