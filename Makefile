@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: install browser run test ui screenshots clean bench-overhead bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu gpu-check stack-up stack-down
+.PHONY: install browser run test ui screenshots clean bench-overhead bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu bench-commands gpu-check stack-up stack-down
 
 install: $(STAMP)
 
@@ -62,6 +62,11 @@ bench-eval: install
 # Packed against padded training batches of the same documents, same tiny model.
 bench-cp: install
 	$(PY) -m benchmarks.cp
+
+# Wall time of each person-facing command (promote, rollback, pin, status, history, refused runs) on a finished
+# default project: PROJECT=path (default: one built first by `chatgraft run` in a temporary folder).
+bench-commands: install
+	$(PY) -m benchmarks.commands $(if $(PROJECT),--project-dir $(PROJECT))
 
 # Model FLOPs utilisation of CP training, a ~1B Llama in bf16 with packing and SDPA: needs a CUDA GPU.
 bench-mfu: install

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from functools import partial
 from pathlib import Path
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import typer
 
@@ -58,15 +58,24 @@ def run(
     and the project are released (exit 143, or 130). A run killed outright (SIGKILL, the OOM killer) leaves nothing
     running: its watchdog stops what it had started, and the next run reports it.
     """
+    from flows.context import require_usable_inputs
+    from flows.params_file import with_overrides
     from flows.watchdog import watchdog
     from flows.workspace import WorkspaceBusy, workspace_lock
     from pipelines.config import ParamsError
 
     try:
-        wanted = _check_inputs(project_dir, set_)  # in memory: a refused run leaves params.yaml as it was
+        wanted = with_overrides(project_dir / "params.yaml", set_)  # in memory: a refused run writes nothing
         wait = 0.0 if no_wait else wanted.params.flow.workspace_wait_seconds
-        with (workspace_lock(project_dir, "chatgraft run, starting its flow", wait, partial(typer.echo, err=True)),
-              watchdog(project_dir)):  # before Prefect, DVC or a stage starts
+        take = partial(workspace_lock, project_dir, "chatgraft run, starting its flow", wait,
+                       partial(typer.echo, err=True))
+        with ExitStack() as held:  # the project held before Prefect, DVC or a stage starts
+            if no_wait:  # a busy project is refused at once, before the input check loads torch
+                held.enter_context(take())
+            require_usable_inputs(wanted.params, project_dir.resolve())
+            if not no_wait:  # a bad input is refused before a wait
+                held.enter_context(take())
+            held.enter_context(watchdog(project_dir))
             _write_overrides(project_dir, set_, wanted)
             result = _retrain(project_dir, stage_logs=not verbose)
     except ParamsError as error:
@@ -103,7 +112,7 @@ def _retrain(project_dir: Path, stage_logs: bool) -> RetrainResult:
     slot is exit status 3, a failed stage 1."""
     from prefect.exceptions import TerminationSignal
 
-    from flows.console import quiet_console
+    from flows.console import quiet_console, quiet_exit
     from flows.dvc_project import StageFailed
     from flows.retrain import retrain
     from flows.slots import SlotWaitTimeout
@@ -132,6 +141,9 @@ def _retrain(project_dir: Path, stage_logs: bool) -> RetrainResult:
         if stops:  # the signal, or what Prefect made of it: a ValueError when it came as a task run began
             raise _Stopped(stops[0]) from None
         raise
+    finally:
+        if stage_logs:
+            quiet_exit()  # the temporary server's stop, Prefect's services draining: after the run's last line
 
 
 def _detach_temporary_server() -> None:
@@ -399,10 +411,10 @@ def intake(
 
 
 def _registry(project_dir: Path) -> tuple:
-    from flows.context import open_project
+    from flows.context import open_registry
 
-    ctx = open_project(project_dir)
-    return ctx.store, ctx.params.promote.registered_model, ctx.params.flow.slot_wait_seconds
+    params, store = open_registry(project_dir)
+    return store, params.promote.registered_model, params.flow.slot_wait_seconds
 
 
 def _person(command: str) -> str:
@@ -414,7 +426,7 @@ def _moved(action: Callable[[], str]) -> None:
 
     from flows.console import quiet_exit
     from flows.promotion import PromotionError
-    from flows.slots import SlotWaitTimeout
+    from flows.promotion_lock import SlotWaitTimeout
 
     quiet_exit()
     try:
@@ -434,8 +446,8 @@ def promote(
     from flows.promotion import promote_by_hand
 
     store, model, wait = _registry(project_dir)
-    _moved(lambda: f"{model} champion: version "
-                   f"{promote_by_hand(store, model, version, _person('promote'), reason, wait)} -> {version}")
+    _moved(lambda: "{} champion: version {} -> {}".format(
+        model, promote_by_hand(store, model, version, _person("promote"), reason, wait) or "none", version))
 
 
 @app.command()
@@ -490,12 +502,42 @@ def status(
     project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
 ) -> None:
     """The registry at a glance: every version with its aliases, pin, latest decision and primary metric, and
-    where the champion came from."""
-    from flows.context import open_project
+    where the champion came from; then whether the workspace holds outputs no stage declares (`chatgraft clean`)."""
+    from flows.context import open_registry
     from flows.registry_view import registry_overview
 
-    ctx = open_project(project_dir)
-    typer.echo(registry_overview(ctx.store, ctx.params.promote.registered_model, ctx.params.promote.primary_metric))
+    params, store = open_registry(project_dir)
+    typer.echo(registry_overview(store, params.promote.registered_model, params.promote.primary_metric))
+    if (project_dir / "dvc.yaml").exists():  # after the registry: reading DVC's graph takes another 2-3 s
+        from flows.stale_outputs import stale_outputs_note
+
+        if note := stale_outputs_note(project_dir.resolve()):
+            typer.echo(f"\nworkspace: {note}")
+
+
+@app.command()
+def clean(
+    project_dir: Path = typer.Option(Path("."), help="project directory holding dvc.yaml"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would be removed, with sizes; remove nothing"),
+) -> None:
+    """Remove the outputs of stages dvc.yaml no longer has (a dropped merge ratio or align method: its model,
+    scores and reports), naming each with its size and how to get it back; nothing reruns for it. Models are
+    removed only when DVC's cache holds them. Refuses while a run holds the project."""
+    from flows.dvc_project import DvcProject
+    from flows.stale_outputs import clean_stale_outputs, describe_cleaning
+    from flows.workspace import WorkspaceBusy, workspace_lock
+
+    root = project_dir.resolve()
+    try:
+        with workspace_lock(root, "chatgraft clean", 0, partial(typer.echo, err=True)):
+            cleaning = clean_stale_outputs(DvcProject(root), dry_run)
+    except WorkspaceBusy as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3)
+    typer.echo(describe_cleaning(cleaning, dry_run))
+
+
+RECEIVER_PORT = 5110  # `chatgraft watch`'s: not MLflow's (5000, the UI's), Prefect's (4200), nor `models serve`'s
 
 
 @app.command()
@@ -503,41 +545,63 @@ def ui(
     project_dir: Path = typer.Option(Path("."), help="project directory holding the embedded store"),
     port: int = typer.Option(5000, help="port of the UI"),
     host: str = typer.Option("127.0.0.1", help="interface to listen on"),
-    watch_port: int = typer.Option(5001, help="port of the receiver that hears champion moves made in the UI"),
+    watch_port: int = typer.Option(RECEIVER_PORT, help="port of the receiver of champion moves made in the UI"),
     no_watch: bool = typer.Option(False, "--no-watch", help="start the UI alone: moves made in it are recorded only "
                                   "when the next chatgraft move finds them"),
 ) -> None:
     """Open the MLflow UI on the project's store (MLFLOW_TRACKING_URI when set, else the embedded sqlite one), with
     `chatgraft watch` beside it: champion moves made in the UI are recorded, and guarded (promote.ui_moves).
-    SIGINT or SIGTERM stops both."""
-    import os
-
+    Prints where both listen; their own lines (each request, each move heard) go to .chatgraft/logs/ui.log.
+    SIGINT (Ctrl-C) or SIGTERM stops both."""
+    from flows.console import LOGS, divert_output, say
+    from flows.promotion_lock import LOCK_ENV, lock_file
     from flows.tracking.relocation import relocate
     from flows.tracking.store import embedded_uri, tracking_uri
     from flows.tracking.webhooks import project_keys, server_environment
-    from flows.watch import local_address
+    from flows.watch import WatchError, local_address, require_free_port, webhook_url
 
     root = project_dir.resolve()
     uri = tracking_uri(root)
+    watching = not (no_watch or uri.startswith("http"))  # a server of one's own delivers to a `watch` of one's own
+    try:
+        require_free_port(host, port, "--port")
+        if watching:
+            require_free_port(host, watch_port, "--watch-port")
+    except WatchError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2)
     if uri == embedded_uri(root):
         relocate(root)  # a moved or copied project: the UI must show, and write to, this folder's artifacts
+    log = root / LOGS / "ui.log"
+    terminal = divert_output(log)  # MLflow's and uvicorn's lines, and what the servers print as they stop
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri,
                "--host", host, "--port", str(port), "--workers", "1"]  # one delivery queue: moves heard in order
     if uri.startswith("sqlite:"):
         command += ["--default-artifact-root", (root / "mlflow" / "artifacts").as_uri()]
     server = subprocess.Popen(command, env={**os.environ, **server_environment(project_keys(root))},
                               start_new_session=True)  # its own group: its workers are stopped with it
+    url = local_address(host, port)
     try:
-        if no_watch or uri.startswith("http"):  # a server of one's own delivers to a `chatgraft watch` of one's own
+        _wait_for_server(server, url, terminal, log)
+        say(f"MLflow UI   {url}", terminal)
+        if watching:
+            say(f"receiver    {webhook_url(host, watch_port)} (champion moves made in the UI)", terminal)
+        say(f"log         {log}\nCtrl-C stops {'both' if watching else 'it'}", terminal)
+        if not watching:
             raise typer.Exit(server.wait())
-        os.environ["MLFLOW_TRACKING_URI"] = local_address(host, port)
-        _wait_for_server(server, os.environ["MLFLOW_TRACKING_URI"])
-        _watch(root, host, watch_port, None)
+        if (lock := lock_file(uri)) is not None:  # the watcher reaches the local store through the UI's server
+            os.environ[LOCK_ENV] = str(lock)
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        _watch(root, host, watch_port, None, terminal)
+    except KeyboardInterrupt:  # Ctrl-C: the receiver has shut down
+        raise typer.Exit(128 + signal.SIGINT) from None
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):  # stopping already: a second signal would leave the UI up
+            signal.signal(signum, signal.SIG_IGN)
         _stop_group(server)
 
 
-def _wait_for_server(server: subprocess.Popen, url: str, seconds: float = 120) -> None:
+def _wait_for_server(server: subprocess.Popen, url: str, terminal: TextIO, log: Path, seconds: float = 120) -> None:
     import time
     import urllib.request
 
@@ -548,13 +612,11 @@ def _wait_for_server(server: subprocess.Popen, url: str, seconds: float = 120) -
                 return
         except OSError:
             time.sleep(0.5)
-    typer.echo(f"error: the MLflow UI at {url} did not start (exit status {server.poll()})", err=True)
+    typer.echo(f"error: the MLflow UI at {url} did not start (exit status {server.poll()}): see {log}", file=terminal)
     raise typer.Exit(1)
 
 
 def _stop_group(process: subprocess.Popen, grace_seconds: float = 10) -> None:
-    import os
-
     if process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGTERM)
@@ -568,7 +630,7 @@ def _stop_group(process: subprocess.Popen, grace_seconds: float = 10) -> None:
 @app.command()
 def watch(
     project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
-    port: int = typer.Option(5001, help="port to hear MLflow's webhooks on"),
+    port: int = typer.Option(RECEIVER_PORT, help="port to hear MLflow's webhooks on"),
     host: str = typer.Option("127.0.0.1", help="interface to listen on"),
     url: str | None = typer.Option(None, help="address MLflow delivers to (default: http://HOST:PORT/mlflow-webhook)"),
 ) -> None:
@@ -578,7 +640,8 @@ def watch(
     _watch(project_dir.resolve(), host, port, url)
 
 
-def _watch(root: Path, host: str, port: int, url: str | None) -> None:
+def _watch(root: Path, host: str, port: int, url: str | None, terminal: TextIO | None = None) -> None:
+    """Serve the receiver until SIGINT or SIGTERM; an error that stops it is said on `terminal` (stderr if none)."""
     from mlflow.exceptions import MlflowException
 
     from flows.watch import WatchError, serve_watch
@@ -587,7 +650,25 @@ def _watch(root: Path, host: str, port: int, url: str | None) -> None:
     try:
         serve_watch(root, host, port, url)
     except (WatchError, ParamsError, MlflowException) as error:
-        typer.echo(f"error: {getattr(error, 'message', error)}", err=True)
+        typer.echo(f"error: {getattr(error, 'message', error)}", file=terminal, err=terminal is None)
+        raise typer.Exit(2)
+
+
+@app.command()
+def runs(
+    project_dir: Path = typer.Option(Path("."), help="project directory holding params.yaml"),
+) -> None:
+    """Every run of the project (its DVC experiments), oldest first, in 120 columns: when, the winner and its
+    primary metric, and the params that differ from params.yaml now."""
+    from dvc.exceptions import DvcException
+
+    from flows.dvc_project import DvcProject
+    from flows.runs_view import runs_table
+
+    try:
+        typer.echo(runs_table(*DvcProject(project_dir.resolve()).experiments()))
+    except DvcException as error:
+        typer.echo(f"error: {project_dir}: {error}", err=True)
         raise typer.Exit(2)
 
 

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from flows.dvc_project import DvcProject
-from flows.tracking import Store, open_store
 from pipelines.config import Params, ParamsError, load_params
 from pipelines.layout import Layout
+
+if TYPE_CHECKING:  # DVC and MLflow are imported by what opens them: checking inputs needs neither
+    from flows.dvc_project import DvcProject
+    from flows.tracking import Store
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,19 @@ def require_usable_inputs(params: Params, root: Path) -> None:
         raise ParamsError("\n  ".join([f"{root / 'params.yaml'}: inputs a run cannot use", *problems]))
 
 
+def open_registry(root: Path) -> tuple[Params, Store]:
+    """Validate params.yaml, then open the MLflow store of `root`: what the registry's commands need (no DVC)."""
+    from flows.tracking import open_store
+
+    params = load_params(root.resolve() / "params.yaml")
+    return params, open_store(root.resolve(), params.promote.experiment)
+
+
 def open_project(root: Path) -> RunContext:
     """Validate params.yaml, then open the DVC project and the MLflow store of `root`."""
+    from flows.dvc_project import DvcProject
+
     root = root.resolve()
-    params = load_params(root / "params.yaml")
+    params, store = open_registry(root)
     raw = yaml.safe_load((root / "params.yaml").read_text())
-    return RunContext(root, params, raw, DvcProject(root), open_store(root, params.promote.experiment))
+    return RunContext(root, params, raw, DvcProject(root), store)

@@ -7,12 +7,18 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, chdir, contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
 from dvc import stage as dvc_stage
+from dvc.dvcfile import PROJECT_FILE, load_file
 from dvc.repo import Repo
+from dvc.utils.flatten import flatten
+from dvc_data.hashfile.build import build
+from dvc_data.hashfile.tree import Tree
 
 from flows.console import last_lines
 from flows.processes import stop_processes
@@ -56,6 +62,48 @@ class StageSpec:
     plots: list[Path]
     files: list[Path]
     dirs: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A saved DVC experiment (or the workspace): its params.yaml flattened to dotted keys, and the content of each
+    metrics file it holds."""
+
+    name: str
+    created: datetime | None
+    params: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+
+
+def _experiment(name: str, data: Any) -> Experiment:
+    """An Experiment from DVC's serialized experiment data (files DVC could not read are left out)."""
+    return Experiment(name, data.timestamp, flatten(data.params.get("params.yaml", {}).get("data") or {}),
+                      {path: result["data"] for path, result in data.metrics.items() if "data" in result})
+
+
+@dataclass(frozen=True)
+class OutputTemplate:
+    """An output of a `foreach` or `matrix` stage of dvc.yaml as written, before its item is filled in
+    (`models/merged/alpha-${item}`), and whether DVC caches what it names."""
+
+    path: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class OutputNames:
+    """The outputs dvc.yaml declares (foreach expanded), and the names its `foreach`/`matrix` outputs take."""
+
+    declared: set[Path]
+    templates: list[OutputTemplate]
+
+
+def _templates(stage_definition: dict) -> Iterator[OutputTemplate]:
+    """The outputs, metrics and plots a stage definition names, each a path or a one-key map of path to options."""
+    for kind in ("outs", "metrics", "plots"):
+        for entry in stage_definition.get(kind) or []:
+            path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+            yield OutputTemplate(path, (options or {}).get("cache", True))
 
 
 def _user_error(output: str) -> str | None:
@@ -233,3 +281,37 @@ class DvcProject:
         """Push every cached output to the default remote."""
         return self._dvc("push")
 
+    def output_names(self) -> OutputNames:
+        """Every output path dvc.yaml declares now, and the outputs of its `foreach` and `matrix` stages as written:
+        the names the outputs of items no longer listed (a dropped merge ratio or align method) still have."""
+        with self._repo() as repo:
+            definitions = load_file(repo, PROJECT_FILE).stages.resolver.definitions.values()
+            return OutputNames({Path(out.def_path) for stage in repo.index.stages for out in stage.outs},
+                               [template for d in definitions if hasattr(d, "template")
+                                for template in _templates(d.template)])
+
+    def out_of_date(self) -> dict[str, list]:
+        """What `dvc status` says: each stage that is not up to date, with what changed (deps, params, outs)."""
+        with self._repo() as repo:
+            return repo.status()
+
+    def cache_holds(self, path: Path) -> bool:
+        """True when DVC's cache holds the file or folder `path` (relative to the root) as it is now, every file of
+        it: a dvc.lock that records it brings it back with `dvc checkout`."""
+        with self._repo() as repo:
+            cache = repo.cache.local
+            _, _, found = build(cache, str(self.root / path), cache.fs, "md5", ignore=repo.dvcignore, dry_run=True)
+            parts = [found.hash_info, *(info for _, _, info in found)] if isinstance(found, Tree) else [found.hash_info]
+            return all(cache.exists(info.value) for info in parts)
+
+    def experiments(self) -> tuple[Experiment, list[Experiment]]:
+        """The workspace and every saved experiment, on whichever commit it was saved (`dvc exp show` lists only
+        HEAD's; `-A` would read every commit of the history), oldest first."""
+        with self._repo() as repo:
+            baselines = list(repo.experiments.ls(all_commits=True))
+            states = repo.experiments.show(revs=baselines or None, hide_queued=True, hide_failed=True)
+        if not states:  # a repository without a commit: nothing saved, nothing DVC reads from the workspace
+            return Experiment("workspace", None, {}, {}), []
+        saved = [_experiment(run.name, run.data) for state in states[1:] for exp_range in state.experiments or []
+                 for run in exp_range.revs[:1] if run.data]
+        return _experiment("workspace", states[0].data), sorted(saved, key=lambda exp: exp.created or datetime.min)

@@ -1,18 +1,26 @@
 """The machine and package set a run was measured on, as lineage tags: with the same params, torch picks other
-kernels on another kind of CPU or accelerator, and scores move (issue 33 measured 0.642 on AMD, 0.308 on Intel)."""
+kernels on another kind of CPU or accelerator, and scores move (issue 33 measured 0.642 on AMD, 0.308 on Intel).
+
+torch's view of the machine costs a process importing torch (2-4 s); the last one seen is kept in the user's cache,
+under what it depends on, so that `chatgraft status` compares a champion with this machine at once."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import suppress
 from functools import cache
-from importlib.metadata import distributions
+from glob import glob
+from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
+
+from pipelines.atomic import write_json_atomic
 
 PACKAGES_ARTIFACT = "environment/packages.txt"
 # The ISA extensions kernels are chosen by: ATen's dispatcher (AVX2 needs avx2 + fma, AVX512 needs f/dq/bw/vl;
@@ -24,6 +32,11 @@ DISPATCH_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw
 MACHINE_TAGS = {"env.cpu": "CPU", "env.cpu_flags": "CPU flags", "env.cpu_capability": "torch CPU capability",
                 "env.accelerator": "accelerator"}
 TORCH_TAGS = ("env.cpu_capability", "env.threads", "env.accelerator")
+# What torch's capability and devices follow besides the CPU: the variables that cap the one or hide the others, and
+# the accelerators' device nodes (NVIDIA's, and the render nodes of AMD's and Intel's).
+PROBE_VARIABLES = ("ATEN_CPU_CAPABILITY", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+                   "ONEAPI_DEVICE_SELECTOR")
+DEVICE_NODES = ("/dev/nvidia[0-9]*", "/proc/driver/nvidia/gpus/*", "/dev/dri/renderD*")
 
 
 @cache
@@ -71,12 +84,63 @@ def _probe_torch() -> dict[str, str]:
     return json.loads(done.stdout) if done.returncode == 0 else dict.fromkeys(TORCH_TAGS, "unknown")
 
 
+def _cpu_here() -> dict[str, str]:
+    cpu = Path("/proc/cpuinfo")
+    return cpu_tags(cpuinfo(cpu.read_text()) if cpu.is_file() else {})
+
+
 @cache
 def environment_tags() -> dict[str, str]:
-    """The `env.*` tags of this process's machine and packages, computed once per process."""
-    cpu = Path("/proc/cpuinfo")
-    return {"env.packages_sha256": packages_sha256(installed_packages()),
-            **cpu_tags(cpuinfo(cpu.read_text()) if cpu.is_file() else {}), **_probe_torch()}
+    """The `env.*` tags of this process's machine and packages, computed once per process (torch's view probed,
+    and kept for `machine_tags`)."""
+    cpu, torch = _cpu_here(), _probe_torch()
+    _keep(cpu, torch)
+    return {"env.packages_sha256": packages_sha256(installed_packages()), **cpu, **torch}
+
+
+def machine_tags() -> dict[str, str]:
+    """This machine's MACHINE_TAGS, to compare a version's with: the CPU's read now, torch's as the last probe in
+    this environment on this machine saw them, probing only when none was kept for what they depend on now."""
+    cpu = _cpu_here()
+    torch = _kept(cpu)
+    if torch is None:
+        torch = _probe_torch()
+        _keep(cpu, torch)
+    return {key: value for key, value in {**cpu, **torch}.items() if key in MACHINE_TAGS}
+
+
+def _kept_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatgraft" / "machine.json"
+
+
+def _probe_key(cpu: dict[str, str]) -> str:
+    """What a probe's machine tags depend on: host, CPU, torch's build, PROBE_VARIABLES and DEVICE_NODES."""
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = "none"
+    facts = {"host": platform.node(), "cpu": cpu, "torch": torch, "sys": sys.executable,
+             "variables": {name: os.environ.get(name) for name in PROBE_VARIABLES},
+             "devices": sorted(node for pattern in DEVICE_NODES for node in glob(pattern))}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def _kept(cpu: dict[str, str]) -> dict[str, str] | None:
+    try:
+        kept = json.loads(_kept_file().read_text())
+    except (OSError, ValueError):
+        return None
+    return kept.get("tags") if isinstance(kept, dict) and kept.get("key") == _probe_key(cpu) else None
+
+
+def _keep(cpu: dict[str, str], torch: dict[str, str]) -> None:
+    """Keep a probe's machine tags for `machine_tags` (not a failed probe's; a cache that cannot be written is
+    only slower)."""
+    tags = {key: value for key, value in torch.items() if key in MACHINE_TAGS}
+    if "unknown" in tags.values():
+        return
+    with suppress(OSError):
+        write_json_atomic(_kept_file(), {"key": _probe_key(cpu), "tags": tags})
 
 
 def machine_notice(recorded: dict[str, str], here: dict[str, str]) -> str | None:

@@ -3,18 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from flows.tracking.version_pages import EMPTY, metric_order
 from pipelines.leaderboard import Leaderboard, LeaderboardRow
-from pipelines.promotion import Champion
-
-FIRST = ("answer_accuracy", "termination_rate", "repetition_rate", "target_perplexity")
 
 
 def metric_columns(board: Leaderboard) -> list[str]:
     """Every metric any candidate has: the primary one and the guardrails' usual ones first, the rest sorted."""
-    present = {key for row in board.rows for key in row.metrics}
-    first = [board.primary_metric] + [c for c in FIRST if c != board.primary_metric]
-    ordered = [c for c in first if c in present]
-    return ordered + sorted(present - set(ordered))
+    return metric_order((key for row in board.rows for key in row.metrics), board.primary_metric)
 
 
 def leaderboard_markdown(board: Leaderboard, decision: str = "") -> str:
@@ -43,23 +38,10 @@ def promotion_markdown(version: str | None, decision: Any) -> str:
     return "\n".join([f"## Promotion\n\nVersion {version}: {verdict}.\n", *(f"- {r}" for r in decision.reasons)])
 
 
-def version_markdown(model: str, version: str, row: LeaderboardRow, champion: Champion | None, columns: list[str],
-                     leaderboard_md: str) -> str:
-    """A registered version's description, for a person in the registry: its scores beside the champion's (at
-    registration), its guardrail verdict, how to promote it, then the whole leaderboard of its run."""
-    held = f"champion (version {champion.version})" if champion else "champion (none yet)"
-    lines = [f"## Version {version}: {row.name}", "", f"| metric | {held} | this version |", "|---|---|---|"]
-    for column in columns:
-        mine, theirs = row.metrics.get(column), champion.metrics.get(column) if champion else None
-        lines.append(f"| {column} | {_cell(theirs)} | {_cell(mine)} |")
+def version_markdown(version: str, row: LeaderboardRow, leaderboard_md: str) -> str:
+    """A registered version's description, for a person in the registry: the place of its status part (its status,
+    its scores beside the current champion's, how to promote it: `registry.describe_version` writes it and each
+    decision rewrites it), its guardrail verdict at registration, then the whole leaderboard of its run."""
     verdict = "all met" if row.eligible else "; ".join(row.violations)
-    lines += ["", f"**guardrails:** {verdict}", "",
-              f"To make it champion: `chatgraft promote {version} --reason \"...\"`, or in the MLflow UI: Models > "
-              f"{model} > Version {version} > Aliases > add `champion` (in the UI `chatgraft ui` opens, the move is "
-              "recorded, and undone when the version breaks a guardrail).", "",
-              "### The leaderboard of the run that registered it", "", leaderboard_md]
-    return "\n".join(lines)
-
-
-def _cell(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+    return "\n".join([f"## Version {version}: {row.name}", "", EMPTY, "", f"**guardrails at registration:** {verdict}",
+                      "", "### The leaderboard of the run that registered it", "", leaderboard_md])

@@ -1,8 +1,9 @@
 """Moving `champion`, one move at a time: the policy's automatic moves and a person's promote, pin and rollback.
 
-Every move holds the Prefect global concurrency limit `chatgraft-promotion` (one slot) and re-reads the champion
-inside it, so two flows finishing together can never both crown their winner from the same stale view. A move
-waits for the lock at most `wait_seconds` (flow.slot_wait_seconds), logging that it waits.
+Every move holds the registry's promotion lock (`flows.promotion_lock`: a file beside a local store, Prefect's global
+concurrency limit `chatgraft-promotion` for a registry on a server) and re-reads the champion inside it, so two flows
+finishing together can never both crown their winner from the same stale view. A move waits for the lock at most
+`wait_seconds` (flow.slot_wait_seconds), logging that it waits.
 
 Moves made outside chatgraft (the MLflow UI) are heard by `chatgraft watch` and recorded under the same lock; under
 `promote.ui_moves: guard` one that breaks a guardrail or leaves a pinned champion is undone.
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-from flows.slots import promotion_lock
+from flows.promotion_lock import promotion_lock
 from flows.tracking import history, registry
 from flows.tracking.store import Store
 from pipelines.config import FlowParams, PromoteParams
@@ -42,7 +43,7 @@ def settled_lock(store: Store, model: str, actor: str, wait_seconds: float) -> I
     while True:
         while not _settled(store, model) and time.monotonic() < deadline:
             time.sleep(0.5)
-        with promotion_lock(wait_seconds, LOGGER):
+        with promotion_lock(store.uri, wait_seconds, LOGGER):
             if time.monotonic() >= deadline:
                 registry.complete_champion_audit(store, model, actor)
             if time.monotonic() >= deadline or _settled(store, model):
@@ -123,7 +124,7 @@ def hear_outside_move(store: Store, policy: PromoteParams, version: str | None, 
     removed); under `guard`, undo it when the version breaks a guardrail of the policy or the champion it replaced
     is pinned. Returns what was done, in words."""
     model, target = policy.registered_model, version or "none"
-    with promotion_lock(wait_seconds, LOGGER):
+    with promotion_lock(store.uri, wait_seconds, LOGGER):
         recorded = history.recorded_champion(store, model)
         holder = registry.alias_holder(store, model, registry.CHAMPION) or "none"
         if target == recorded:

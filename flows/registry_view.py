@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.environment_lineage import MACHINE_TAGS, environment_tags, machine_notice
+from flows.environment_lineage import MACHINE_TAGS, machine_notice, machine_tags
 from flows.tracking import registry
 from flows.tracking.store import Store
 
@@ -71,7 +71,7 @@ def registry_overview(store: Store, model: str, metric: str) -> str:
 
 
 def _machine_line(tags: dict[str, str]) -> list[str]:
-    """The notice that the champion was scored on another kind of machine, when it was (probing this machine only
+    """The notice that the champion was scored on another kind of machine, when it was (reading this machine's only
     when the champion recorded its own)."""
-    notice = machine_notice(tags, environment_tags()) if MACHINE_TAGS.keys() & tags.keys() else None
+    notice = machine_notice(tags, machine_tags()) if MACHINE_TAGS.keys() & tags.keys() else None
     return ["", notice] if notice else []

@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from flows.console import LOGS
 from flows.context import RunContext, open_project, require_usable_inputs
 from flows.leaderboard_view import leaderboard_markdown, promotion_markdown
 from flows.lineage import lineage_tags, log_environment
@@ -25,9 +26,6 @@ from flows.tasks import (
 )
 from flows.tracking.stage_runs import describe_stages, log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock
-
-STAGE_LOGS = Path(".chatgraft") / "logs"
-
 
 @dataclass(frozen=True)
 class RetrainResult:
@@ -56,7 +54,7 @@ def retrain(project_dir: str = ".", wait_for_workspace: bool = True, stage_logs:
     """
     ctx = open_project(Path(project_dir))
     if stage_logs:
-        ctx = replace(ctx, stage_logs=ctx.root / STAGE_LOGS / str(flow_run.name or "local"))
+        ctx = replace(ctx, stage_logs=ctx.root / LOGS / str(flow_run.name or "local"))
     require_usable_inputs(ctx.params, ctx.root)
     logger = get_run_logger()
     wait = ctx.params.flow.workspace_wait_seconds if wait_for_workspace else 0.0

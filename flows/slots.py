@@ -1,11 +1,12 @@
-"""Concurrency slots that come back after a crash: the `gpu` tag limit and the promotion lock.
+"""Concurrency slots that come back after a crash: the `gpu` tag limit and the promotion limit (the promotion lock of
+a registry on a server, see `flows.promotion_lock`).
 
 A run killed with SIGKILL cannot give its slots back. The `gpu` slot is held by a task run (Prefect's tag
 concurrency), so it comes back when that task run leaves Running: a run that starts marks the task runs of dead
-flow runs Crashed, and Prefect releases their leases. The promotion lock is a leased global limit: a dead holder
-stops renewing, and the lease is revoked when it expires, by the server's repossessor or, in the embedded default
-where no repossessor runs, by one pass of it here. Nobody waits silently: a wait logs who holds the slot and ends
-with an error naming them after `flow.slot_wait_seconds`.
+flow runs Crashed, and Prefect releases their leases. The promotion limit is a leased global limit: a dead holder
+stops renewing, and the lease is revoked when it expires, by the server's repossessor or, with Prefect's ephemeral
+API where no repossessor runs, by one pass of it here. Nobody waits silently: a wait logs who holds the slot and
+ends with an error naming them after `flow.slot_wait_seconds`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from prefect.settings import get_current_settings
 from prefect.states import Crashed
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from flows.promotion_lock import SlotWaitTimeout, lock_timeout
+
 if TYPE_CHECKING:
     from prefect.server.concurrency.lease_storage import ConcurrencyLeaseStorage
 
@@ -36,10 +39,6 @@ PROMOTION_LEASE_SECONDS = 60  # the shortest lease Prefect grants: a killed prom
 UNLEASED_CONFIRM_SECONDS = 2.0  # a slot seen without a lease twice this far apart is an orphan, not an acquire
 POLL_SECONDS = 10.0
 Logger = logging.Logger | logging.LoggerAdapter
-
-
-class SlotWaitTimeout(TimeoutError):
-    """A slot stayed taken for longer than `flow.slot_wait_seconds`; the message names who holds it."""
 
 
 def ensure_concurrency_limits(gpu_slots: int | None = None) -> None:
@@ -224,9 +223,9 @@ def wait_for_gpu_slot(stage: str, wait_seconds: float, logger: Logger, poll_seco
 
 
 @contextmanager
-def promotion_lock(wait_seconds: float, logger: Logger, poll_seconds: float = POLL_SECONDS) -> Iterator[None]:
-    """Hold the one promotion slot (strict: a missing limit is an error, never an unguarded move); a crashed
-    holder's slot comes back PROMOTION_LEASE_SECONDS after its last renewal."""
+def promotion_limit(wait_seconds: float, logger: Logger, poll_seconds: float = POLL_SECONDS) -> Iterator[None]:
+    """Hold the one slot of the promotion limit (strict: a missing limit is an error, never an unguarded move); a
+    crashed holder's slot comes back PROMOTION_LEASE_SECONDS after its last renewal."""
     ensure_concurrency_limits()
     deadline = time.monotonic() + wait_seconds
     with ExitStack() as held:
@@ -243,8 +242,6 @@ def promotion_lock(wait_seconds: float, logger: Logger, poll_seconds: float = PO
                 break
             except TimeoutError:
                 if time.monotonic() >= deadline:
-                    raise SlotWaitTimeout(f"gave up waiting for the promotion lock after {wait_seconds:.0f} s "
-                                          "(flow.slot_wait_seconds): another promotion (a flow's, or a person's "
-                                          "chatgraft promote / rollback) holds it") from None
+                    raise lock_timeout(wait_seconds) from None
                 logger.info("waiting for the promotion lock: another promotion holds it")
         yield

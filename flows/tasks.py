@@ -9,12 +9,12 @@ from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from flows.console import live_line, say, stage_line
+from flows.console import live_line, say, stage_line, task_line
 from flows.context import RunContext
 from flows.dvc_project import PipelineStage, StageFailed
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
 from flows.inbox import Intake, inbox_files, take_inbox, write_intake_report
-from flows.leaderboard_view import metric_columns, version_markdown
+from flows.leaderboard_view import version_markdown
 from flows.lineage import experiment_name, git_revision, lineage_tags
 from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
@@ -57,7 +57,8 @@ def take_new_data(ctx: RunContext) -> Intake:
     intake = take_inbox(inbox_files(source, ctx.root) if source else iter(()), ctx.layout.incoming)
     write_intake_report(intake, source or "", ctx.layout.intake_report)
     ctx.dvc.commit(INTAKE_STAGE)
-    logger.info("inbox %s: %d new file(s) %s", source or "(none)", len(intake.taken), intake.taken or "")
+    _report(ctx, "intake", f"{len(intake.taken)} new file(s) from {source}: {', '.join(intake.taken)}" if intake.taken
+            else f"nothing new in {source}" if source else "no inbox to take from (flow.inbox)")
     if intake.skipped:
         logger.warning("left in the inbox (not .txt, .jsonl or .parquet): %s", intake.skipped)
     for name, reason in intake.refused.items():
@@ -70,10 +71,11 @@ def import_documents(ctx: RunContext) -> str | None:
     """With `data.source: documents`, import `data.documents` into data/documents/imported with DVC (or update it:
     downloaded again only when the source changed); returns the md5 DVC recorded, None for the generated world."""
     if ctx.params.data.source != "documents" or not ctx.params.data.documents:
+        _report(ctx, "import-documents", f"nothing to import (data.source: {ctx.params.data.source})")
         return None
     md5 = ctx.dvc.import_url(ctx.params.data.documents, ctx.layout.documents)
-    get_run_logger().info("documents %s: imported as %s (md5 %s)", ctx.params.data.documents,
-                          ctx.layout.documents.relative_to(ctx.root), md5)
+    _report(ctx, "import-documents", f"{ctx.params.data.documents} is "
+                                     f"{ctx.layout.documents.relative_to(ctx.root)} (md5 {md5})")
     return md5
 
 
@@ -82,8 +84,9 @@ def link_inputs(ctx: RunContext) -> None:
     """Link the inputs params.yaml names outside the project anew (the `inputs` stage's output, pipelines/inputs.py)
     before DVC compares the stages: a file added to or removed from an input folder is then seen as well as one
     edited in place; with nothing changed the links are the same and the stage stays up to date."""
-    for group, inputs in mirror_inputs(ctx.params, ctx.root).items():
-        get_run_logger().info("inputs/%s: %s", group, ", ".join(inputs) or "none from outside the project")
+    linked = {group: ", ".join(inputs) for group, inputs in mirror_inputs(ctx.params, ctx.root).items() if inputs}
+    _report(ctx, "link-inputs", "; ".join(f"inputs/{group}: {names}" for group, names in linked.items())
+            or "no input from outside the project")
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
@@ -152,7 +155,7 @@ def save_experiment(ctx: RunContext) -> str | None:
     except StageFailed as failed:
         logger.warning("not saved as a DVC experiment: %s", failed)
         return None
-    logger.info("saved as DVC experiment %s (dvc exp show)", name)
+    _report(ctx, "save-experiment", f"saved as DVC experiment {name} (dvc exp show)")
     return name
 
 
@@ -216,7 +219,8 @@ def _register(ctx: RunContext, candidate: str, board: Leaderboard, leaderboard_m
     checkpoint = candidate_dir(ctx.layout, candidate)
     model_md5 = ctx.dvc.output_hash(str(checkpoint.relative_to(ctx.root))) or "unknown"
     version = registry.find_version(ctx.store, model, model_md5)
-    if version is None:
+    made = version is None
+    if made:
         tags = _version_tags(ctx, candidate, model_md5)
         with tracked_run(ctx.store, "register", tags, ctx.parent_run_id) as run_id:
             log_metrics(ctx.store, run_id, board.row(candidate).metrics)
@@ -225,14 +229,13 @@ def _register(ctx: RunContext, candidate: str, board: Leaderboard, leaderboard_m
                                        f"Scored by the evaluate stages of DVC experiment {experiment_name()} on "
                                        "the held-out evaluation sets (`eval.sets`; rates are shares of answers).")
                 log_text(ctx.store, run_id, card, "model_card.md")
-            champion = registry.champion(ctx.store, model)
             version = registry.register_model(ctx.store, run_id, model, checkpoint, tags, _input_example(ctx))
-            registry.describe_version(ctx.store, model, version, version_markdown(
-                model, version, board.row(candidate), champion, metric_columns(board), leaderboard_md))
+            registry.describe_version(ctx.store, model, version,
+                                      version_markdown(version, board.row(candidate), leaderboard_md))
     elif (fingerprint := current_fingerprint(ctx, candidate)) != \
             registry.version_tags(ctx.store, model, version).get(registry.EVAL_FINGERPRINT_TAG):
         record_version_metrics(ctx, version, board.row(candidate).metrics, fingerprint)  # same weights, new data
-    get_run_logger().info("%s is version %s of %s", candidate, version, model)
+    _report(ctx, "register", f"version {version}: {candidate} ({'registered now' if made else 'registered before'})")
     return version
 
 
@@ -250,6 +253,7 @@ def register_winner(ctx: RunContext, board: Leaderboard, leaderboard_md: str) ->
         return None
     versions = [_register(ctx, name, board, leaderboard_md) for name in eligible[:ctx.params.promote.register_top_k]]
     registry.set_alias(ctx.store, ctx.params.promote.registered_model, registry.CHALLENGER, versions[0])
+    _report(ctx, "register", f"challenger: version {versions[0]}")
     return versions[0]
 
 
@@ -265,15 +269,23 @@ def promote_challenger(ctx: RunContext, version: str, board: Leaderboard, actor:
     decision = apply_policy(ctx.store, policy, version, board.row(board.winner).metrics, actor,
                             refresh=lambda current: champion_on_current_data(ctx, current, board.winner),
                             wait_seconds=ctx.params.flow.slot_wait_seconds)
-    get_run_logger().info("version %s %s: %s", version, "promoted" if decision.promote else "not promoted",
-                          "; ".join(decision.reasons))
+    _report(ctx, "promote", f"version {version} {'promoted to champion' if decision.promote else 'not promoted'}: "
+                            f"{'; '.join(decision.reasons)}")
     return decision
 
 
 @task(name="push", cache_policy=NO_CACHE)
 def push_outputs(ctx: RunContext) -> None:
     """Push the DVC-tracked outputs to the default remote."""
-    get_run_logger().info(ctx.dvc.push().strip() or "dvc push: nothing to push")
+    pushed = ctx.dvc.push().strip().splitlines()
+    _report(ctx, "push", f"{pushed[-1] if pushed else 'nothing to push'} (dvc push)")
+
+
+def _report(ctx: RunContext, task: str, outcome: str) -> None:
+    """What a task did: in its run's log, and, on the quiet console of `chatgraft run`, as the task's one line."""
+    get_run_logger().info(outcome)
+    if ctx.stage_logs is not None:
+        say(task_line(task, outcome))
 
 
 def read_leaderboard(ctx: RunContext) -> Leaderboard:

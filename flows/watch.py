@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -114,13 +115,25 @@ def webhook_url(host: str, port: int) -> str:
     return local_address(host, port) + PATH
 
 
+def require_free_port(host: str, port: int, option: str) -> None:
+    """Raise WatchError naming `option` when a server already listens on `host`:`port`."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port just closed is free
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise WatchError(f"{host}:{port} is taken ({error.strerror}): choose another port with {option}") from None
+
+
 def serve_watch(root: Path, host: str, port: int, url: str | None = None) -> None:
     """Register the project's webhook on its MLflow server (MLFLOW_TRACKING_URI), reconcile a move missed while no
-    receiver ran, then hear deliveries at `url` until SIGINT or SIGTERM."""
+    receiver ran, then hear deliveries at `url` until SIGINT or SIGTERM; each move heard is logged on stderr."""
     import uvicorn
 
     from flows.context import open_project
 
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # none yet: Prefect sets its own
+    LOGGER.setLevel(logging.INFO)
     ctx = open_project(root)
     if not ctx.store.uri.startswith(("http://", "https://")):
         raise WatchError(f"MLflow delivers webhooks only from a tracking server, and this project's store is "
@@ -128,5 +141,5 @@ def serve_watch(root: Path, host: str, port: int, url: str | None = None) -> Non
     policy, keys = ctx.params.promote, project_keys(ctx.root)
     register_webhook(ctx.store, url or webhook_url(host, port), keys.secret)
     holder = registry.alias_holder(ctx.store, policy.registered_model, registry.CHAMPION)
-    LOGGER.warning("at start: %s", hear_outside_move(ctx.store, policy, holder, policy.ui_moves))
+    LOGGER.info("at start: %s", hear_outside_move(ctx.store, policy, holder, policy.ui_moves))
     uvicorn.run(create_app(ctx.store, policy, keys.secret), host=host, port=port, log_level="warning")

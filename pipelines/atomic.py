@@ -2,7 +2,9 @@
 
 A directory output carries a marker naming its kind, so that replacing it later is known to lose only what
 chatgraft wrote there: a folder that holds anything else is refused unless the caller says to overwrite.
-Outputs get the modes the umask gives (temporary files and folders are created private, then opened up).
+Outputs get the modes the umask gives: temporary files and folders are created private, and so are some files
+writers put in a staging folder (safetensors writes 0600), so everything in a folder output is opened up before
+it is renamed into place.
 """
 from __future__ import annotations
 
@@ -77,6 +79,16 @@ def check_replaceable(target: Path, kind: str) -> None:
                                 "replaced (choose another output path, or pass --overwrite to replace it)")
 
 
+def _follow_umask(folder: Path) -> None:
+    """Give `folder` and every folder and file under it the mode the umask gives (files keep their execute bit);
+    links are left alone, and so are the files they point to."""
+    for parent, _, files in os.walk(folder):  # links to folders are listed, never entered
+        os.chmod(parent, 0o777 & ~UMASK)
+        for path in (os.path.join(parent, name) for name in files):
+            if not os.path.islink(path):
+                os.chmod(path, (0o777 if os.stat(path).st_mode & 0o100 else 0o666) & ~UMASK)
+
+
 @contextmanager
 def atomic_dir(target: Path, kind: str, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces `target` when the block succeeds, and vanishes if it fails.
@@ -91,7 +103,7 @@ def atomic_dir(target: Path, kind: str, overwrite: bool = False) -> Iterator[Pat
     try:
         yield staging
         (staging / OUTPUT_MARKER).write_text(kind + "\n")
-        staging.chmod(0o777 & ~UMASK)
+        _follow_umask(staging)
         if not overwrite:
             check_replaceable(target, kind)  # the block ran for minutes: look again before replacing
         if target.is_dir() and not target.is_symlink():

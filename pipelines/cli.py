@@ -90,12 +90,12 @@ def cp() -> None:
 
     params, layout = load_params(PARAMS), _layout()
     distributed = params.cp.distributed
-    if (distributed.nproc_per_node > 1 or distributed.strategy == "fsdp") and not under_launcher():
-        raise typer.Exit(relaunch(distributed.nproc_per_node, ["cp"]))  # accelerate sets FSDP up under torchrun
+    if (distributed.processes > 1 or distributed.strategy == "fsdp") and not under_launcher():
+        raise typer.Exit(relaunch(distributed, ["cp"]))  # accelerate sets FSDP up under torchrun
     continual_pretrain(params=params.cp, corpus_dir=layout.corpus, upstream_dir=layout.upstream,
                        out_dir=layout.cp_model, metrics_path=layout.stage_report("cp"),
                        curve_csv=layout.plots / "cp_loss.csv", checkpoint_dir=layout.cp_checkpoints,
-                       cache_dir=layout.datasets_cache)
+                       cache_dir=layout.datasets_cache, base_id=params.upstream.base_id)
 
 
 @app.command()
@@ -109,7 +109,8 @@ def merge(ratio: str = typer.Argument(help="merge ratio, as written in merge.rat
         raise typer.BadParameter(f"{ratio} is not in merge.ratios {params.merge.ratios}")
     pair = read_upstream(layout.upstream)
     merge_chat_vector(base=pair.base, chat=pair.chat, cp=layout.cp_model, out=layout.merged_model(ratio),
-                      ratio=float(ratio), settings=params.merge, report_path=layout.merge_report(ratio))
+                      ratio=float(ratio), settings=params.merge, report_path=layout.merge_report(ratio),
+                      hub_ids=params.upstream.hub_ids)
 
 
 @app.command()
@@ -128,11 +129,11 @@ def curate() -> None:
 def pick() -> None:
     """Choose the merged model the align stages tune (the leaderboard's rule over the merged models' scores)."""
     from pipelines.align.pick import pick_merged
-    from pipelines.candidates import merged_name
+    from pipelines.candidates import candidate_dir, merged_name
 
     params, layout = load_params(PARAMS), _layout()
     picked = pick_merged({merged_name(r): layout.eval_metrics(merged_name(r)) for r in params.merge.ratios},
-                         params.promote, layout.stage_report("align/pick"))
+                         params.promote, layout.stage_report("align/pick"), lambda name: candidate_dir(layout, name))
     typer.echo(f"align tunes {picked}")
 
 

@@ -1,6 +1,7 @@
 """The one config model: every knob in params.yaml, validated at load; unknown keys are errors."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,11 +98,19 @@ class TrainParams(Section):
                                             "for MFU; null: known GPUs by name, none on CPU (no MFU logged)")
 
 
+HUB_ID = r"^[\w.-]+/[\w.-]+$"  # a hub repo id: namespace/name
+
+
 class UpstreamParams(Section):
     """The base/chat pair: built locally (default) or taken from local paths (real models)."""
 
     base_path: str | None = Field(None, description="local path of a real base model; null builds the tiny one")
     chat_path: str | None = Field(None, description="local path of the chat model tuned from base_path")
+    base_id: str | None = Field(None, pattern=HUB_ID, description="hub repo id base_path was downloaded from (e.g. "
+                                "HuggingFaceTB/SmolLM2-135M), named by the model cards; null: the base_model its own "
+                                "README.md card names, else its path")
+    chat_id: str | None = Field(None, pattern=HUB_ID, description="hub repo id chat_path was downloaded from, named "
+                                "by the model cards; null: the base_model its own card names, else its path")
     tiny: TinyModelParams = Field(default_factory=TinyModelParams, description="tiny model shape")
     pretrain: TrainParams = Field(
         default_factory=lambda: TrainParams(steps=1000, learning_rate=2e-3),
@@ -116,7 +125,15 @@ class UpstreamParams(Section):
     def _paths_together(self) -> "UpstreamParams":
         if (self.base_path is None) != (self.chat_path is None):
             raise ValueError("base_path and chat_path are set together or not at all")
+        if (self.base_id or self.chat_id) and self.base_path is None:
+            raise ValueError("base_id and chat_id name the hub models base_path and chat_path came from: the tiny "
+                             "pair is built here, from no hub model")
         return self
+
+    @property
+    def hub_ids(self) -> dict[str, str | None]:
+        """The hub repo id of each checkpoint of the pair (`base`, `chat`), where params.yaml names one."""
+        return {"base": self.base_id, "chat": self.chat_id}
 
 
 class LoraParams(Section):
@@ -134,13 +151,39 @@ class LoraParams(Section):
 
 
 class DistributedParams(Section):
-    """Data-parallel training: the stage relaunches itself under torchrun with this many processes."""
+    """Data-parallel training: the stage relaunches itself under torchrun with this many processes, on one node or,
+    through torchrun's c10d rendezvous, on several (README "CP on several nodes")."""
 
     nproc_per_node: int = Field(1, ge=1, description="processes (one per GPU; on CPU they use gloo); 1: no launcher")
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="ddp: every process holds the whole model; fsdp: weights, gradients and optimizer state "
         "sharded over the processes (FSDP2, one unit per decoder layer), for models too big for one GPU; GPUs only, "
         "always under torchrun (1 process shards nothing: a check of the path on one GPU)")
+    nnodes: int = Field(1, ge=1, description="nodes training together, each running nproc_per_node processes; >1: "
+                        "every node runs `python -m pipelines cp` as a torchrun agent joining the c10d rendezvous "
+                        "(which gives the nodes their ranks: no node rank to configure), on a filesystem they share")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous, an address every node "
+                                      "reaches (the JobSet's first pod); `$VAR:port` takes the host from each node's "
+                                      "environment (the Slurm script sets CHATGRAFT_RDZV_HOST); needed with nnodes > 1")
+    rdzv_id: str = Field("chatgraft-cp", min_length=1, description="name of the rendezvous: the same on every node of "
+                         "a run, another for runs sharing an endpoint")
+    launch: str | None = Field(None, description="the command the cp stage runs to start the nodes and wait for all "
+                               "of them (`sbatch --wait infra/slurm/cp.sbatch`, `infra/k8s/launch-cp.sh`), run in the "
+                               "project with CHATGRAFT_CP_NODE=1; null: the stage is one node's agent and whoever "
+                               "started it starts the others")
+
+    @model_validator(mode="after")
+    def _nodes_meet(self) -> "DistributedParams":
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"nnodes {self.nnodes} needs rdzv_endpoint (host:port every node reaches)")
+        if self.rdzv_endpoint and not re.fullmatch(r"[^\s:]+:\d+", self.rdzv_endpoint):
+            raise ValueError(f"rdzv_endpoint must be host:port, got {self.rdzv_endpoint!r}")
+        return self
+
+    @property
+    def processes(self) -> int:
+        """Processes in the whole run: nproc_per_node on each of nnodes nodes."""
+        return self.nnodes * self.nproc_per_node
 
 
 class CPParams(TrainParams):
@@ -162,9 +205,9 @@ class CPParams(TrainParams):
 
     @model_validator(mode="after")
     def _batch_splits(self) -> "CPParams":
-        if self.batch_size % self.distributed.nproc_per_node:
+        if self.batch_size % self.distributed.processes:
             raise ValueError(f"batch_size {self.batch_size} does not split over "
-                             f"{self.distributed.nproc_per_node} processes")
+                             f"{self.distributed.processes} processes (nnodes x nproc_per_node)")
         return self
 
     @model_validator(mode="after")

@@ -57,10 +57,11 @@ def _extend_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return extend_vocabulary(model, tokenizer, tokens)
 
 
-def _describe(folder: Path, params: CPParams, base: Path, text_sha256: str, result: TrainResult,
+def _describe(folder: Path, params: CPParams, base: Path, base_id: str | None, text_sha256: str, result: TrainResult,
               new_tokens: int) -> None:
-    """The model card: the base, the text (its sha256) and the run's recipe and figures."""
-    write_model_card(folder, title="continually pretrained model", sources={"base": base},
+    """The model card: the base (and its hub id, where known), the text (its sha256) and the run's recipe and
+    figures."""
+    write_model_card(folder, title="continually pretrained model", sources={"base": base}, hub_ids={"base": base_id},
                      tags=["continual-pretraining"],
                      made_by="The base model trained further on target-language text (chatgraft's cp stage).",
                      facts={"training text": f"`{TRAIN}`, sha256 `{text_sha256[:16]}`",
@@ -73,12 +74,13 @@ def _describe(folder: Path, params: CPParams, base: Path, text_sha256: str, resu
 
 def continual_pretrain(
     *, params: CPParams, corpus_dir: Path, upstream_dir: Path, out_dir: Path, metrics_path: Path, curve_csv: Path,
-    checkpoint_dir: Path, cache_dir: Path | None = None,
+    checkpoint_dir: Path, cache_dir: Path | None = None, base_id: str | None = None,
 ) -> CPResult:
     """Train the base on packed target text, keep its tokenizer, and write metrics and the loss curve.
 
     Checkpoints go to `checkpoint_dir` every `save_every` steps; a rerun after a kill continues from the last
     complete one, and they are removed once the model is written. Tokenized text is cached in `cache_dir`.
+    `base_id`: the hub repo id the base came from, for the model card.
     """
     base = read_upstream(upstream_dir).base
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -107,7 +109,7 @@ def continual_pretrain(
         tokenizer.save_pretrained(staging)
         if new_tokens:
             write_json_atomic(staging / NEW_TOKENS, new_tokens)
-        _describe(staging, params, base, text_sha256, result, len(new_tokens))
+        _describe(staging, params, base, base_id, text_sha256, result, len(new_tokens))
     clear_checkpoints(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a DVC out, persisted between runs
     write_json_atomic(metrics_path, {

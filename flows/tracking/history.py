@@ -4,12 +4,17 @@ A version's tags hold only its latest decision and MLflow keeps no alias history
 decision (the flow's policy, `chatgraft promote` / `rollback`, a move made in the MLflow UI and heard by `chatgraft
 watch`, a move found afterwards), so the project can say who was champion at any time and why. `chatgraft history`
 prints it. Every entry that moves `champion` is also a Prefect event, `chatgraft.champion.moved`, that automations can
-start deployments on.
+start deployments on, wherever one can hear it: in a Prefect flow, or where a Prefect server is named. A person's
+command on the embedded default imports no Prefect (Prefect's ephemeral API runs no automations).
 """
 from __future__ import annotations
 
+import os
+import sys
+import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from mlflow.entities import RunStatus
 
@@ -49,18 +54,39 @@ def _experiment_id(store: Store) -> str:
 def record(store: Store, model: str, version: str, decision: str, reasons: list[str], actor: str,
            from_version: str, to_version: str) -> HistoryEntry:
     """Add one decision about `version` (champion went from `from_version` to `to_version`, "none" for no
-    champion, the same when nothing moved) to the history, and announce a move as a Prefect event."""
-    from prefect.runtime import flow_run  # Prefect only where a decision is made: reading the history needs none
-
+    champion, the same when nothing moved) to the history, and announce a move as a Prefect event where one can be
+    heard."""
     entry = HistoryEntry(at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=model, decision=decision,
                          from_version=from_version, to_version=to_version, actor=actor, reasons="; ".join(reasons),
-                         flow_run=str(flow_run.id or "none"))
+                         flow_run=_flow_run())
     tags = {f"promotion.{field}": value for field, value in vars(entry).items()}
     run = store.client.create_run(_experiment_id(store), run_name=f"{model}: {decision} v{version}", tags=tags)
     store.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
-    if from_version != to_version:
+    if from_version != to_version and ("prefect" in sys.modules or _prefect_server_named()):
         announce(entry)
     return entry
+
+
+def _flow_run() -> str:
+    if "prefect" not in sys.modules:  # a process that never imported Prefect runs no flow
+        return "none"
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "none")
+
+
+def _prefect_server_named() -> bool:
+    """Whether this process is told of a Prefect server without importing Prefect: PREFECT_API_URL in the
+    environment or in Prefect's active profile."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    try:
+        profiles = tomllib.loads(Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "")
+    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
 
 
 def announce(entry: HistoryEntry) -> None:

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
-from flows.tracking import history
+from flows.tracking import history, version_pages
 from flows.tracking.store import Store
 from pipelines.promotion import Champion
 
@@ -70,8 +70,66 @@ def register_model(store: Store, run_id: str, model: str, checkpoint: Path, tags
 
 
 def describe_version(store: Store, model: str, version: str, description: str) -> None:
-    """Set a version's description (markdown in the registry page)."""
+    """Set a version's description (markdown in the registry page), then write its status part (version_pages:
+    at the markers `description` holds, else at its end)."""
     store.client.update_model_version(model, version, description=description)
+    rewrite_pages(store, model, {version})
+
+
+def rewrite_pages(store: Store, model: str, only: set[str] | None = None) -> list[str]:
+    """Write again the status part of the pages of versions `only` (every version when None) from the registry as
+    it is now, where it changed (a person's text around it kept); returns the versions rewritten. Cheap enough for
+    the promotion lock: a query each for the versions, the aliases, the history and the metrics, then one write per
+    page that changed."""
+    held = {str(v.version): v for v in store.client.search_model_versions(f"name = '{model}'")}
+    marks, entries = aliases(store, model), history.read(store, model)
+    chosen = sorted(held.keys() if only is None else only & held.keys(), key=int)
+    top = held.get(marks.get(CHAMPION, ""))
+    metrics = _metrics_of(store, {_metrics_run(v) for v in [*(held[n] for n in chosen), *([top] if top else [])]})
+    champion = Champion(str(top.version), metrics[_metrics_run(top)], _pinned(top.tags)) if top else None
+    rewritten = []
+    for number in chosen:
+        tags = held[number].tags
+        page = version_pages.Standing(
+            model=model, version=number, metrics=metrics[_metrics_run(held[number])], champion=champion,
+            challenger=marks.get(CHALLENGER) == number, incomplete=tags.get(INCOMPLETE_TAG) == "true",
+            decision=_latest_decision(tags), rollback_to=tags.get("promotion.rollback_to"), history=entries)
+        before = held[number].description or ""
+        after = version_pages.with_status(before, version_pages.status_markdown(page))
+        if after != before:
+            store.client.update_model_version(model, number, description=after)
+            rewritten.append(number)
+    return rewritten
+
+
+def _latest_decision(tags: dict[str, str]) -> str:
+    """The decision `record_decision` left on a version, in words ("" when none)."""
+    if "promotion.decision" not in tags:
+        return ""
+    return (f"{tags['promotion.decision']} ({tags.get('promotion.reasons', '')}), {tags.get('promotion.at', '')}, "
+            f"by {tags.get('promotion.actor', '')}")
+
+
+def _metrics_run(held: ModelVersion) -> str | None:
+    """The run holding a version's latest metrics: its re-evaluation's, else the one that registered it."""
+    return held.tags.get(EVAL_RUN_TAG) or held.run_id or None
+
+
+def _metrics_of(store: Store, run_ids: set[str | None]) -> dict[str | None, dict[str, float]]:
+    """The metrics of each run: those in the project's experiment in one query, any other one by one; none for a
+    run that is gone, or for a version registered without one (None)."""
+    wanted = sorted(run_id for run_id in run_ids if run_id)
+    found: dict[str | None, dict[str, float]] = {None: {}}
+    if wanted:
+        found |= {run.info.run_id: run.data.metrics for run in store.client.search_runs(
+            [store.experiment_id], "attributes.run_id IN ({})".format(", ".join(f"'{r}'" for r in wanted)),
+            max_results=len(wanted))}
+    for run_id in set(wanted) - found.keys():
+        try:
+            found[run_id] = store.client.get_run(run_id).data.metrics
+        except MlflowException:
+            found[run_id] = {}
+    return found
 
 
 def repair_versions(store: Store, model: str) -> list[str]:
@@ -147,9 +205,11 @@ def champion(store: Store, model: str) -> Champion | None:
 def version_standing(store: Store, model: str, version: str) -> Champion:
     """A version's latest metrics and pin, as the policy compares a champion."""
     held = store.client.get_model_version(model, version)
-    run_id = held.tags.get(EVAL_RUN_TAG, held.run_id)
-    return Champion(version, store.client.get_run(run_id).data.metrics,
-                    held.tags.get(PINNED_TAG, "").lower() == "true")
+    return Champion(version, store.client.get_run(_metrics_run(held)).data.metrics, _pinned(held.tags))
+
+
+def _pinned(tags: dict[str, str]) -> bool:
+    return tags.get(PINNED_TAG, "").lower() == "true"
 
 
 def remove_alias(store: Store, model: str, alias: str) -> None:
@@ -158,9 +218,12 @@ def remove_alias(store: Store, model: str, alias: str) -> None:
 
 
 def set_version_tags(store: Store, model: str, version: str, tags: dict[str, str]) -> None:
-    """Set tags on one model version."""
+    """Set tags on one model version; a pin or new metrics rewrite its page, and every page when it is the
+    champion's (each compares with the champion's metrics, and says when it is pinned)."""
     for key, value in tags.items():
         store.client.set_model_version_tag(model, version, key, value)
+    if tags.keys() & {PINNED_TAG, EVAL_RUN_TAG}:
+        rewrite_pages(store, model, None if alias_holder(store, model, CHAMPION) == version else {version})
 
 
 def download_checkpoint(store: Store, model: str, version: str, out: Path) -> Path:
@@ -178,8 +241,12 @@ def download_checkpoint(store: Store, model: str, version: str, out: Path) -> Pa
 
 
 def set_alias(store: Store, model: str, alias: str, version: str) -> None:
-    """Point `alias` at `version`."""
+    """Point `alias` at `version`; a move of `challenger` rewrites the pages of the version it leaves and the one it
+    takes (a move of `champion` is always followed by `record_decision`, which rewrites the pages)."""
+    left = alias_holder(store, model, alias) if alias == CHALLENGER else None
     store.client.set_registered_model_alias(model, alias, version)
+    if alias == CHALLENGER:
+        rewrite_pages(store, model, {version, left} - {None})
 
 
 def record_decision(store: Store, model: str, version: str, decision: str, reasons: list[str], actor: str,
@@ -187,7 +254,8 @@ def record_decision(store: Store, model: str, version: str, decision: str, reaso
     """Audit trail on the version (its latest decision): the decision, why, who or what made it, the previous
     champion, when, and the version `chatgraft rollback` returns to while this one is champion; and the same
     decision added to the promotion history, which keeps every one. Champion afterwards is `to_version` when
-    given, else `version` for a move (history.MOVES), else still `previous`."""
+    given, else `version` for a move (history.MOVES), else still `previous`. Then the pages the decision changed
+    are rewritten: every version's when champion moved (each is compared with the champion), else `version`'s."""
     tags = {
         "promotion.decision": decision,
         "promotion.reasons": "; ".join(reasons),
@@ -201,3 +269,4 @@ def record_decision(store: Store, model: str, version: str, decision: str, reaso
     before = previous or "none"
     after = to_version or (version if decision in history.MOVES else before)
     history.record(store, model, version, decision, reasons, actor, before, after)
+    rewrite_pages(store, model, None if after != before else {version})

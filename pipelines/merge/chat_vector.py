@@ -45,12 +45,14 @@ def _write_tokenizer_and_configs(tokenizer: PreTrainedTokenizerBase, chat_tokeni
 
 
 def merge_chat_vector(*, base: Path, chat: Path, cp: Path, out: Path, ratio: float, settings: MergeSettings,
-                      report_path: Path | None = None, overwrite: bool = False) -> MergeReport:
+                      report_path: Path | None = None, overwrite: bool = False,
+                      hub_ids: dict[str, str | None] | None = None) -> MergeReport:
     """Write CP + ratio * (chat - base) (and any further task vectors) to `out`, atomically, as sharded
     safetensors with the merged tokenizer; write the per-tensor report to `report_path` when given.
 
     `out` may be absent, empty or a previous merged model; anything else is refused (OutputExistsError)
-    before a tensor is read, unless `overwrite` is set."""
+    before a tensor is read, unless `overwrite` is set. `hub_ids` (`base`, `chat` -> hub repo id) name the sources
+    in the model card."""
     for folder in (base, chat, cp):
         require_folder(folder)
     if not overwrite:
@@ -80,7 +82,8 @@ def merge_chat_vector(*, base: Path, chat: Path, cp: Path, out: Path, ratio: flo
                                          staging)
             report = MergeReport(ratio, settings.method, settings.embedding_rows, [v.name for v in vectors],
                                  vocabulary_summary(vocabulary, vectors[0].rows), files, reports)
-            describe_merge(staging, report, settings, sources, title=f"{out.name}: chat vector merged into CP")
+            describe_merge(staging, report, settings, sources, title=f"{out.name}: chat vector merged into CP",
+                           hub_ids=hub_ids)
     if report_path is not None:
         write_json_atomic(report_path, asdict(report))
     return report

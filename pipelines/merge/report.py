@@ -51,8 +51,9 @@ def vocabulary_summary(vocabulary: VocabularyPlan | None, rows: DeltaRows | None
 
 
 def describe_merge(folder: Path, report: MergeReport, settings: MergeSettings, sources: dict[str, Path],
-                   title: str) -> None:
-    """Put the report and a model card (sources, settings, what changed) in the merged model's folder."""
+                   title: str, hub_ids: dict[str, str | None] | None = None) -> None:
+    """Put the report and a model card (sources, with the hub ids `hub_ids` gives roles, settings, what changed) in
+    the merged model's folder."""
     write_json_atomic(folder / REPORT_IN_MODEL, asdict(report))
     changed = [t for t in report.tensors if t.action != "skip"]
     facts: dict[str, object] = {
@@ -68,4 +69,4 @@ def describe_merge(folder: Path, report: MergeReport, settings: MergeSettings, s
     write_model_card(folder, title=title,
                      made_by="A chat-vector merge by chatgraft (arXiv 2310.04799): the continually pretrained "
                      "model plus the chat model's difference from its base.",
-                     sources=sources, tags=["merge", "chat-vector", report.method], facts=facts)
+                     sources=sources, tags=["merge", "chat-vector", report.method], facts=facts, hub_ids=hub_ids)

@@ -71,7 +71,7 @@ def _lora_parameters(model: torch.nn.Module, params: CPParams) -> int:
 
 
 def _activation_bytes(config: PretrainedConfig, params: CPParams) -> int:
-    tokens = params.batch_size // params.distributed.nproc_per_node * params.block_size
+    tokens = params.batch_size // params.distributed.processes * params.block_size
     hidden, layers = config.hidden_size, config.num_hidden_layers
     per_layer = tokens * (8 * hidden + 4 * config.intermediate_size) * ACTIVATION_BYTES
     kept = (layers * tokens * hidden * ACTIVATION_BYTES + per_layer) if params.gradient_checkpointing \
@@ -99,7 +99,7 @@ def estimate_cp_memory(config: PretrainedConfig, params: CPParams) -> MemoryEsti
         weights = parameters * weight_bytes + trainable * trained_bytes
     shards, gathered = 1, 0
     if params.distributed.strategy == "fsdp":  # everything split over the processes, but the layers in use
-        shards, gathered = params.distributed.nproc_per_node, _gathered_layers(model)
+        shards, gathered = params.distributed.processes, _gathered_layers(model)
     return MemoryEstimate(
         parameters=parameters, trainable=trainable, weights=weights // shards + gathered,
         gradients=trainable * trained_bytes // shards, optimizer=2 * trainable * trained_bytes // shards,

@@ -138,8 +138,9 @@ def train_causal_lm(
             # batch_size is the global batch; with several processes the loader draws it as one process would and
             # gives each process its slice (split_batches), so the run sees the same batches as a single process
             per_device_train_batch_size=params.batch_size,
-            # held-out loss is a mean of per-batch means: several processes evaluate one block each per step, so the
-            # block accelerate repeats to even out the last step is dropped whole and the mean is the one-process one
+            # held-out loss is a mean of per-block losses: several processes evaluate one block each per step; of an
+            # uneven last step (the block accelerate repeats dropped), transformers' loop keeps the last block once
+            # where it counts every other world_size times, so an odd set's loss moves by ~1e-4 of its value
             per_device_eval_batch_size=params.batch_size if world_size() == 1 else world_size(),
             accelerator_config={"split_batches": world_size() > 1},
             learning_rate=params.learning_rate,

@@ -1,7 +1,12 @@
-"""Moving `champion` in a real MLflow registry (sqlite) under a real Prefect concurrency limit (test server)."""
+"""Moving `champion` in a real MLflow registry (sqlite) under the registry's promotion lock: a file lock beside the
+sqlite store (no Prefect at all), a real Prefect concurrency limit (test server) for a registry on a server."""
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -9,12 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect import flow, task
+from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from flows import promotion
 from flows.cli import app
-from flows.slots import GPU_TAG, SlotWaitTimeout, ensure_concurrency_limits, promotion_lock, wait_for_gpu_slot
+from flows.promotion_lock import SlotWaitTimeout, local_store, lock_file, promotion_lock
+from flows.slots import GPU_TAG, PROMOTION_LIMIT, ensure_concurrency_limits, wait_for_gpu_slot
 from flows.tracking import history, open_store, registry
 from flows.tracking.store import Store
 from pipelines.config import PromoteParams
@@ -144,12 +151,24 @@ def test_cli_promote_pin_and_rollback(project) -> None:
     assert "rolled back from version 2" in lines[-1] and "(chatgraft rollback)" in lines[-1]
 
 
-def test_a_waiting_promotion_gives_up_saying_why(project) -> None:
+def promotion_slots() -> int:
+    """The slots Prefect's promotion limit counts now (on the test server)."""
+    ensure_concurrency_limits()
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(PROMOTION_LIMIT).active_slots
+
+
+@pytest.mark.parametrize("server", [False, True], ids=["sqlite store: file lock", "tracking server: Prefect limit"])
+def test_a_waiting_promotion_gives_up_saying_why(project, server: bool) -> None:
+    _, store = project
+    uri = "http://mlflow.example:5000" if server else store.uri
     held = threading.Event()
     done = threading.Event()
+    slots_while_held = []
 
     def hold() -> None:
-        with promotion_lock(10, logging.getLogger("holder")):
+        with promotion_lock(uri, 10, logging.getLogger("holder")):
+            slots_while_held.append(promotion_slots())
             held.set()
             done.wait(30)
 
@@ -158,13 +177,86 @@ def test_a_waiting_promotion_gives_up_saying_why(project) -> None:
     try:
         assert held.wait(60)
         with pytest.raises(SlotWaitTimeout, match="promotion lock after 2 s .*another promotion"):
-            with promotion_lock(1.5, logging.getLogger("waiter"), poll_seconds=0.5):
+            with promotion_lock(uri, 1.5, logging.getLogger("waiter"), poll_seconds=0.5):
                 pass
     finally:
         done.set()
         holder.join()
-    with promotion_lock(5, logging.getLogger("after")):  # given back by its holder
+    with promotion_lock(uri, 5, logging.getLogger("after")):  # given back by its holder
         pass
+    # the lock follows where the registry lives: the Prefect server's limit for a server, a file beside sqlite's db
+    assert slots_while_held == [1 if server else 0]
+    assert (lock_file(uri) is None) == server
+    assert server or lock_file(uri) == Path(store.uri.removeprefix("sqlite:///") + ".promotion.lock")
+
+
+def test_only_a_store_of_this_machine_is_locked_with_a_file(tmp_path: Path) -> None:
+    assert local_store(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db"
+    assert local_store(tmp_path.as_uri()) == tmp_path and local_store(str(tmp_path)) == tmp_path
+    assert local_store("sqlite:///mlflow/mlflow.db") == Path("mlflow/mlflow.db").resolve()
+    for elsewhere in ("http://mlflow:5000", "https://mlflow.example", "postgresql://u:p@db:5432/mlflow",
+                      "mysql+pymysql://db/mlflow", "databricks", "sqlite:///:memory:", "sqlite://"):
+        assert local_store(elsewhere) is None, elsewhere
+
+
+# A person's move in a process of its own, on a project's embedded store: with the read-then-move window widened
+# (set_alias waits a second first) so that two unserialised moves would both start from the same champion. Prints
+# what it did and the Prefect modules it imported.
+MOVE = """
+import json, sys, time
+from flows import promotion
+from flows.context import open_registry
+from flows.tracking import registry
+from pathlib import Path
+
+set_alias = registry.set_alias
+registry.set_alias = lambda *args: (time.sleep(1.0), set_alias(*args))
+params, store = open_registry(Path(sys.argv[1]))
+if sys.argv[2] == "flow":
+    moved = promotion.apply_policy(store, params.promote, sys.argv[3], {"answer_accuracy": 0.9}, actor="flow").promote
+else:
+    moved = promotion.promote_by_hand(store, params.promote.registered_model, sys.argv[3], "alice", "release")
+print(json.dumps({"moved": str(moved), "prefect": sorted(m for m in sys.modules if m.split(".")[0] == "prefect")}))
+"""
+
+
+def no_prefect_server(tmp_path: Path) -> dict[str, str]:
+    """The environment of a process on the embedded default: no Prefect server named, a Prefect home of its own."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
+    return env | {"PREFECT_HOME": str(tmp_path / "prefect-home")}
+
+
+def test_two_processes_moving_at_once_on_a_sqlite_store_are_serialised_without_prefect(project, tmp_path) -> None:
+    root, store = project
+    by_hand, by_flow = add_version(store, 0.5), add_version(store, 0.9)
+    env = no_prefect_server(tmp_path)
+    moves = [subprocess.Popen([sys.executable, "-c", MOVE, str(root), kind, version], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for kind, version in (("hand", by_hand), ("flow", by_flow))]
+    results = [move.communicate(timeout=300) for move in moves]
+    for move, (out, err) in zip(moves, results):
+        assert move.returncode == 0, out + err
+        assert json.loads(out.splitlines()[-1])["prefect"] == [], "a move on a local store imported Prefect"
+    assert not (tmp_path / "prefect-home").exists()  # no Prefect database, so no temporary server either
+
+    trail = [(e.from_version, e.to_version) for e in history.read(store, MODEL)]
+    assert len(trail) == 2, trail  # both moves recorded (the flow's policy beats 0.5 whichever came first)
+    assert trail[1][0] == trail[0][1], trail  # the second started where the first ended: never both from "none"
+    assert registry.alias_holder(store, MODEL, registry.CHAMPION) == trail[1][1]
+
+
+def test_chatgraft_promote_on_the_embedded_store_imports_no_prefect_and_prints_one_line(project, tmp_path) -> None:
+    root, store = project
+    version = add_version(store, 0.5)
+    check = ("import atexit, json, sys\nfrom flows.cli import app\n"
+             "atexit.register(lambda: print(json.dumps([m for m in sys.modules if m.split('.')[0] == 'prefect'])))\n"
+             "app()")
+    done = subprocess.run([sys.executable, "-c", check, "promote", version, "--project-dir", str(root)],
+                          env=no_prefect_server(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [f"{MODEL} champion: version none -> {version}", "[]"]
+    assert done.stderr == ""  # no line of Prefect's at exit
+    assert registry.alias_holder(store, MODEL, registry.CHAMPION) == version
 
 
 def test_a_gpu_wait_names_the_holding_task_run_and_flow_run(project, caplog) -> None:

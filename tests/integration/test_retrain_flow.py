@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import mlflow
@@ -19,15 +23,20 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect import flow
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, TaskRunFilter, TaskRunFilterTags
+from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
 
+from flows.cli import app
+from flows.console import quiet_console
 from flows.context import open_project
 from flows.dvc_project import DvcProject
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, evaluation_fingerprint
 from flows.params_file import apply_overrides
 from flows.tracking import history, registry
 from flows.tracking.answers import SCORES, numbered
-from flows.retrain import retrain
+from flows.retrain import RetrainResult, retrain
+from flows.stale_outputs import stale_outputs_note
 from flows.tracking.store import embedded_uri
 from pipelines.atomic import read_jsonl
 from pipelines.layout import ALIGN_MANIFEST
@@ -41,6 +50,7 @@ STAGES = ["inputs", "corpus", "upstream", "cp", "merge@1.0", "evaluate@base", "e
           "leaderboard", "plots"]
 # one merge ratio (a test adds a second) and one align method keep the module short; both align methods are the
 # same stage code (unit tests cover sft and c-rlft)
+UMASK = 0o022  # the usual one: outputs readable by everyone on the machine
 FLOW_PARAMS = {**ONE_BRANCH_PARAMS, "align": {**TINY_PARAMS["align"], "methods": ["c-rlft"]},
                "flow": {**TINY_PARAMS["flow"], "answers_view": True}}
 
@@ -55,10 +65,28 @@ def prefect_server():
 def first_run(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> tuple[Path, object, MlflowClient]:
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    umask = os.umask(UMASK)  # the modes every output must have follow from it: the stages inherit it
     root = make_project(tmp_path_factory.mktemp("flow") / "project", FLOW_PARAMS)
-    result = retrain(project_dir=str(root), stage_logs=True)  # as `chatgraft run` does; the reruns stream
+    result, console = run_quietly(root)  # as `chatgraft run` runs it; the reruns stream
+    (root.parent / "console.txt").write_text(console)
     yield root, result, MlflowClient(embedded_uri(root), embedded_uri(root))
+    os.umask(umask)
     mp.undo()
+
+
+def run_quietly(root: Path) -> tuple[RetrainResult, str]:
+    """The flow as `chatgraft run` runs it (stage logs, quiet console), and what its terminal showed: the lines it
+    says and prints, and what a Prefect console handler on the terminal let through."""
+    console = io.StringIO()
+    with redirect_stdout(console), redirect_stderr(console):
+        terminal = PrefectConsoleHandler(sys.stderr)
+        logging.getLogger().addHandler(terminal)
+        try:
+            with quiet_console():
+                result = retrain(project_dir=str(root), stage_logs=True)
+        finally:
+            logging.getLogger().removeHandler(terminal)
+    return result, console.getvalue()
 
 
 def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
@@ -74,9 +102,35 @@ def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
     assert (move.decision, move.from_version, move.to_version) == ("promoted", "none", "1")
     assert move.flow_run != "none" and move.actor.startswith("retrain flow run")
     assert history.HISTORY_EXPERIMENT in client.get_registered_model(MODEL).description
-    page = client.get_model_version(MODEL, "1").description  # what a person reads in the registry
-    assert page.startswith(f"## Version 1: {result.winner}") and "| champion (none yet) | this version |" in page
-    assert "| answer_accuracy | - |" in page and "`chatgraft promote 1" in page and "| rank | candidate |" in page
+    page = client.get_model_version(MODEL, "1").description  # what a person reads in the registry: kept true
+    assert page.startswith(f"## Version 1: {result.winner}") and "**Status: champion** since" in page
+    assert f"promoted by {move.actor}" in page and "| metric | this version |" in page
+    assert "| answer_accuracy |" in page and "`chatgraft promote 1" not in page and "| rank | candidate |" in page
+
+
+def test_every_output_is_as_readable_as_the_umask_allows(first_run) -> None:
+    """Others on the machine (a serving user, a teammate) read what a run wrote: every file and folder of every
+    output dvc.yaml declares, the aligned weights included (safetensors writes its files 0600)."""
+    root, _, _ = first_run
+    outputs = [root / path for path in DvcProject(root).declared_outputs() if (root / path).exists()]
+    entries = [*outputs, *(p for output in outputs if output.is_dir() for p in output.rglob("*"))]
+    assert any(p.name == "model.safetensors" and "aligned" in p.parts for p in entries)
+    wanted = lambda path: (0o777 if path.is_dir() else 0o666) & ~UMASK & 0o555  # noqa: E731  read (and enter)
+    private = [f"{p.relative_to(root)} {stat.filemode(p.stat().st_mode)}" for p in entries
+               if not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) & wanted(p) != wanted(p)]
+    assert not private
+
+
+def test_the_console_has_a_line_a_task_and_nothing_of_prefect_or_mlflow(first_run) -> None:
+    root, result, _ = first_run
+    lines = (root.parent / "console.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["intake", "import-documents", "link-inputs", *STAGES, "register",
+                                                   "register", "promote", "push", "save-experiment"], lines
+    told = {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
+    assert told["import-documents"] == "nothing to import (data.source: generator)"
+    assert [line.split(maxsplit=1)[1] for line in lines if line.startswith("register")] == [
+        f"version 1: {result.winner} (registered now)", "challenger: version 1"]
+    assert told["promote"].startswith("version 1 promoted to champion: ")
 
 
 def test_each_stages_output_is_in_its_log_file_and_its_mlflow_run(first_run) -> None:
@@ -237,17 +291,18 @@ def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) 
     aligned_from = json.loads(manifest.read_text())["from"]
     apply_overrides(root / "params.yaml", ["merge.ratios=[1.0, 0.8]"])
     changed = retrain(project_dir=str(root))
-    # the best merged model may have changed: alignment runs again on it. When it is the same model, the seeded
-    # rerun writes the same bytes and DVC skips its evaluation; only a new model is evaluated again.
+    # alignment runs again only when the best merged model changed (align depends on the pick, not on every
+    # merged model): then its model is new, and evaluated again
     moved = json.loads(manifest.read_text())["from"] != aligned_from
-    assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "pick", "align@c-rlft",
-                                  *(["evaluate-aligned@c-rlft"] if moved else []), "leaderboard", "plots"]
+    assert changed.reproduced == ["merge@0.8", "evaluate-merged@0.8", "pick",
+                                  *(["align@c-rlft", "evaluate-aligned@c-rlft"] if moved else []), "leaderboard",
+                                  "plots"]
 
 
 def test_top_k_registers_the_best_eligible_merged_and_aligned_models(first_run) -> None:
     root, _, client = first_run
     apply_overrides(root / "params.yaml", ["promote.register_top_k=3"])
-    result = retrain(project_dir=str(root))
+    result, console = run_quietly(root)
     assert result.reproduced == ["leaderboard"]
     board = json.loads((root / "reports" / "leaderboard.json").read_text())
     competing = sorted((n for n in board["candidates"] if n.startswith(("merged-", "aligned-"))),
@@ -258,6 +313,10 @@ def test_top_k_registers_the_best_eligible_merged_and_aligned_models(first_run) 
     assert client.get_model_version_by_alias(MODEL, "challenger").tags["candidate"] == board["winner"] == competing[0]
     later = [v for v in client.search_model_versions(f"name = '{MODEL}'") if str(v.version) != "1"]
     assert later and all("| champion (version " in v.description for v in later)  # compared with the champion
+    said = [line.split(maxsplit=1)[1] for line in console.splitlines() if line.startswith("register ")]
+    assert [line.split(" (")[0] for line in said] == [
+        *(f"version {versions[name].version}: {name}" for name in competing), f"challenger: version {result.version}"]
+    assert "(registered now)" in said[1] + said[2]  # a run before registered its winner alone
     aligned = versions["aligned-c-rlft"].tags
     assert aligned["align_method"] == "c-rlft" and aligned["aligned_from"] in competing
 
@@ -297,10 +356,42 @@ def test_each_flow_run_is_a_dvc_experiment_and_the_branch_is_left_alone(first_ru
     for data in experiments.values():
         assert data["metrics"]["metrics/leaderboard.json"]["data"]["winner"]["name"]
         assert "answer_accuracy" in data["metrics"]["metrics/eval/cp.json"]["data"]
+    runs = CliRunner().invoke(app, ["runs", "--project-dir", str(root)])  # the same runs, in 120 columns
+    lines = runs.stdout.splitlines()
+    assert runs.exit_code == 0 and max(map(len, lines)) <= 120, runs.output
+    assert len([line for line in lines[1:] if not line.startswith(" ")]) == len(named)  # a row a run
     log = subprocess.run(["git", "log", "--format=%s"], cwd=root, capture_output=True, text=True, check=True)
     assert log.stdout.splitlines() == ["init"]  # nothing committed on the branch
     staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=root, capture_output=True, text=True)
     assert staged.stdout == ""
+
+
+def test_a_dropped_ratios_outputs_are_reported_then_cleaned_and_nothing_reruns(first_run) -> None:
+    """merge.ratios back to [1.0]: 0.8's model, scores and reports stay, undeclared, until `chatgraft clean`
+    removes them (a dry run first lists them), and `dvc status` stays clean: align never read them, and the
+    stages that read their folders record them again."""
+    root, _, _ = first_run
+    apply_overrides(root / "params.yaml", ["merge.ratios=[1.0]"])
+    retrain(project_dir=str(root))
+    stale = ["metrics/eval/merged/merged-0.8.json", "models/merged/alpha-0.8", "reports/merge/alpha-0.8.json",
+             "reports/samples/merged-0.8.jsonl", "reports/speed/merged-0.8.json"]
+    status = CliRunner().invoke(app, ["status", "--project-dir", str(root)])
+    assert status.exit_code == 0, status.output
+    (note,) = [line for line in status.output.splitlines() if line.startswith("workspace: ")]
+    assert note.startswith("workspace: 5 outputs no stage in dvc.yaml declares any more") and "chatgraft clean" in note
+    dry = CliRunner().invoke(app, ["clean", "--dry-run", "--project-dir", str(root)])
+    assert dry.exit_code == 0, dry.output
+    assert [line.split()[0] for line in dry.output.splitlines()[1:6]] == stale
+    assert "models/merged/alpha-0.8" in dry.output.splitlines()[2] and "(in DVC's cache)" in dry.output
+    assert all((root / path).exists() for path in stale)  # a dry run removes nothing
+    done = CliRunner().invoke(app, ["clean", "--project-dir", str(root)])
+    assert done.exit_code == 0, done.output
+    assert not any((root / path).exists() for path in stale)
+    assert (root / "models" / "merged" / "alpha-1.0").is_dir()
+    assert not DvcProject(root).out_of_date()  # `dvc status`: nothing to rerun
+    (recorded,) = [line for line in done.output.splitlines() if line.startswith("Recorded again")]
+    assert "pick" in recorded and "align" not in recorded  # align reads the picked model alone
+    assert stale_outputs_note(root) is None
 
 
 def test_chatgraft_ui_serves_the_registry(first_run) -> None:

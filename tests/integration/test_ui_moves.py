@@ -1,7 +1,8 @@
 """Champion moved in the MLflow UI: `chatgraft ui` (the MLflow UI on the embedded sqlite store, and `chatgraft watch`
 beside it) hears MLflow's signed webhooks, records each move in the promotion history, undoes a move the policy
 forbids, and refuses deliveries it cannot trust. Moves are made in Chromium with the UI's alias editor, and (for
-the races) through the UI server's REST API, the calls that editor makes."""
+the races) through the UI server's REST API, the calls that editor makes; the versions' pages, read in Chromium, say
+where each stands after a move."""
 from __future__ import annotations
 
 import base64
@@ -23,6 +24,7 @@ import psutil
 import pytest
 import requests
 import yaml
+from filelock import FileLock
 from mlflow import MlflowClient
 from playwright.sync_api import sync_playwright
 from prefect.client.orchestration import get_client
@@ -36,6 +38,7 @@ from flows.cli import app
 from flows.tracking import history, open_store, registry
 from flows.tracking.store import Store
 from flows.tracking.webhooks import project_keys
+from flows.promotion_lock import lock_file
 from flows.watch import PATH
 from tests.conftest import answers_health, free_port, wait_until
 
@@ -68,6 +71,11 @@ class UiProject:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=60)
         return started
+
+    @property
+    def local_store(self) -> Store:
+        """The project's embedded store, as a person's `chatgraft promote` on this machine opens it."""
+        return open_store(self.root, "chatgraft")
 
     @property
     def store(self) -> Store:
@@ -134,7 +142,11 @@ def test_ui_moves_are_recorded_guarded_and_listed(ui_project: UiProject) -> None
     good, other, failing = add_version(store, GOOD), add_version(store, GOOD), add_version(
         store, GOOD | {"termination_rate": 0.5})
 
-    move_in_ui(store.client, good)
+    # the receiver takes the lock a person's command on this machine takes: the file beside the embedded store
+    with FileLock(lock_file(ui_project.local_store.uri)):
+        move_in_ui(store.client, good)
+        time.sleep(3)
+        assert history.read(store, MODEL) == []  # heard, waiting for the lock
     assert settle(store, 1) == [(history.UI_MOVE, "none", good, promotion.UI_ACTOR)]
 
     move_in_ui(store.client, failing)  # breaks termination_rate >= 0.9: undone within seconds
@@ -173,7 +185,8 @@ def test_ui_moves_are_recorded_guarded_and_listed(ui_project: UiProject) -> None
     # three entries, each from where the one before ended
     before = len(history.read(store, MODEL))
     third = add_version(store, GOOD)
-    moves = [threading.Thread(target=promotion.promote_by_hand, args=(store, MODEL, good, "alice", "release"))]
+    moves = [threading.Thread(target=promotion.promote_by_hand, args=(ui_project.local_store, MODEL, good, "alice",
+                                                                      "release"))]
     moves += [threading.Thread(target=lambda v=v, delay=delay: (time.sleep(delay), move_in_ui(
         MlflowClient(ui_project.url, ui_project.url), v))) for v, delay in ((other, 0.0), (third, 0.2))]
     for thread in moves:
@@ -223,6 +236,40 @@ def test_a_move_in_the_browser_is_heard_and_a_failing_one_reverted(ui_project: U
     listed = CliRunner().invoke(app, ["history", "--project-dir", str(ui_project.root)],
                                 env={"MLFLOW_TRACKING_URI": ui_project.url}).output.splitlines()
     assert [row.split()[-1] for row in listed[-3:]] == ["UI", "UI", "0.9"]  # actor, actor, the reason's bound
+
+
+def read_pages(url: str, versions: list[str], screenshots: Path) -> dict[str, str]:
+    """The text each version's page shows in Debian's Chromium, once its description has its status."""
+    texts = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            for version in versions:
+                page.goto(f"{url}/#/models/{MODEL}/versions/{version}")
+                page.get_by_text("Status:").first.wait_for()
+                page.screenshot(path=screenshots / f"version-{version}.png")
+                texts[version] = page.inner_text("body")
+        finally:
+            browser.close()
+    return texts
+
+
+def test_a_promoted_versions_page_calls_it_champion_and_the_old_ones_not(ui_project: UiProject,
+                                                                           tmp_path: Path) -> None:
+    store = ui_project.store
+    old, new = add_version(store, GOOD), add_version(store, GOOD)
+    note = "Alice: answers dates well; check names before release."
+    store.client.update_model_version(MODEL, new, description=note)  # a person's, kept by every rewrite
+    for version in (old, new):
+        promoted = CliRunner().invoke(app, ["promote", version, "--reason", "release", "--project-dir",
+                                            str(ui_project.root)], env={"MLFLOW_TRACKING_URI": ui_project.url})
+        assert promoted.exit_code == 0, promoted.output
+    pages = read_pages(ui_project.url, [new, old], tmp_path)
+    assert "Status: champion since" in pages[new] and note in pages[new]
+    assert "chatgraft:status" not in pages[new]  # the markers are HTML comments: the UI hides them
+    assert "Status: was champion" in pages[old] and "Status: champion" not in pages[old]
+    assert f"champion (version {new})" in pages[old] and f"chatgraft promote {old}" in pages[old]
 
 
 def test_deliveries_it_cannot_trust_get_a_4xx_and_change_nothing(ui_project: UiProject) -> None:

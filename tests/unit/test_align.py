@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
 
-from pipelines.align.pick import pick_merged
+from pipelines.align.pick import model_identity, pick_merged
 from pipelines.align.stage import curate_sft_set
 from pipelines.align.conditioning import add_class_tokens, class_token, conditioned_template
 from pipelines.align.curation import SftExample
@@ -116,14 +116,30 @@ def test_c_rlft_names_classes_without_a_weight(chat_model: Path, tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
-def test_the_best_merged_model_is_picked_by_the_leaderboard_rule(tmp_path: Path) -> None:
+def test_the_best_merged_model_is_picked_by_the_leaderboard_rule(chat_model: Path, tmp_path: Path) -> None:
     for ratio, (accuracy, termination) in {0.5: (0.9, 0.5), 1.0: (0.7, 1.0)}.items():
         (tmp_path / f"merged-{ratio}.json").write_text(
             json.dumps({"answer_accuracy": accuracy, "termination_rate": termination}))
     policy = PromoteParams(guardrails={"termination_rate": Bound(min=0.9)})
     files = {f"merged-{ratio}": tmp_path / f"merged-{ratio}.json" for ratio in (0.5, 1.0)}
-    assert pick_merged(files, policy, tmp_path / "pick.json") == "merged-1.0"  # 0.5 is not eligible
-    assert json.loads((tmp_path / "pick.json").read_text()) == {"merged": "merged-1.0"}  # what align reads
+    folders = []
+    assert pick_merged(files, policy, tmp_path / "pick.json", lambda name: folders.append(name) or chat_model) == \
+        "merged-1.0"  # 0.5 is not eligible
+    assert folders == ["merged-1.0"]  # only the picked model is read
+    # what align reads: the model, and what identifies its content (align depends on this file, not on the folder)
+    assert json.loads((tmp_path / "pick.json").read_text()) == {"merged": "merged-1.0",
+                                                                "content": model_identity(chat_model)}
+
+
+def test_a_models_identity_changes_with_its_weights_and_its_tokenizer(chat_model: Path) -> None:
+    first = model_identity(chat_model)
+    assert model_identity(chat_model) == first
+    template = chat_model / "chat_template.jinja"
+    template.write_text(template.read_text().replace("assistant", "helper"))  # the chat template changed alone
+    second = model_identity(chat_model)
+    weights = load_file(chat_model / "model.safetensors")
+    save_file({name: tensor + 1 for name, tensor in weights.items()}, chat_model / "model.safetensors")
+    assert len({first, second, model_identity(chat_model)}) == 3
 
 
 def test_sft_set_errors_name_the_file_line_and_key(tmp_path: Path) -> None:

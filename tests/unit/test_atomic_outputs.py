@@ -126,3 +126,25 @@ def test_outputs_follow_the_umask(tmp_path: Path) -> None:
     folders, files = 0o777 & ~UMASK, 0o666 & ~UMASK  # 0755 and 0644 under the usual umask 022
     assert modes["out"] == modes["sub"] == folders
     assert modes["model.safetensors"] == modes["metrics.json"] == modes[OUTPUT_MARKER] == files
+
+
+def test_files_a_writer_made_private_follow_the_umask(tmp_path: Path) -> None:
+    """safetensors writes its files 0600, whatever the umask: a folder output opens them up (the execute bit kept),
+    and leaves a link's target alone."""
+    import torch
+    from safetensors.torch import save_file
+
+    private = tmp_path / "theirs.txt"
+    private.write_text("not ours")
+    private.chmod(0o600)
+    with atomic_dir(tmp_path / "out", "aligned model") as staging:
+        save_file({"w": torch.zeros(2)}, staging / "model.safetensors")
+        (staging / "run.sh").write_text("#!/bin/sh\n")
+        (staging / "run.sh").chmod(0o700)
+        (staging / "deep").mkdir(mode=0o700)
+        (staging / "deep" / "link").symlink_to(private)
+    mode = lambda path: stat.S_IMODE(path.lstat().st_mode)  # noqa: E731
+    out = tmp_path / "out"
+    assert mode(out / "model.safetensors") == 0o666 & ~UMASK  # 0644 under umask 022
+    assert mode(out / "run.sh") == mode(out / "deep") == 0o777 & ~UMASK
+    assert mode(private) == 0o600

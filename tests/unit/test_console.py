@@ -1,13 +1,23 @@
-"""What `chatgraft run` shows: a stage's latest output line (a progress bar's last redraw), its one summary line."""
+"""What `chatgraft run` shows: a stage's latest output line (a progress bar's last redraw), its one summary line, a
+task's line, and nothing of what Prefect and MLflow log unless --verbose."""
 from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
+import sys
+from contextlib import nullcontext, redirect_stderr
 from pathlib import Path
 
-from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+import prefect.task_engine
+from mlflow.utils.logging_utils import enable_logging, eprint
+from prefect.logging.handlers import PrefectConsoleHandler
 
-from flows.console import last_lines, last_output_line, live_line, quiet_console, quiet_exit, stage_line
+import flows.tasks
+from flows.console import last_lines, last_output_line, live_line, quiet_console, quiet_exit, stage_line, task_line
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_latest_line_is_a_progress_bars_last_redraw(tmp_path: Path) -> None:
@@ -31,22 +41,66 @@ def test_no_live_line_off_a_terminal(tmp_path: Path) -> None:
     assert out.getvalue() == ""
 
 
-def test_prefect_console_shows_warnings_only_inside_the_block_and_nothing_leaks() -> None:
-    from prefect.logging.handlers import PrefectConsoleHandler
+def test_prefect_console_shows_chatgraft_warnings_only_inside_the_block_and_nothing_leaks() -> None:
+    def record(level: int, message: str, by: str) -> logging.LogRecord:
+        return logging.LogRecord("prefect.task_runs", level, by, 1, message, None, None)
 
     handler = PrefectConsoleHandler()
     logging.getLogger("prefect.test-quiet-console").addHandler(handler)
+    mlflow_says = io.StringIO()
     try:
-        with quiet_console():
-            assert handler.level == logging.WARNING and not MLFLOW_LOGGING_STREAM.enabled
-            failure = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "Encountered exception "
-                                        "during execution: StageFailed(...)", None, None)
-            assert not handler.filter(failure)  # chatgraft prints the error itself, in one line
-            assert handler.filter(logging.LogRecord("prefect", logging.WARNING, __file__, 1, "slow", None, None))
+        with quiet_console(), redirect_stderr(mlflow_says):
+            assert handler.level == logging.WARNING
+            enable_logging()  # what MLflow does as an autologged call (an evaluation) ends
+            eprint("Successfully registered model 'chatgraft-chat'.")
+            ours = record(logging.WARNING, "no candidate met the guardrails", flows.tasks.__file__)
+            assert handler.filter(ours)
+            crash = record(logging.ERROR, "Crash detected! Execution was aborted", prefect.task_engine.__file__)
+            assert not handler.filter(crash)  # Prefect's report: chatgraft prints the error itself, in one line
+        assert mlflow_says.getvalue() == ""
         assert handler.level == logging.NOTSET  # a later run in this process (a test's CliRunner) is not quieted
-        assert handler.filter(failure) and MLFLOW_LOGGING_STREAM.enabled
+        assert handler.filter(crash)
+        with redirect_stderr(mlflow_says):
+            eprint("Created version '1' of model 'chatgraft-chat'.")
+        assert mlflow_says.getvalue() == "Created version '1' of model 'chatgraft-chat'.\n"
     finally:
         logging.getLogger("prefect.test-quiet-console").removeHandler(handler)
+
+
+def run_a_flow_that_logs(quiet: bool, store: str) -> None:
+    """A Prefect flow, on a temporary Prefect server, whose task registers a model in a new MLflow store and says
+    its line, run as `chatgraft run` runs it (quiet) or with --verbose: what both print is the test's."""
+    import mlflow
+    from prefect import flow, task
+
+    from flows.console import quiet_exit, say, task_line
+
+    @task(name="register")
+    def register() -> None:
+        mlflow.set_tracking_uri(store)
+        with mlflow.start_run():
+            model = mlflow.initialize_logged_model(name="model")
+        version = mlflow.register_model(f"models:/{model.model_id}", "tiny").version
+        say(task_line("register", f"version {version}: tiny (registered now)"))
+
+    with quiet_console() if quiet else nullcontext():
+        flow(name="tiny")(register)()
+    if quiet:
+        quiet_exit()
+
+
+def test_a_quiet_run_shows_its_task_lines_and_nothing_of_prefect_or_mlflow(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    runs = {quiet: subprocess.Popen(  # at once: each starts a Prefect server
+        [sys.executable, "-c", "from tests.unit.test_console import run_a_flow_that_logs; "
+         f"run_a_flow_that_logs({quiet}, {f'sqlite:///{tmp_path}/{quiet}.db'!r})"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for quiet in (True, False)}
+    shown = {quiet: run.communicate(timeout=240)[0] for quiet, run in runs.items()}
+    assert [run.returncode for run in runs.values()] == [0, 0], shown
+    foreign = ["Starting temporary server", "Stopping temporary server", "Creating initial MLflow database tables",
+               "Successfully registered model", "Created version", "Finished in state"]
+    assert all(line in shown[False] for line in foreign), shown[False]  # what --verbose shows
+    assert shown[True].splitlines() == [task_line("register", "version 1: tiny (registered now)")]
 
 
 def test_a_persons_command_hides_prefects_exit_chatter_but_not_its_errors() -> None:
@@ -54,13 +108,16 @@ def test_a_persons_command_hides_prefects_exit_chatter_but_not_its_errors() -> N
     seen: list[str] = []
     collector = logging.Handler()
     collector.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    worker.addHandler(collector)
+    prefect = logging.getLogger("prefect")
+    prefect.addHandler(collector)  # the worker's records reach it too
     before = services.level
     try:
         quiet_exit()
         worker.warning("Still processing items: 1 items remaining...")  # what a move's command printed at exit
         worker.error("Service failed to process item")
+        prefect.info("Stopping temporary server on http://127.0.0.1:8537")
     finally:
         services.setLevel(before)
-        worker.removeHandler(collector)
+        prefect.filters.clear()
+        prefect.removeHandler(collector)
     assert seen == ["Service failed to process item"]

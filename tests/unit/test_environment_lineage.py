@@ -1,5 +1,7 @@
 """The environment is part of the lineage: every run's tags name the package set and the kind of machine, the run
-holds the package list, and `chatgraft status` says when the champion was scored on another kind of machine."""
+holds the package list, and `chatgraft status` says when the champion was scored on another kind of machine,
+comparing with this machine's tags as the last probe here saw them (probing torch again only when what they depend on
+changed)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +9,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from flows.environment_lineage import (PACKAGES_ARTIFACT, cpu_tags, cpuinfo, environment_tags, installed_packages,
-                                       machine_notice, packages_sha256)
+from flows import environment_lineage
+from flows.environment_lineage import (MACHINE_TAGS, PACKAGES_ARTIFACT, cpu_tags, cpuinfo, environment_tags,
+                                       installed_packages, machine_notice, machine_tags, packages_sha256)
 from flows.lineage import lineage_tags, log_environment
 from flows.registry_view import registry_overview
 from flows.tracking import registry
@@ -94,3 +97,32 @@ def test_status_is_quiet_when_the_champion_was_scored_on_this_kind_of_machine(st
 
 def test_status_is_quiet_for_a_champion_recorded_before_environment_tags(store: Store) -> None:
     assert NOTICE not in _champion(store, "scored-before-env-tags", {"git_sha": "abc"})
+
+
+def test_status_compares_with_this_machine_without_probing_torch_again(store: Store, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    recorded_here = environment_tags()  # as a version registered on this machine carries them
+    here = {key: value for key, value in recorded_here.items() if key in MACHINE_TAGS}
+    assert machine_tags() == here  # nothing kept in this cache yet: probed once, and kept
+
+    def probe() -> dict[str, str]:
+        raise AssertionError("torch probed again")
+    environment_tags.cache_clear()  # a fresh process, as `chatgraft status` is
+    monkeypatch.setattr(environment_lineage, "_probe_torch", probe)
+    assert machine_tags() == here
+    shown = _champion(store, "scored-on-amd-seen-from-here", {**recorded_here, **AMD})
+    assert NOTICE in shown and f"torch CPU capability: AVX2 there, {here['env.cpu_capability']} here" in shown
+    assert NOTICE not in _champion(store, "scored-here-seen-from-here", recorded_here)
+
+
+def test_a_new_cap_on_torch_s_capability_is_probed_again(store: Store, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    recorded = environment_tags()  # a version registered here before the cap
+    full = machine_tags()["env.cpu_capability"]
+    assert full == recorded["env.cpu_capability"] != "DEFAULT"  # this machine has vector units torch uses
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")  # torch then picks its plain kernels: what was kept is wrong
+    assert machine_tags()["env.cpu_capability"] == "DEFAULT"
+    shown = _champion(store, "scored-before-the-cap", recorded)
+    assert NOTICE in shown and f"torch CPU capability: {full} there, DEFAULT here" in shown

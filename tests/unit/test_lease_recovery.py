@@ -35,7 +35,7 @@ def test_a_lease_written_but_never_indexed_is_found_once_expired(tmp_path: Path)
 HOLDER_KILLED_INSIDE_ACQUIRE = """
 import logging, sys
 from prefect.client.orchestration import get_client
-from flows.slots import PROMOTION_LIMIT, ensure_concurrency_limits, promotion_lock
+from flows.slots import PROMOTION_LIMIT, ensure_concurrency_limits, promotion_limit
 ensure_concurrency_limits()
 with get_client(sync_client=True) as client:  # the slot counted, its lease never written
     client.increment_concurrency_slots(names=[PROMOTION_LIMIT], slots=1, mode="concurrency")
@@ -43,7 +43,7 @@ with get_client(sync_client=True) as client:  # the slot counted, its lease neve
 logger = logging.getLogger("next promotion")
 logger.addHandler(logging.StreamHandler(sys.stdout))
 logger.setLevel(logging.INFO)
-with promotion_lock(30, logger, poll_seconds=1):
+with promotion_limit(30, logger, poll_seconds=1):
     print("acquired", flush=True)
 """
 

@@ -26,6 +26,7 @@ try:
     app(sys.argv[1:])
 finally:
     print("prefect imported:", "prefect" in sys.modules, file=sys.stderr)
+    print("torch imported:", "torch" in sys.modules, file=sys.stderr)
 """
 
 
@@ -74,6 +75,7 @@ def test_no_wait_on_a_busy_project_refuses_before_prefect_and_writes_nothing(pro
     assert result.returncode == 3, result.stderr
     assert "is busy: flow run brave-otter (1234) (pid" in result.stderr
     assert "prefect imported: False" in result.stderr
+    assert "torch imported: False" in result.stderr  # refused before the input check loads torch
     assert (project / "params.yaml").read_bytes() == before
 
 
