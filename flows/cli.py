@@ -506,13 +506,18 @@ def status(
     from flows.context import open_registry
     from flows.registry_view import registry_overview
 
-    params, store = open_registry(project_dir)
-    typer.echo(registry_overview(store, params.promote.registered_model, params.promote.primary_metric))
-    if (project_dir / "dvc.yaml").exists():  # after the registry: reading DVC's graph takes another 2-3 s
-        from flows.stale_outputs import stale_outputs_note
-
-        if note := stale_outputs_note(project_dir.resolve()):
+    # DVC's graph is read in a process of its own, on another core while this one reads the registry (each ~3 s)
+    workspace = subprocess.Popen([sys.executable, "-m", "flows.stale_outputs", str(project_dir.resolve())],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) \
+        if (project_dir / "dvc.yaml").exists() else None
+    try:
+        params, store = open_registry(project_dir)
+        typer.echo(registry_overview(store, params.promote.registered_model, params.promote.primary_metric))
+        if workspace is not None and (note := workspace.communicate()[0].strip()):
             typer.echo(f"\nworkspace: {note}")
+    finally:
+        if workspace is not None and workspace.poll() is None:
+            workspace.kill()
 
 
 @app.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,3 +141,7 @@ def describe_cleaning(cleaning: Cleaning, dry_run: bool) -> str:
     if cleaning.removed:
         lines.append(RECOVERY if not dry_run else "Nothing was removed (--dry-run).")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # `chatgraft status` asks in a process of its own: the note, or nothing
+    print(stale_outputs_note(Path(sys.argv[1])) or "")

@@ -112,7 +112,7 @@ def test_two_nodes_match_one_and_resume_after_a_node_dies(tmp_path: Path, single
     # a node dies after a checkpoint (its agent and worker, as when a host goes down): the other node fails, and
     # the stage started again resumes both from the last complete checkpoint
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["cp"] |= {"steps": 40, "save_every": 4}
+    params["cp"] |= {"steps": 24, "save_every": 2}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     environment = {**os.environ, NODE_ENV: "1"}
     agents = [subprocess.Popen(node_command.split(), cwd=root, env=environment, start_new_session=True,
@@ -130,7 +130,7 @@ def test_two_nodes_match_one_and_resume_after_a_node_dies(tmp_path: Path, single
                 _kill_tree(agent.pid)
                 agent.wait()
     last = _complete_checkpoints(root)[-1]
-    assert last < 40
+    assert last < 24
     resumed = _cp_metrics(root)
     assert resumed["resumed_from_step"] == last
-    assert resumed["steps"] == 40
+    assert resumed["steps"] == 24
