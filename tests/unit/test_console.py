@@ -98,9 +98,10 @@ def test_a_quiet_run_shows_its_task_lines_and_nothing_of_prefect_or_mlflow(tmp_p
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for quiet in (True, False)}
     shown = {quiet: run.communicate(timeout=240)[0] for quiet, run in runs.items()}
     assert [run.returncode for run in runs.values()] == [0, 0], shown
-    foreign = ["Starting temporary server", "Stopping temporary server", "Creating initial MLflow database tables",
-               "Successfully registered model", "Created version", "Finished in state"]
-    assert all(line in shown[False] for line in foreign), shown[False]  # what --verbose shows
+    # what --verbose shows (Prefect's "Stopping temporary server" too, unless the interpreter's exit outruns it)
+    foreign = ["Starting temporary server", "Creating initial MLflow database tables", "Created version",
+               "Finished in state"]
+    assert all(line in shown[False] for line in foreign), shown[False]
     (line,) = shown[True].splitlines()  # the version's number is the store's: another run may have taken 1
     assert re.fullmatch(re.escape(task_line("register", "version X: tiny (registered now)")).replace("X", r"\d+"),
                         line), line
