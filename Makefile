@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: install browser run test ui screenshots clean bench-overhead bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu bench-commands gpu-check stack-up stack-down
+.PHONY: install browser run test ui screenshots clean bench-overhead bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu bench-commands bench-flow gpu-check stack-up stack-down
 
 install: $(STAMP)
 
@@ -67,6 +67,10 @@ bench-cp: install
 # default project: PROJECT=path (default: one built first by `chatgraft run` in a temporary folder).
 bench-commands: install
 	$(PY) -m benchmarks.commands $(if $(PROJECT),--project-dir $(PROJECT))
+
+# The default flow with one slot and with two (flow.gpu_slots): whole run and evaluation phase; ARGS="--set k=v"
+bench-flow: install
+	$(PY) -m benchmarks.flow $(ARGS)
 
 # Model FLOPs utilisation of CP training, a ~1B Llama in bf16 with packing and SDPA: needs a CUDA GPU.
 bench-mfu: install

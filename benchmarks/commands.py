@@ -43,13 +43,20 @@ def timed(args: list[str], expect: int = 0) -> float:
     return seconds
 
 
-def build_default_project(folder: Path) -> Path:
-    """A finished default run of this checkout's HEAD in `folder` (a git repository of its own)."""
+def checkout_head(folder: Path) -> Path:
+    """This checkout's HEAD as a git repository of its own in `folder`."""
     archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], capture_output=True, check=True).stdout
+    folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "bench"]):
         subprocess.run(command, cwd=folder, check=True)
+    return folder
+
+
+def build_default_project(folder: Path) -> Path:
+    """A finished default run of this checkout's HEAD in `folder` (a git repository of its own)."""
+    checkout_head(folder)
     print(f"building a default project in {folder} (chatgraft run: minutes)", flush=True)
     subprocess.run([CHATGRAFT, "run", "--project-dir", str(folder)], env=person_env(), check=True)
     return folder

@@ -11,6 +11,7 @@ from pipelines.config import Params, ParamsError, load_params
 from pipelines.layout import Layout
 
 if TYPE_CHECKING:  # DVC and MLflow are imported by what opens them: checking inputs needs neither
+    from flows.device_slots import DeviceSlots
     from flows.dvc_project import DvcProject
     from flows.tracking import Store
 
@@ -24,6 +25,7 @@ class RunContext:
     raw_params: dict[str, Any]
     dvc: DvcProject
     store: Store
+    slots: DeviceSlots
     parent_run_id: str = ""
     stage_logs: Path | None = None  # a folder: each stage's output goes to <stage>.log there, one line to the terminal
 
@@ -57,10 +59,13 @@ def open_registry(root: Path) -> tuple[Params, Store]:
 
 
 def open_project(root: Path) -> RunContext:
-    """Validate params.yaml, then open the DVC project and the MLflow store of `root`."""
+    """Validate params.yaml, then open the DVC project and the MLflow store of `root`, and share out the slots."""
+    from flows.device_slots import DeviceSlots
     from flows.dvc_project import DvcProject
 
     root = root.resolve()
     params, store = open_registry(root)
     raw = yaml.safe_load((root / "params.yaml").read_text())
-    return RunContext(root, params, raw, DvcProject(root), store)
+    slots = DeviceSlots.for_run(params)
+    # stages side by side each take DVC's repository lock to start and to record their outputs: wait for it
+    return RunContext(root, params, raw, DvcProject(root, wait_for_lock=slots.side_by_side), store, slots)

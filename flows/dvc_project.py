@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, chdir, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import psutil
 import yaml
 from dvc import stage as dvc_stage
@@ -26,6 +28,8 @@ from pipelines.cli import USER_ERROR
 
 LOCKED = "Unable to acquire lock"  # what DVC prints when another DVC process holds the repository
 STOP_SECONDS = 10
+# Repo() resolves paths against the working directory, which is the process's: one in-process Repo at a time
+_IN_PROCESS = threading.RLock()
 
 
 class StageFailed(RuntimeError):
@@ -46,10 +50,12 @@ def _stop_tree(process: subprocess.Popen) -> None:
 
 @dataclass(frozen=True)
 class PipelineStage:
-    """A (resolved) stage of dvc.yaml, in the file's order: its name, and whether it holds a `gpu` slot."""
+    """A (resolved) stage of dvc.yaml: its name, whether it holds a `gpu` slot, and the stages whose outputs it
+    reads (DVC's graph: it runs after them, and beside any stage that is neither above nor below it)."""
 
     name: str
     gpu: bool
+    after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,10 +119,16 @@ def _user_error(output: str) -> str | None:
 
 
 class DvcProject:
-    """A DVC project rooted at `root`; each command runs in a fresh `dvc` process or a short-lived Repo."""
+    """A DVC project rooted at `root`; each command runs in a fresh `dvc` process or a short-lived Repo.
 
-    def __init__(self, root: Path) -> None:
+    `wait_for_lock`: wait for DVC's repository lock instead of failing when another DVC process holds it (stages
+    reproduced side by side each take it to start and to record their outputs; DVC releases it while a stage's
+    command runs and guards the paths with its read/write locks). Without it, a `dvc` run by hand that holds the
+    lock is an error at once."""
+
+    def __init__(self, root: Path, wait_for_lock: bool = False) -> None:
         self.root = root
+        self.wait_for_lock = wait_for_lock
 
     def _dvc(self, *args: str, env: dict[str, str] | None = None, stream: bool = False,
              log: Path | None = None) -> str:
@@ -129,8 +141,9 @@ class DvcProject:
             # in this process's group: a kill of the group (an OOM kill, kill -9 -PGID, a pod's end) ends the stage
             # too, never leaving it running unseen with DVC's lock; when only this process is told to stop, it
             # stops the tree
+            waits = ["--wait-for-lock"] if self.wait_for_lock else []
             process = subprocess.Popen(
-                [sys.executable, "-m", "dvc", *args], cwd=self.root, env={**os.environ, "PATH": path, **(env or {})},
+                [sys.executable, "-m", "dvc", *waits, *args], cwd=self.root, env={**os.environ, "PATH": path, **(env or {})},
                 stdout=output or (None if stream else subprocess.PIPE),
                 stderr=subprocess.STDOUT if output else (None if stream else subprocess.PIPE), text=True,
             )
@@ -157,7 +170,7 @@ class DvcProject:
     @contextmanager
     def _repo(self) -> Iterator[Repo]:
         # DVC resolves stage paths against the working directory, not the repo root it was given.
-        with chdir(self.root), Repo(".") as repo:
+        with _IN_PROCESS, chdir(self.root), Repo(".", _wait_for_lock=self.wait_for_lock) as repo:
             yield repo
 
     def link_types(self) -> str:
@@ -167,10 +180,16 @@ class DvcProject:
             return ",".join(repo.config["cache"].get("type") or ["reflink", "copy"])
 
     def stages(self) -> list[PipelineStage]:
-        """Every stage of dvc.yaml in the file's order (foreach expanded), which is the order the flow runs them."""
+        """Every stage of dvc.yaml (foreach expanded) in the order the flow runs them one at a time: the file's
+        order, but where DVC's graph puts a stage after one written below it."""
         with self._repo() as repo:
-            return [PipelineStage(stage.addressing, bool((stage.meta or {}).get("gpu")))
-                    for stage in repo.index.stages if isinstance(stage, dvc_stage.PipelineStage)]
+            graph = repo.index.graph  # an edge from each stage to the stage whose output it reads
+            order = {stage: index for index, stage in enumerate(repo.index.stages)}
+            sorted_stages = nx.lexicographical_topological_sort(graph.reverse(copy=False), key=order.__getitem__)
+            return [PipelineStage(stage.addressing, bool((stage.meta or {}).get("gpu")),
+                                  tuple(dep.addressing for dep in graph.successors(stage)
+                                        if isinstance(dep, dvc_stage.PipelineStage)))
+                    for stage in sorted_stages if isinstance(stage, dvc_stage.PipelineStage)]
 
     def declared_outputs(self) -> list[Path]:
         """Every output path dvc.yaml declares (foreach expanded), relative to the root."""
@@ -205,9 +224,9 @@ class DvcProject:
     def locked_stages(self) -> dict[str, dict]:
         """dvc.lock's entry of every stage it records: cmd, deps and outs with their md5s, params with values."""
         lock_path = self.root / "dvc.lock"
-        if not lock_path.exists():
-            return {}
-        return (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
+        with self._repo() as repo, repo.lock:  # DVC rewrites dvc.lock in place, holding this lock
+            text = lock_path.read_text() if lock_path.exists() else ""
+        return (yaml.safe_load(text) or {}).get("stages", {})
 
     def lock_hashes(self, stage: str) -> dict[str, str]:
         """`path -> md5` of the stage's deps and outs as dvc.lock recorded them."""

@@ -22,7 +22,7 @@ from flows.recovery import fail_abandoned_runs, recover_crashed_runs, remove_sta
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
     INTAKE_STAGE, import_documents, link_inputs, promote_challenger, push_outputs, read_leaderboard, register_winner,
-    run_stage, save_experiment, take_new_data, with_retries,
+    run_stages, save_experiment, take_new_data, with_retries,
 )
 from flows.tracking.stage_runs import describe_stages, log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock
@@ -65,7 +65,7 @@ def retrain(project_dir: str = ".", wait_for_workspace: bool = True, stage_logs:
         recovery.staging = remove_staging_left_behind(ctx.root, ctx.dvc.declared_outputs())
         if recovery:
             logger.warning("closed what killed runs left: %s", recovery.summary())
-        ensure_concurrency_limits(ctx.params.flow.gpu_slots)
+        ensure_concurrency_limits(ctx.params.flow.slot_count)
         return _run_pipeline(ctx)
 
 
@@ -85,7 +85,7 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
             intake = take_new_data(ctx)  # records the inbox stage's output itself
             import_documents(ctx)
             link_inputs(ctx)
-            outcomes = [run_stage(ctx, stage) for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE]
+            outcomes = run_stages(ctx, [stage for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE])
             describe_stages(ctx.store, parent_run_id, [(o.stage, not o.cached, o.run_id) for o in outcomes])
 
             board = read_leaderboard(ctx)

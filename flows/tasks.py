@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.futures import PrefectFuture
 
 from flows.console import live_line, say, stage_line, task_line
 from flows.context import RunContext
+from flows.device_slots import devices_needed
 from flows.dvc_project import PipelineStage, StageFailed
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
 from flows.inbox import Intake, inbox_files, take_inbox, write_intake_report
@@ -90,11 +93,11 @@ def link_inputs(ctx: RunContext) -> None:
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
-def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
+def _run_stage(ctx: RunContext, stage: str, slots: int = 0) -> StageOutcome:
     """Reproduce one DVC stage and log its files to a nested MLflow run; a stage DVC skips (up to date) is linked
     to the run that reproduced what dvc.lock records, and logged again from its files only when there is none.
     With `ctx.stage_logs`, the stage's output goes to its log file (an artifact of its run) and the terminal gets
-    one line."""
+    one line. `slots`: the devices its command holds (flow.gpu_slots), 0 for a stage marked no `gpu`."""
     started = time.monotonic()
     cached = ctx.dvc.is_up_to_date(stage)
     earlier = find_stage_run(ctx.store, stage, ctx.dvc.lock_hashes(stage)) if cached else None
@@ -106,7 +109,8 @@ def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     tags = {"stage": stage, "cached": str(cached).lower(), **lineage_tags(ctx.root)}
     with tracked_run(ctx.store, stage, tags, ctx.parent_run_id) as run_id:
         if not cached:
-            _reproduce(ctx, stage, run_id)
+            with ctx.slots.hold(slots) as device_env:
+                _reproduce(ctx, stage, run_id, device_env)
         log_stage_outputs(ctx.store, run_id, ctx.root, ctx.dvc.spec(stage), ctx.raw_params,
                           ctx.params.flow.answers_view)
         set_tags(ctx.store, run_id, lineage_tags(ctx.root, ctx.dvc.lock_hashes(stage)))
@@ -114,8 +118,8 @@ def _run_stage(ctx: RunContext, stage: str) -> StageOutcome:
     return _shown(ctx, StageOutcome(stage, run_id, cached), started)
 
 
-def _reproduce(ctx: RunContext, stage: str, run_id: str) -> None:
-    env = {"MLFLOW_TRACKING_URI": ctx.store.uri, "MLFLOW_RUN_ID": run_id}
+def _reproduce(ctx: RunContext, stage: str, run_id: str, device_env: dict[str, str]) -> None:
+    env = {"MLFLOW_TRACKING_URI": ctx.store.uri, "MLFLOW_RUN_ID": run_id, **device_env}
     if ctx.stage_logs is None:
         ctx.dvc.reproduce(stage, env=env)
         return
@@ -123,7 +127,7 @@ def _reproduce(ctx: RunContext, stage: str, run_id: str) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        with live_line(stage, log):
+        with live_line(stage, log) if not ctx.slots.side_by_side else nullcontext():  # one live line at a time
             ctx.dvc.reproduce(stage, env=env, log=log)
     except StageFailed:
         say(stage_line(stage, "failed", time.monotonic() - started, {}))
@@ -170,13 +174,33 @@ def with_retries(ctx: RunContext, tracked: Task) -> Task:
                                 retry_delay_seconds=ctx.params.flow.retry_delay_seconds)
 
 
-def run_stage(ctx: RunContext, stage: PipelineStage) -> StageOutcome:
-    """The stage as a Prefect task; a stage marked `meta: {gpu: true}` in dvc.yaml (training, merge, align) waits
-    for a `gpu` slot and holds it by its tag."""
-    if stage.gpu:
-        wait_for_gpu_slot(stage.name, ctx.params.flow.slot_wait_seconds, get_run_logger())
+def _stage_task(ctx: RunContext, stage: PipelineStage) -> Task:
+    """The stage's Prefect task: retried on services, and, for a stage marked `meta: {gpu: true}` in dvc.yaml
+    (training, merge, evaluation, align), holding a `gpu` slot by its tag (the limit across projects)."""
     return with_retries(ctx, _run_stage).with_options(tags=[GPU_TAG] if stage.gpu else [],
-                                                      retry_condition_fn=_not_a_failed_stage)(ctx, stage.name)
+                                                      retry_condition_fn=_not_a_failed_stage)
+
+
+def run_stages(ctx: RunContext, stages: list[PipelineStage]) -> list[StageOutcome]:
+    """Every stage as a Prefect task. One slot: one after the other in the order given, each gpu stage waiting for
+    a `gpu` slot first (saying who holds it). Several: each stage starts once the stages DVC's graph puts before it
+    are done, so stages that do not depend on one another (merges, evaluations, align methods) run side by side,
+    each on the device(s) it holds."""
+    needed = {stage.name: devices_needed(stage.name, ctx.params) if stage.gpu else 0 for stage in stages}
+    for stage in stages:
+        ctx.slots.check(stage.name, needed[stage.name])
+    if not ctx.slots.side_by_side:
+        outcomes = []
+        for stage in stages:
+            if stage.gpu:
+                wait_for_gpu_slot(stage.name, ctx.params.flow.slot_wait_seconds, get_run_logger())
+            outcomes.append(_stage_task(ctx, stage)(ctx, stage.name, needed[stage.name]))
+        return outcomes
+    futures: dict[str, PrefectFuture] = {}
+    for stage in stages:
+        upstream = [futures[name] for name in stage.after if name in futures]
+        futures[stage.name] = _stage_task(ctx, stage).submit(ctx, stage.name, needed[stage.name], wait_for=upstream)
+    return [future.result() for future in futures.values()]  # the graph's order: a failed stage before its readers
 
 
 def _input_hashes(ctx: RunContext) -> dict[str, str]:

@@ -435,7 +435,14 @@ class AlignParams(Section):
 class FlowParams(Section):
     """How the Prefect flow runs the stages (no stage reads these, so changing them reruns nothing)."""
 
-    gpu_slots: int = Field(1, ge=1, description="Prefect `gpu` tag limit: CP, merge and align tasks running at once")
+    gpu_slots: int | list[int] = Field(
+        1, description="devices the stages share: N slots, or the CUDA device ids to pin them to ([0, 1]). Stages "
+        "marked `meta: {gpu: true}` (CP, merges, evaluations, align) each hold one (CP one a process) on its own "
+        "device (CUDA_VISIBLE_DEVICES); with more than one, stages DVC's graph does not order run side by side; "
+        "also the Prefect `gpu` tag limit across projects")
+    threads_per_slot: int | None = Field(None, ge=1, description="torch threads of each stage process "
+                                         "(OMP_NUM_THREADS); null: torch's choice with one slot, cores / slots with "
+                                         "more (CPU floats depend on it: fix it to compare runs with other slots)")
     slot_wait_seconds: float = Field(21600.0, ge=0, description="longest wait for a `gpu` slot or the promotion lock "
                                      "(logging who holds it) before the task gives up naming the holder")
     workspace_wait_seconds: float = Field(21600.0, ge=0, description="longest wait for another run in the same "
@@ -447,6 +454,20 @@ class FlowParams(Section):
     inbox: str | None = Field(
         None, description="new corpus files: a folder (relative to the project) or s3://bucket/prefix; null: none"
     )
+
+    @field_validator("gpu_slots")
+    @classmethod
+    def _some_slot(cls, slots: int | list[int]) -> int | list[int]:
+        if isinstance(slots, int) and slots < 1:
+            raise ValueError(f"at least 1 slot, or a list of CUDA device ids, got {slots}")
+        if isinstance(slots, list) and (not slots or min(slots) < 0 or len(set(slots)) != len(slots)):
+            raise ValueError(f"a list of distinct CUDA device ids (0, 1, ...), at least one, got {slots}")
+        return slots
+
+    @property
+    def slot_count(self) -> int:
+        """How many stages that hold a slot run at once."""
+        return self.gpu_slots if isinstance(self.gpu_slots, int) else len(self.gpu_slots)
 
 
 class Params(Section):

@@ -4,7 +4,7 @@ MLflow records every artifact location as an absolute path or `file://` URI and 
 #3144); `mlflow-artifacts:` URIs would need a tracking server, too slow to start for every command. So the store
 records the project root it was last opened at (table `chatgraft_store_root` of mlflow.db), and opening it at
 another root (the project was moved, or this is a copy) rewrites every location under the old root to the same
-place under the new one, in one sqlite transaction. Experiments MLflow placed at its default, `<working
+place under the new one, in one sqlite transaction, and the checkpoint folder each logged model's MLmodel names. Experiments MLflow placed at its default, `<working
 directory>/mlruns/<id>` (the Default experiment, and the promotion history before it was given a location), are
 brought into mlflow/artifacts the same way, their runs' folders copied there when they exist.
 
@@ -28,6 +28,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+import yaml
+
+from pipelines.atomic import write_text_atomic
+
 LOCK_WAIT_S = 60.0
 # every column of MLflow 3's sqlite schema that holds an artifact location, with the rows that hold one
 LOCATIONS = (
@@ -40,6 +44,7 @@ LOCATIONS = (
     ("workspaces", "default_artifact_root", ""),
 )
 ROOT_TABLE = "chatgraft_store_root"
+SOURCE_KEY = "source_model_name"  # the transformers flavor's record of the folder a model was logged from
 
 
 def store_db(root: Path) -> Path:
@@ -81,12 +86,26 @@ def _rewrite_all(db: sqlite3.Connection, root: Path) -> None:
     for old in _previous_roots(db, root):
         _rewrite(db, old.as_uri(), root.as_uri())
         _rewrite(db, str(old), str(root))  # MLflow's default locations are plain paths
+        _rewrite_model_sources(store_artifacts(root), str(old), str(root))
     for location in _default_located(db):
         _copy_folders(db, Path(location), store_artifacts(root))
         _rewrite(db, location, store_artifacts(root).as_uri())
     db.execute(f"CREATE TABLE IF NOT EXISTS {ROOT_TABLE} (root TEXT NOT NULL)")
     db.execute(f"DELETE FROM {ROOT_TABLE}")
     db.execute(f"INSERT INTO {ROOT_TABLE} VALUES (?)", (str(root),))
+
+
+def _rewrite_model_sources(artifacts: Path, old: str, new: str) -> None:
+    """Point each logged model's `source_model_name` (the checkpoint folder it was logged from) under `old` at the
+    same folder under `new`: MLflow's served model reads that folder's tokenizer for a request's `stop` and names it
+    as the answer's `model`. Idempotent, so a rewrite of the rows rolled back and done again finds nothing here."""
+    for mlmodel in artifacts.rglob("MLmodel"):
+        spec = yaml.safe_load(mlmodel.read_text())
+        flavor = (spec.get("flavors") or {}).get("transformers") or {}
+        source = flavor.get(SOURCE_KEY)
+        if isinstance(source, str) and (source == old or source.startswith(old + "/")):
+            flavor[SOURCE_KEY] = new + source[len(old):]
+            write_text_atomic(mlmodel, yaml.safe_dump(spec, default_flow_style=False, sort_keys=False))
 
 
 def _recorded_root(db: sqlite3.Connection) -> str | None:

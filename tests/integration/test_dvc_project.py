@@ -1,5 +1,6 @@
 """The DVC runner against a real DVC repository: up-to-date detection, lock hashes, and failing stages."""
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,38 @@ def test_stages_in_the_files_order_with_their_gpu_mark(project: DvcProject) -> N
     assert project.stages() == [PipelineStage("make", False), PipelineStage("broken", False),
                                 PipelineStage("bad-input", False), PipelineStage("score", False), PipelineStage("sweep@1", True),
                                 PipelineStage("sweep@2", True)]
+
+
+GRAPH_YAML = """stages:
+  report:
+    cmd: cat a/x.txt b.txt > report.txt
+    deps: [a, b.txt]
+    outs: [report.txt]
+  left:
+    cmd: mkdir -p a && sleep 2 && echo left > a/x.txt && date +%s.%N > left.time
+    outs: [a, left.time]
+  right:
+    cmd: sleep 2 && echo right > b.txt && date +%s.%N > right.time
+    outs: [b.txt, right.time]
+"""
+
+
+def test_stages_follow_dvcs_graph_and_two_may_run_at_once(tmp_path: Path) -> None:
+    """A stage written above the stages it reads runs after them, and names them; two stages neither reads from run
+    side by side, each a `dvc repro` waiting for DVC's repository lock, and dvc.lock records all three."""
+    run(["git", "init", "-q"], tmp_path)
+    run([sys.executable, "-m", "dvc", "init", "-q"], tmp_path)
+    (tmp_path / "dvc.yaml").write_text(GRAPH_YAML)
+    project = DvcProject(tmp_path, wait_for_lock=True)
+    stages = project.stages()
+    assert [stage.name for stage in stages] == ["left", "right", "report"]
+    assert stages[0].after == stages[1].after == () and set(stages[2].after) == {"left", "right"}
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(project.reproduce, ["left", "right"]))
+    project.reproduce("report")
+    left, right = ((tmp_path / f"{name}.time").read_text() for name in ("left", "right"))
+    assert abs(float(left) - float(right)) < 1.5  # each slept 2 s: they ended together, so they ran together
+    assert {"left", "right", "report"} <= set(project.locked_stages()) and not project.out_of_date()
 
 
 def test_an_experiment_holds_the_uncached_outputs_and_leaves_the_branch_alone(project: DvcProject) -> None:

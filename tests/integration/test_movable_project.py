@@ -62,6 +62,10 @@ def test_the_champion_of_a_moved_project_loads_and_answers(tmp_path: Path, monke
     mlflow.set_tracking_uri(embedded_uri(moved))  # as README's "Load the champion anywhere"
     chat = mlflow.transformers.load_model(f"models:/{MODEL}@champion")
     assert chat.tokenizer.chat_template
-    (completion,) = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(REQUEST)
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    (completion,) = served.predict(REQUEST)
     assert completion["choices"][0]["message"]["role"] == "assistant"
+    assert completion["model"] == str(moved / checkpoint.relative_to(old))  # the folder it came from, where it is now
+    (stopped,) = served.predict({**REQUEST, "stop": ["city"]})  # MLflow reads the source folder's tokenizer
+    assert stopped["choices"][0]["message"]["role"] == "assistant"
     assert not old.exists()

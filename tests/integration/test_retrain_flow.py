@@ -198,11 +198,13 @@ def test_leaderboard_and_promotion_are_prefect_artifacts(first_run) -> None:
     assert "Version 1: promoted to **champion**" in promotion[0].data and "- no champion yet" in promotion[0].data
 
 
-def test_training_and_merge_tasks_hold_gpu_slots(first_run) -> None:
+def test_training_merge_and_evaluation_tasks_hold_gpu_slots(first_run) -> None:
     with get_client(sync_client=True) as client:
         gpu_runs = client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
         limit = client.read_global_concurrency_limit_by_name("tag:gpu")
-    assert {run.name for run in gpu_runs} == {"cp", "merge@1.0", "align@c-rlft"}
+    assert {run.name for run in gpu_runs} >= {"cp", "merge@1.0", "align@c-rlft", "evaluate@base", "evaluate@chat",
+                                              "evaluate-cp", "evaluate-merged@1.0", "evaluate-aligned@c-rlft"}
+    assert not {run.name for run in gpu_runs} & {"inputs", "corpus", "upstream", "curate", "pick", "leaderboard"}
     assert limit.limit == 1  # flow.gpu_slots
 
 

@@ -91,7 +91,8 @@ PARAMS_CASES = {
               ({"data": "sft/missing.jsonl"}, "align.data: ")],
     "flow": [({"workers": 4}, "flow.workers: unknown key"),
              ({"retries": "twice"}, "flow.retries: Input should be a valid integer"),
-             ({"gpu_slots": 0}, "flow.gpu_slots: Input should be greater than or equal to 1"),
+             ({"gpu_slots": 0}, "flow.gpu_slots: Value error, at least 1 slot"),
+             ({"gpu_slots": [0, 0]}, "flow.gpu_slots: Value error, a list of distinct CUDA device ids"),
              ({"inbox": "no-such-inbox"}, "flow.inbox: ")],
 }
 
