@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pipelines.config import Params, ParamsError, load_params
+from pipelines.config import Params, ParamsError, load_params, with_world_defaults
 from pipelines.layout import Layout
 
 if TYPE_CHECKING:  # DVC and MLflow are imported by what opens them: checking inputs needs neither
@@ -65,7 +65,7 @@ def open_project(root: Path) -> RunContext:
 
     root = root.resolve()
     params, store = open_registry(root)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw = with_world_defaults(yaml.safe_load((root / "params.yaml").read_text()))  # logged as they take effect
     slots = DeviceSlots.for_run(params)
     # stages side by side each take DVC's repository lock to start and to record their outputs: wait for it
     return RunContext(root, params, raw, DvcProject(root, wait_for_lock=slots.side_by_side), store, slots)

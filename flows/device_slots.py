@@ -2,9 +2,10 @@
 their command runs, handed to the stage's process as environment.
 
 With one slot (the default) a stage's process sees what the machine has, as it always did. With several, each
-stage process sees only the device(s) it holds (CUDA_VISIBLE_DEVICES), and every stage process gets the same torch
-thread count (OMP_NUM_THREADS, `flow.threads_per_slot` or the cores shared out), so that two stages side by side do
-not fight over the cores and their CPU floats do not depend on how many ran beside them.
+stage process sees only the device(s) it holds (CUDA_VISIBLE_DEVICES) and gets a share of the cores as its torch
+threads (OMP_NUM_THREADS), so that stages side by side do not fight over them. `flow.threads_per_slot` fixes the
+thread count of every stage process, slot or not, in both modes: CPU floats depend on it, so runs with different
+slots compare bit for bit only with it fixed.
 """
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ def devices_needed(stage: str, params: Params) -> int:
 class DeviceSlots:
     """The slots of one flow run: stages take what they need, waiting while others hold them."""
 
-    def __init__(self, devices: list[int | None], threads: int | None) -> None:
+    def __init__(self, devices: list[int | None], threads: int | None, every_stage: bool = True) -> None:
         self.devices = devices
         self.threads = threads
+        self.every_stage = every_stage  # threads for the stages that hold no slot too (fixed by the user)
         self._free = list(range(len(devices)))  # slot indices, lowest first
         self._changed = threading.Condition()
 
@@ -59,10 +61,10 @@ class DeviceSlots:
         import torch  # the stages' own check of the machine: only a flow run needs it here
 
         devices = slot_devices(params, torch.cuda.device_count() if torch.cuda.is_available() else 0)
-        threads = params.flow.threads_per_slot
-        if threads is None and len(devices) > 1:
-            threads = max(1, (os.cpu_count() or 1) // len(devices))
-        return cls(devices, threads)
+        if params.flow.threads_per_slot is not None:
+            return cls(devices, params.flow.threads_per_slot)
+        shared = max(1, (os.cpu_count() or 1) // len(devices)) if len(devices) > 1 else None
+        return cls(devices, shared, every_stage=False)
 
     @property
     def side_by_side(self) -> bool:
@@ -94,6 +96,6 @@ class DeviceSlots:
                 self._changed.notify_all()
 
     def _environment(self, held: list[int | None]) -> dict[str, str]:
-        env = {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
+        env = {"OMP_NUM_THREADS": str(self.threads)} if self.threads and (held or self.every_stage) else {}
         cuda = [str(device) for device in held if device is not None]
         return env | ({"CUDA_VISIBLE_DEVICES": ",".join(cuda)} if cuda else {})

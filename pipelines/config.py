@@ -440,13 +440,15 @@ class FlowParams(Section):
         "marked `meta: {gpu: true}` (CP, merges, evaluations, align) each hold one (CP one a process) on its own "
         "device (CUDA_VISIBLE_DEVICES); with more than one, stages DVC's graph does not order run side by side; "
         "also the Prefect `gpu` tag limit across projects")
-    threads_per_slot: int | None = Field(None, ge=1, description="torch threads of each stage process "
-                                         "(OMP_NUM_THREADS); null: torch's choice with one slot, cores / slots with "
-                                         "more (CPU floats depend on it: fix it to compare runs with other slots)")
+    threads_per_slot: int | None = Field(None, ge=1, description="torch threads of every stage process "
+                                         "(OMP_NUM_THREADS); null: torch's choice with one slot, cores / slots for "
+                                         "a slot's holder with more (CPU floats depend on it: fix it to compare runs "
+                                         "with other slots)")
     slot_wait_seconds: float = Field(21600.0, ge=0, description="longest wait for a `gpu` slot or the promotion lock "
                                      "(logging who holds it) before the task gives up naming the holder")
-    workspace_wait_seconds: float = Field(21600.0, ge=0, description="longest wait for another run in the same "
-                                          "project to finish before this one gives up; 0: refuse at once")
+    workspace_wait_seconds: float = Field(3600.0, ge=0, description="longest wait for another run in the same "
+                                          "project to finish before this one gives up naming it (a scheduled run "
+                                          "then leaves the project to the next schedule); 0: refuse at once")
     retries: int = Field(2, ge=0, description="retries of a task that failed on a service (MLflow, S3), not on a stage")
     answers_view: bool = Field(True, description="log each evaluated candidate's answers and their scores to MLflow's "
                                "evaluation view (mlflow.genai.evaluate), where people compare candidates' answers")
@@ -470,8 +472,50 @@ class FlowParams(Section):
         return self.gpu_slots if isinstance(self.gpu_slots, int) else len(self.gpu_slots)
 
 
+AUTO = "auto"
+# What a key a world sets means when params.yaml says `auto` or leaves it out: the settings measured best on that
+# world (README, "The language world"). merge.ratios is not one: DVC reads it for the merge stages' foreach.
+WORLD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "domain": {"data.base_target_share": 0.0, "data.base_target_mix": 1.0, "cp.new_tokens": 0,
+               "merge.embedding_rows": "specials"},
+    "language": {"data.base_target_share": 0.3, "data.base_target_mix": 0.5, "cp.new_tokens": 200,
+                 "merge.embedding_rows": "overlap"},
+}
+
+
+def world_settings(raw: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `raw` (params.yaml's mapping) that its world sets, as they take effect: the world's value where
+    `raw` says `auto` or leaves the key out of a section it has, the user's value elsewhere."""
+    def value(section: Any, key: str, absent: Any) -> Any:  # a section is a mapping, or a model already made
+        return section.get(key, absent) if isinstance(section, dict) else getattr(section, key, absent)
+
+    world = value((raw or {}).get("data") or {}, "world", "domain")
+    settings = {}
+    for dotted, default in WORLD_DEFAULTS.get(world, {}).items():
+        section, key = dotted.split(".")
+        given = value((raw or {}).get(section) or {}, key, AUTO)
+        settings[dotted] = default if given == AUTO else given
+    return settings
+
+
+def with_world_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` (params.yaml's mapping) with each key its world sets as it takes effect (`world_settings`), in the
+    sections `raw` has: `data.world: language` alone gives the language world's settings."""
+    resolved = {name: dict(part) if isinstance(part, dict) else part for name, part in raw.items()}
+    for dotted, value in world_settings(raw).items():
+        section, key = dotted.split(".")
+        if isinstance(resolved.get(section), dict):
+            resolved[section][key] = value
+    return resolved
+
+
 class Params(Section):
     """Everything in params.yaml."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _world_defaults(cls, raw: Any) -> Any:
+        return with_world_defaults(raw) if isinstance(raw, dict) else raw
 
     data: DataParams = Field(default_factory=DataParams)
     upstream: UpstreamParams = Field(default_factory=UpstreamParams)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
@@ -24,6 +25,7 @@ from flows.tracking.store import Store
 SCORES = ("correct", "terminated", "exact_match", "token_f1", "repetition", "language", "refused", "judge")
 # one thread: a sqlite store refuses the connections of MLflow's default ten; the answers are already there
 SERIAL = {"MLFLOW_GENAI_EVAL_MAX_WORKERS": "1", "MLFLOW_GENAI_EVAL_MAX_SCORER_WORKERS": "1"}
+_ONE_AT_A_TIME = threading.Lock()
 
 Key = tuple[str, int]
 
@@ -69,8 +71,10 @@ def log_answers(store: Store, run_id: str, samples: list[dict[str, Any]]) -> dic
     keyed = numbered(samples)
     present = [name for name in SCORES if any(name in sample for sample in samples)]
     mlflow.set_tracking_uri(store.uri)
-    with (mock.patch.dict(os.environ, SERIAL), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()),
-          mlflow.start_run(run_id=run_id)):
+    # the environment and sys.stdout/stderr are the process's: stages side by side log one after the other, or a
+    # thread's redirection ends inside another's and leaves the terminal pointing at a buffer
+    with (_ONE_AT_A_TIME, mock.patch.dict(os.environ, SERIAL), redirect_stdout(io.StringIO()),
+          redirect_stderr(io.StringIO()), mlflow.start_run(run_id=run_id)):
         result = mlflow.genai.evaluate(data=evaluation_data(keyed),
                                        scorers=[carried_scorer(name, keyed) for name in present])
     return {name: float(value) for name, value in result.metrics.items()}

@@ -27,9 +27,15 @@ def embedded_uri(root: Path) -> str:
     return f"sqlite:///{store_db(root).resolve()}"
 
 
+# embedded stores this process opened: mlflow.set_tracking_uri exports the URI to the environment, where it must not
+# pass for a person's MLFLOW_TRACKING_URI when the process opens another project (a copy, in one test process)
+_OPENED: set[str] = set()
+
+
 def tracking_uri(root: Path) -> str:
     """MLFLOW_TRACKING_URI when set (a server), else the project's embedded store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(root)
+    given = os.environ.get("MLFLOW_TRACKING_URI")
+    return given if given and given not in _OPENED else embedded_uri(root)
 
 
 def open_store(root: Path, experiment: str) -> Store:
@@ -42,6 +48,7 @@ def open_store(root: Path, experiment: str) -> Store:
     client = MlflowClient(uri, uri)
     found = client.get_experiment_by_name(experiment)  # MLflow creates the db (and Default) first
     if uri == embedded_uri(root):
+        _OPENED.add(uri)
         relocate(root)
     artifacts = store_artifacts(root).resolve().as_uri() if uri.startswith("sqlite:") else None
     if found is not None:

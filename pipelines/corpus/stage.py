@@ -12,7 +12,7 @@ from itertools import chain
 from pathlib import Path
 
 from pipelines.atomic import atomic_dir, write_json_atomic, write_jsonl_atomic
-from pipelines.config import DataParams
+from pipelines.config import WORLD_DEFAULTS, DataParams
 from pipelines.corpus.cleaning import clean_document
 from pipelines.corpus.files import (
     EVAL, EVAL_MULTITURN, EVAL_SAFETY, LM_EVAL, SFT, TARGET_LANGUAGE, TRAIN, UPSTREAM_CHAT, UPSTREAM_TARGET_TEXT,
@@ -154,8 +154,10 @@ def _write_cp_text(staging: Path, world_train: Iterable[str], world_heldout: lis
 def _write_stats(stats_path: Path, counts: dict[str, int], params: DataParams, documents: IncomingCounts,
                  shortfall: dict[str, int | str] | None) -> None:
     """The records written, what became of the documents (the inbox's, or with `documents` all of them), and the
-    held-out documents' shortfall from `data.heldout_min` where there is one."""
-    world = {"source_entities": params.source_entities, "target_entities": params.target_entities}
+    held-out documents' shortfall from `data.heldout_min` where there is one; for a generated world, what `auto`
+    means in it (the keys it sets)."""
+    world = {"source_entities": params.source_entities, "target_entities": params.target_entities,
+             "world": params.world, "world_settings": WORLD_DEFAULTS[params.world]}
     described = {"incoming": vars(documents)} if params.source == "generator" else {"documents": vars(documents)}
     write_json_atomic(stats_path, {"records": counts, **(world if params.source == "generator" else {}), **described,
                                    **({"heldout_shortfall": shortfall} if shortfall else {})})

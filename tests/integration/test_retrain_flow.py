@@ -272,12 +272,28 @@ def test_champion_is_served_by_mlflow_models_serve(first_run) -> None:
     assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
 
 
-def test_rerun_skips_everything_and_a_new_ratio_runs_only_its_branch(first_run) -> None:
-    root, _, client = first_run
-    experiment = client.get_experiment_by_name("chatgraft").experiment_id
-    stage_runs = {r.info.run_id: r.info.run_name for r in client.search_runs([experiment], "tags.stage != ''")}
-    again = retrain(project_dir=str(root))
+def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under `folder`."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def test_a_copy_reruns_nothing_never_touches_the_original_and_a_new_ratio_runs_only_its_branch(first_run) -> None:
+    """The rerun happens in a copy of the project (cp -a): DVC skips every stage there, the registry found at the
+    copy's place is the copy's, and nothing of the original changes; then, in the original, a new ratio."""
+    root, _, original = first_run
+    experiment = original.get_experiment_by_name("chatgraft").experiment_id
+    stage_runs = {r.info.run_id: r.info.run_name for r in original.search_runs([experiment], "tags.stage != ''")}
+    before = tree_state(root)
+    copy = root.parent / "copy"
+    subprocess.run(["cp", "-a", str(root), str(copy)], check=True)
+    again = retrain(project_dir=str(copy))
     assert again.reproduced == []
+    assert tree_state(root) == before  # no run, version, artifact or cache file of the original written
+    client = MlflowClient(embedded_uri(copy), embedded_uri(copy))
+    locations = [client.get_experiment(experiment).artifact_location,
+                 *(run.info.artifact_uri for run in client.search_runs([experiment]))]
+    assert all(location.startswith(copy.as_uri() + "/") for location in locations)
     # one parent run that says so, linking the runs that hold each stage's results: no cached copies
     assert {r.info.run_id for r in client.search_runs([experiment], "tags.stage != ''")} == set(stage_runs)
     (parent,) = client.search_runs([experiment], "attributes.run_name LIKE 'retrain-%'", max_results=1,

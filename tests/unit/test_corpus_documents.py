@@ -71,8 +71,10 @@ def test_corpus_counts_documents_cleaned_away_and_duplicates(tmp_path: Path) -> 
     build_corpus(DataParams(source_entities=4, target_entities=4, min_document_chars=5, heldout_min=0,
                             heldout_share=0.0), tmp_path / "corpus",
                  tmp_path / "stats.json", incoming)
-    stats = json.loads((tmp_path / "stats.json").read_text())["incoming"]
+    report = json.loads((tmp_path / "stats.json").read_text())
+    stats = report["incoming"]
     assert stats["documents"] == 2 and stats["too_short_removed"] == 1 and stats["duplicates_removed"] == 1
+    assert report["world"] == "domain" and report["world_settings"]["cp.new_tokens"] == 0  # what `auto` means there
     train = (tmp_path / "corpus" / TRAIN).read_text()
     assert "the city of kato is far ." in train and "the  city" not in train
 

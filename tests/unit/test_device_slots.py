@@ -71,8 +71,12 @@ def test_cp_holds_a_slot_a_process_and_a_stage_that_needs_more_than_there_are_is
     DeviceSlots([0], threads=None).check("cp", 4)  # one slot: the stage sees every device
 
 
-def test_several_slots_on_the_cpu_share_the_cores_out(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_several_slots_on_the_cpu_share_the_cores_out_among_their_holders(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert DeviceSlots.for_run(params(gpu_slots=2)).threads == 4
+    shared = DeviceSlots.for_run(params(gpu_slots=2))
+    with shared.hold(1) as holder, shared.hold(0) as other:
+        assert holder == {"OMP_NUM_THREADS": "4"} and other == {}  # a stage with no slot: torch's own choice
     assert DeviceSlots.for_run(params(gpu_slots=1)).threads is None
-    assert DeviceSlots.for_run(params(gpu_slots=2, threads_per_slot=1)).threads == 1
+    fixed = DeviceSlots.for_run(params(gpu_slots=2, threads_per_slot=1))
+    with fixed.hold(1) as holder, fixed.hold(0) as other:
+        assert holder == other == {"OMP_NUM_THREADS": "1"}  # fixed: every stage process, to compare runs
