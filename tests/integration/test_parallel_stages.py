@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
@@ -27,12 +26,6 @@ def scores(root: Path) -> dict[str, dict]:
             for path in sorted((root / "metrics" / "eval").rglob("*.json"))}
 
 
-def set_slots(root: Path, slots: int) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["flow"]["gpu_slots"] = slots
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory):
     """The same project twice, the flow with one slot in the first and two in the second. Yields the second, both
@@ -42,8 +35,8 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory):
     with prefect_test_harness(server_startup_timeout=120):
         one = make_project(tmp_path_factory.mktemp("one-slot") / "project", PARAMS)
         retrain(project_dir=str(one), stage_logs=True)
-        two = make_project(tmp_path_factory.mktemp("two-slots") / "project", PARAMS)
-        set_slots(two, 2)
+        two = make_project(tmp_path_factory.mktemp("two-slots") / "project",
+                           {**PARAMS, "flow": {**PARAMS["flow"], "gpu_slots": 2}})
         state = retrain(project_dir=str(two), stage_logs=True, return_state=True)
         with get_client(sync_client=True) as client:
             task_runs = client.read_task_runs(
