@@ -11,7 +11,8 @@ from flows.tracking.store import Store
 
 LINEAGE = (("candidate", "candidate"), ("git_sha", "code (git)"), ("dvc_data_md5", "corpus (DVC md5)"),
            (registry.MODEL_MD5_TAG, "weights (DVC md5)"), ("source.base", "base"), ("source.chat", "chat"),
-           ("source.cp", "continually pretrained"), ("merge_ratio", "merge ratio"),
+           ("source.cp", "continually pretrained"), ("finetune_method", "CP fine-tuned with"),
+           ("merge_ratio", "merge ratio"),
            ("align_method", "aligned with"), ("dvc_experiment", "DVC experiment"),
            ("prefect_flow_run_id", "Prefect flow run"), *MACHINE_TAGS.items(), ("env.threads", "torch threads"),
            ("env.packages_sha256", "packages (sha256)"))

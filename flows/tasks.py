@@ -25,7 +25,9 @@ from flows.tracking import registry
 from flows.tracking.stage_runs import (
     find_stage_run, link_stage_run, log_file, log_metrics, log_stage_outputs, log_text, set_tags, tracked_run,
 )
-from pipelines.candidates import ALIGNED_PREFIX, COMPETING_PREFIXES, MERGED_PREFIX, candidate_dir
+from pipelines.candidates import (
+    ALIGNED_PREFIX, COMPETING_PREFIXES, FINETUNED_PREFIX, MERGED_PREFIX, candidate_dir, finetuned_merged_parts,
+)
 from pipelines.corpus.files import EVAL
 from pipelines.evaluate.sets import load_eval_set
 from pipelines.inputs import INPUTS, mirror_inputs
@@ -224,6 +226,10 @@ def _version_tags(ctx: RunContext, candidate: str, model_md5: str) -> dict[str, 
     if candidate.startswith(MERGED_PREFIX):
         tags["merge_ratio"] = candidate.removeprefix(MERGED_PREFIX)
         tags["merge_embedding_rows"] = ctx.params.merge.embedding_rows
+    if candidate.startswith(FINETUNED_PREFIX):  # CP -> FT -> + chat vector: the fine-tuning, then the merge
+        method, tags["merge_ratio"] = finetuned_merged_parts(candidate)
+        tags |= {"finetune_method": method, "merge_embedding_rows": ctx.params.merge.embedding_rows,
+                 "source.finetuned": str(ctx.layout.finetuned_model(method).relative_to(ctx.root))}
     if candidate.startswith(ALIGNED_PREFIX):
         manifest = json.loads((candidate_dir(ctx.layout, candidate) / ALIGN_MANIFEST).read_text())
         tags |= {"align_method": manifest["method"], "aligned_from": manifest["from"]}

@@ -1,5 +1,6 @@
-"""The models the leaderboard ranks, by name: the references (base, chat, cp), merged-<ratio> and
-aligned-<method>, and where each one's checkpoint is."""
+"""The models the leaderboard ranks, by name: the references (base, chat, cp), merged-<ratio> (CP + chat vector),
+aligned-<method> (the best of those fine-tuned) and finetuned-<method>-merged-<ratio> (CP fine-tuned, then + chat
+vector), and where each one's checkpoint is."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,8 @@ from pipelines.layout import Layout
 REFERENCE_CANDIDATES = ("base", "chat", "cp")
 MERGED_PREFIX = "merged-"
 ALIGNED_PREFIX = "aligned-"
-COMPETING_PREFIXES = (MERGED_PREFIX, ALIGNED_PREFIX)  # candidates that can win; the references only show the way
+FINETUNED_PREFIX = "finetuned-"
+COMPETING_PREFIXES = (MERGED_PREFIX, ALIGNED_PREFIX, FINETUNED_PREFIX)  # candidates that can win; the references only show the way
 
 
 def merged_name(ratio: float | str) -> str:
@@ -22,8 +24,20 @@ def aligned_name(method: str) -> str:
     return f"{ALIGNED_PREFIX}{method}"
 
 
+def finetuned_merged_name(method: str, ratio: float | str) -> str:
+    """The candidate name of CP fine-tuned with `method`, then merged with the chat vector at `ratio`."""
+    return f"{FINETUNED_PREFIX}{method}-merged-{ratio}"
+
+
+def finetuned_merged_parts(candidate: str) -> tuple[str, str]:
+    """The method and ratio (as written) a finetuned-<method>-merged-<ratio> name carries."""
+    method, _, ratio = candidate.removeprefix(FINETUNED_PREFIX).partition("-merged-")
+    return method, ratio
+
+
 def candidate_dir(layout: Layout, candidate: str) -> Path:
-    """The checkpoint of a named candidate: base, chat, cp, merged-<ratio> or aligned-<method>."""
+    """The checkpoint of a named candidate: base, chat, cp, merged-<ratio>, aligned-<method> or
+    finetuned-<method>-merged-<ratio>."""
     from pipelines.upstream.manifest import read_upstream  # the training stack: only when a base or chat path is asked
 
     if candidate in ("base", "chat"):
@@ -34,4 +48,7 @@ def candidate_dir(layout: Layout, candidate: str) -> Path:
         return layout.merged_model(candidate.removeprefix(MERGED_PREFIX))
     if candidate.startswith(ALIGNED_PREFIX):
         return layout.aligned_model(candidate.removeprefix(ALIGNED_PREFIX))
-    raise ValueError(f"unknown candidate {candidate!r}: expected base, chat, cp, merged-<ratio> or aligned-<method>")
+    if candidate.startswith(FINETUNED_PREFIX) and all(finetuned_merged_parts(candidate)):
+        return layout.finetuned_merged_model(*finetuned_merged_parts(candidate))
+    raise ValueError(f"unknown candidate {candidate!r}: expected base, chat, cp, merged-<ratio>, aligned-<method> or "
+                     "finetuned-<method>-merged-<ratio>")

@@ -141,7 +141,7 @@ def pick() -> None:
 def align(method: str = typer.Argument(help="an align method, as written in align.methods")) -> None:
     """Fine-tune the best merged model on the curated SFT set into models/aligned/<method>."""
     from pipelines.align.pick import PICKED
-    from pipelines.align.stage import align_best_merged
+    from pipelines.align.tune import tune_on_sft_set
     from pipelines.candidates import candidate_dir
 
     params, layout = load_params(PARAMS), _layout()
@@ -149,14 +149,49 @@ def align(method: str = typer.Argument(help="an align method, as written in alig
         raise typer.BadParameter(f"{method} is not in align.methods {params.align.methods}")
     merged = json.loads(layout.stage_report("align/pick").read_text())[PICKED]
     typer.echo(f"aligning {merged} with {method}")
-    align_best_merged(method=method, params=params.align, sft_dir=layout.sft_set, merged_name=merged,
-                      merged_dir=candidate_dir(layout, merged), out_dir=layout.aligned_model(method),
-                      metrics_path=layout.stage_report(f"align/train-{method}"),
-                      curve_csv=layout.plots / f"align_{method}_loss.csv")
+    tune_on_sft_set(method=method, params=params.align, sft_dir=layout.sft_set, source_name=merged,
+                    source_dir=candidate_dir(layout, merged), out_dir=layout.aligned_model(method),
+                    metrics_path=layout.stage_report(f"align/train-{method}"),
+                    curve_csv=layout.plots / f"align_{method}_loss.csv")
 
 
 @app.command()
-def evaluate(candidate: str = typer.Argument(help="base, chat, cp, merged-<ratio> or aligned-<method>")) -> None:
+def finetune(method: str = typer.Argument(help="a fine-tuning method, as written in finetune.methods")) -> None:
+    """Fine-tune CP on the curated SFT set, with the chat model's template, into models/finetuned/<method>: the
+    paper's CP -> FT, before the chat vector is added (merge-finetuned)."""
+    from pipelines.align.tune import tune_on_sft_set
+    from pipelines.upstream.manifest import read_upstream
+
+    params, layout = load_params(PARAMS), _layout()
+    if method not in params.finetune.methods:
+        raise typer.BadParameter(f"{method} is not in finetune.methods {params.finetune.methods}")
+    tune_on_sft_set(method=method, params=params.align, sft_dir=layout.sft_set, source_name="cp",
+                    source_dir=layout.cp_model, out_dir=layout.finetuned_model(method),
+                    metrics_path=layout.stage_report(f"align/finetune-{method}"),
+                    curve_csv=layout.plots / f"finetune_{method}_loss.csv",
+                    template_from=read_upstream(layout.upstream).chat)
+
+
+@app.command("merge-finetuned")
+def merge_finetuned(method: str = typer.Argument(help="as written in finetune.methods"),
+                    ratio: str = typer.Argument(help="as written in finetune.ratios")) -> None:
+    """Write finetuned + ratio * (chat - base) into models/finetuned-merged/<method>-alpha-<ratio>."""
+    from pipelines.merge.chat_vector import merge_chat_vector
+    from pipelines.upstream.manifest import read_upstream
+
+    params, layout = load_params(PARAMS), _layout()
+    if method not in params.finetune.methods or float(ratio) not in params.finetune.ratios:
+        raise typer.BadParameter(f"{method} at {ratio} is not in finetune.methods {params.finetune.methods} x "
+                                 f"finetune.ratios {params.finetune.ratios}")
+    pair = read_upstream(layout.upstream)
+    merge_chat_vector(base=pair.base, chat=pair.chat, cp=layout.finetuned_model(method),
+                      out=layout.finetuned_merged_model(method, ratio), ratio=float(ratio), settings=params.merge,
+                      report_path=layout.finetuned_merge_report(method, ratio), hub_ids=params.upstream.hub_ids)
+
+
+@app.command()
+def evaluate(candidate: str = typer.Argument(help="base, chat, cp, merged-<ratio>, aligned-<method> or "
+                                             "finetuned-<method>-merged-<ratio>")) -> None:
     """Score one candidate into its metrics file (Layout.eval_metrics), its samples and its speed."""
     from pipelines.candidates import candidate_dir
     from pipelines.evaluate.stage import evaluate_candidate
@@ -188,7 +223,9 @@ def plots() -> None:
     params, layout = load_params(PARAMS), _layout()
     curves = {"cp_loss": {"cp": layout.plots / "cp_loss.csv"},
               "upstream_loss": {step: layout.plots / f"upstream_{step}_loss.csv" for step in ("pretrain", "chat")},
-              "align_loss": {method: layout.plots / f"align_{method}_loss.csv" for method in params.align.methods}}
+              "align_loss": {**{method: layout.plots / f"align_{method}_loss.csv" for method in params.align.methods},
+                             **{f"CP {method}": layout.plots / f"finetune_{method}_loss.csv"
+                                for method in params.finetune.methods}}}
     written = draw_plots({name: layout.eval_metrics(name) for name in candidate_names(params)}, layout.leaderboard,
                          curves, layout.plots)
     typer.echo(f"drew {', '.join(path.name for path in written)}")

@@ -287,20 +287,24 @@ class MergeParams(MergeSettings):
 
     ratios: list[StrictFloat] = Field([0.5, 1.0], min_length=1, description="merge ratios to sweep, written as floats")
 
-    @field_validator("ratios", mode="before")
-    @classmethod
-    def _written_as_floats(cls, ratios: Any) -> Any:
-        # DVC names the foreach stages by the literal (merge@1.0): an int would name merge@1 and break the paths.
-        for i, ratio in enumerate(ratios if isinstance(ratios, list) else []):
-            if isinstance(ratio, int) and not isinstance(ratio, bool):
-                raise ValueError(f"item {i}: write ratios as floats ({ratio}.0, not {ratio}), got {ratio!r}")
-        return ratios
+    _floats = field_validator("ratios", mode="before")(lambda ratios: ratios_as_written(ratios))
+    _distinct = field_validator("ratios")(lambda ratios: distinct(ratios, "ratios"))
 
-    @model_validator(mode="after")
-    def _distinct(self) -> "MergeParams":
-        if len(set(self.ratios)) != len(self.ratios):
-            raise ValueError(f"ratios must be distinct, got {self.ratios}")
-        return self
+
+def ratios_as_written(ratios: Any) -> Any:
+    """`ratios` unchanged, or an error naming an int among them: DVC names the foreach stages by the literal
+    (merge@1.0), and an int would name merge@1 and break the paths."""
+    for i, ratio in enumerate(ratios if isinstance(ratios, list) else []):
+        if isinstance(ratio, int) and not isinstance(ratio, bool):
+            raise ValueError(f"item {i}: write ratios as floats ({ratio}.0, not {ratio}), got {ratio!r}")
+    return ratios
+
+
+def distinct(items: list, what: str) -> list:
+    """`items` unchanged, or an error when one is written twice (it would name one stage twice)."""
+    if len(set(items)) != len(items):
+        raise ValueError(f"{what} must be distinct, got {items}")
+    return items
 
 
 class EvalSets(Section):
@@ -416,12 +420,7 @@ class AlignParams(Section):
                                description="the fine-tuning run")
     lora: LoraParams = Field(default_factory=lambda: LoraParams(rank=8, alpha=16), description="the adapters")
 
-    @field_validator("methods")
-    @classmethod
-    def _distinct(cls, methods: list[str]) -> list[str]:
-        if len(set(methods)) != len(methods):
-            raise ValueError(f"methods must be distinct, got {methods}")
-        return methods
+    _distinct = field_validator("methods")(lambda methods: distinct(methods, "methods"))
 
     @field_validator("class_weights")
     @classmethod
@@ -430,6 +429,21 @@ class AlignParams(Section):
         if bad:
             raise ValueError(f"class weights must be > 0, got {bad}")
         return weights
+
+
+class FinetuneParams(Section):
+    """The paper's best path, CP -> FT -> + chat vector: CP fine-tuned on the curated SFT set with the align stages'
+    training (align.train, align.lora), then the chat vector added, as the finetuned-<method>-merged-<ratio>
+    candidates."""
+
+    methods: list[Literal["sft"]] = Field(
+        default_factory=lambda: ["sft"], description="how CP is fine-tuned first: sft; []: the family is off. Not "
+        "c-rlft: it conditions the chat template, and the merge gives the model the chat model's")
+    ratios: list[StrictFloat] = Field([1.0], min_length=1, description="ratios the chat vector is added at")
+
+    _floats = field_validator("ratios", mode="before")(lambda ratios: ratios_as_written(ratios))
+    _distinct_ratios = field_validator("ratios")(lambda ratios: distinct(ratios, "ratios"))
+    _distinct_methods = field_validator("methods")(lambda methods: distinct(methods, "methods"))
 
 
 class FlowParams(Section):
@@ -524,6 +538,7 @@ class Params(Section):
     eval: EvalParams = Field(default_factory=EvalParams)
     promote: PromoteParams = Field(default_factory=PromoteParams)
     align: AlignParams = Field(default_factory=AlignParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     flow: FlowParams = Field(default_factory=FlowParams)
 
     @model_validator(mode="after")
@@ -540,7 +555,7 @@ class Params(Section):
             "eval.sets.safety": sets.safety,
             "eval.language_scripts": self.eval.language_scripts,  # the generated world's lexicon is not theirs
         }
-        if self.align.methods:
+        if self.align.methods or self.finetune.methods:
             needed["align.data"] = self.align.data
         if self.eval.lm_eval_tasks:
             needed["eval.lm_eval_include_path"] = self.eval.lm_eval_include_path

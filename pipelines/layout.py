@@ -69,6 +69,16 @@ class Layout:
     def aligned_model(self, method: str) -> Path:
         return self.root / "models" / "aligned" / method
 
+    def finetuned_model(self, method: str) -> Path:
+        """CP fine-tuned with `method` on the curated SFT set, before a chat vector is added."""
+        return self.root / "models" / "finetuned" / method
+
+    def finetuned_merged_model(self, method: str, ratio: str) -> Path:
+        return self.root / "models" / "finetuned-merged" / f"{method}-alpha-{ratio}"
+
+    def finetuned_merge_report(self, method: str, ratio: str) -> Path:
+        return self.root / "reports" / "merge" / f"finetuned-{method}-alpha-{ratio}.json"
+
     @property
     def merged_eval_metrics(self) -> Path:
         """The merged models' scores, a folder of their own: all the align stages read to pick the best one."""
@@ -76,11 +86,14 @@ class Layout:
 
     def eval_metrics(self, candidate: str) -> Path:
         """Where `candidate`'s scores go, the DVC metrics a run is compared by: metrics/eval, merged models' in
-        metrics/eval/merged (what the align stages read), aligned models' in metrics/eval/aligned."""
-        from pipelines.candidates import ALIGNED_PREFIX, MERGED_PREFIX  # it names Layout: imported here
+        metrics/eval/merged (what the align stages read), aligned models' in metrics/eval/aligned, models fine-tuned
+        before their merge in metrics/eval/finetuned."""
+        from pipelines.candidates import ALIGNED_PREFIX, FINETUNED_PREFIX, MERGED_PREFIX  # it names Layout: here
 
         if candidate.startswith(ALIGNED_PREFIX):
             return self.root / "metrics" / "eval" / "aligned" / f"{candidate}.json"
+        if candidate.startswith(FINETUNED_PREFIX):
+            return self.root / "metrics" / "eval" / "finetuned" / f"{candidate}.json"
         if candidate.startswith(MERGED_PREFIX):
             return self.merged_eval_metrics / f"{candidate}.json"
         return self.root / "metrics" / "eval" / f"{candidate}.json"

@@ -8,7 +8,9 @@ from typing import Any
 
 from pipelines.atomic import write_json_atomic
 from pipelines.config import Params, PromoteParams
-from pipelines.candidates import COMPETING_PREFIXES, REFERENCE_CANDIDATES, aligned_name, merged_name
+from pipelines.candidates import (
+    COMPETING_PREFIXES, REFERENCE_CANDIDATES, aligned_name, finetuned_merged_name, merged_name,
+)
 from pipelines.promotion import rank_candidates
 
 
@@ -69,8 +71,11 @@ class Leaderboard:
 
 
 def candidate_names(params: Params) -> list[str]:
-    """Every model the evaluate stages score: the references, one per merge ratio, one per align method."""
-    return [*REFERENCE_CANDIDATES, *map(merged_name, params.merge.ratios), *map(aligned_name, params.align.methods)]
+    """Every model the evaluate stages score: the references, one per merge ratio, one per align method, one per
+    fine-tuning method and ratio of the fine-tuned-first family."""
+    return [*REFERENCE_CANDIDATES, *map(merged_name, params.merge.ratios), *map(aligned_name, params.align.methods),
+            *(finetuned_merged_name(method, ratio) for method in params.finetune.methods
+              for ratio in params.finetune.ratios)]
 
 
 def read_metrics(metric_files: dict[str, Path]) -> dict[str, dict[str, Any]]:
@@ -87,15 +92,16 @@ def build_leaderboard(metric_files: dict[str, Path], policy: PromoteParams, repo
     """Read each candidate's metrics (`name -> file`), rank them, and write every row with the winner and why to
     `report`, the winner and its primary metric to `summary`.
 
-    base, chat and cp are ranked for reference; merged and aligned models compete.
+    base, chat and cp are ranked for reference; merged, aligned and fine-tuned-then-merged models compete.
     """
     ranked = rank_candidates(read_metrics(metric_files), policy)
     winner = next((r for r in ranked if r.eligible and r.name.startswith(COMPETING_PREFIXES)), None)
     board = Leaderboard(
         winner=winner.name if winner else None,
         primary_metric=policy.primary_metric,
-        reason=(f"highest {policy.primary_metric} among merged and aligned models meeting every guardrail"
-                if winner else "no merged or aligned model meets every guardrail"),
+        reason=(f"highest {policy.primary_metric} among the merged, aligned and fine-tuned-then-merged models "
+                "meeting every guardrail"
+                if winner else "no merged, aligned or fine-tuned-then-merged model meets every guardrail"),
         rows=[LeaderboardRow(r.name, i + 1, "candidate" if r.name.startswith(COMPETING_PREFIXES) else "reference",
                              r.eligible, r.violations, r.metrics) for i, r in enumerate(ranked)],
     )

@@ -2,7 +2,8 @@
 the CP setup against the machine (`chatgraft check`); and, for a real run, settings still sized for the tiny world.
 
 Relative paths are read from the project root, where the stages run. Each problem names the params key and
-the file, line or tensor at fault; a run with problems does not start.
+the file, line or tensor at fault; a run with problems does not start. The flow imports this module before every
+run: the checks that need torch or transformers import them when a path asks for them.
 """
 from __future__ import annotations
 
@@ -12,16 +13,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.align.sft_set import read_sft_set
 from pipelines.config import CPParams, Params
 from pipelines.corpus.documents import check_document_folder
 from pipelines.evaluate.inputs import eval_inputs
 from pipelines.layout import Layout
-from pipelines.model_folder import check_model_folder
-from pipelines.training.memory import GIB
-from pipelines.upstream.pair_check import check_pair
 
 Check = Callable[[Path], object]
+GIB = 2**30  # pipelines.training.memory's unit, without importing the training stack
+
+
+def _model_folder(allow_pickle: bool = False) -> Check:
+    def check(path: Path) -> object:
+        from pipelines.model_folder import check_model_folder  # torch, safetensors and transformers
+
+        return check_model_folder(path, allow_pickle)
+    return check
+
+
+def _sft_set(path: Path) -> object:
+    from pipelines.align.sft_set import read_sft_set  # the curation's dedup: datasketch and numpy
+
+    return read_sft_set(path)
 
 
 def _named_inputs(params: Params) -> Iterator[tuple[str, str, Check]]:
@@ -31,17 +43,16 @@ def _named_inputs(params: Params) -> Iterator[tuple[str, str, Check]]:
     if params.data.source == "documents" and documents and "://" not in documents:  # S3 is read by the import
         yield "data.documents", documents, check_document_folder
     if upstream.base_path and upstream.chat_path:
-        yield "upstream.base_path", upstream.base_path, check_model_folder
-        yield "upstream.chat_path", upstream.chat_path, check_model_folder
+        yield "upstream.base_path", upstream.base_path, _model_folder()
+        yield "upstream.chat_path", upstream.chat_path, _model_folder()
     for i, vector in enumerate(merge.vectors):
         for role in ("base", "tuned"):
-            yield (f"merge.vectors.{i}.{role}", getattr(vector, role),
-                   lambda path: check_model_folder(path, merge.allow_pickle))
+            yield f"merge.vectors.{i}.{role}", getattr(vector, role), _model_folder(merge.allow_pickle)
     for item in eval_inputs(evaluate, Layout(Path()).corpus).values():
         if item.key and not item.in_corpus:  # what the corpus stage writes is not there before a run
             yield item.key, str(item.path), item.reader
     if params.align.data:
-        yield "align.data", params.align.data, read_sft_set
+        yield "align.data", params.align.data, _sft_set
 
 
 def input_problems(params: Params, root: Path) -> list[str]:
@@ -55,6 +66,8 @@ def input_problems(params: Params, root: Path) -> list[str]:
             problems.append(f"{key}: {error}")
     upstream = params.upstream
     if upstream.base_path and upstream.chat_path and not any(p.startswith("upstream.") for p in problems):
+        from pipelines.upstream.pair_check import check_pair  # the tokenizers: transformers
+
         pair = check_pair({"base": root / upstream.base_path, "chat": root / upstream.chat_path})
         problems += [f"upstream: {problem}" for problem in pair.problems]
     return problems

@@ -40,6 +40,8 @@ TINY_PARAMS = {
     # dvc.yaml names align keys too; methods [] keeps the flow tests short (one test turns them on)
     "align": {**AlignParams().model_dump(), "methods": [],
               "train": {"steps": 12, "batch_size": 8, "block_size": 32, "learning_rate": 2.0e-3}},
+    # the fine-tuned-first family, off like align (the retrain flow's test turns it on)
+    "finetune": {"methods": [], "ratios": [1.0]},
     # the answers' evaluation view costs seconds a candidate: the retrain flow's test turns it on
     "flow": {"retries": 2, "retry_delay_seconds": 1.0, "answers_view": False},
 }
@@ -155,10 +157,10 @@ def tiny_params() -> dict:
 # The longest modules first (measured on a 2-core machine), so that pytest-xdist's two workers, each given whole
 # files (--dist loadfile), end together instead of one starting a long module when the other is nearly done
 # (`make test` passes --no-loadscope-reorder: xdist otherwise orders files by their number of tests).
-LONGEST_FIRST = ["test_crash_recovery.py", "test_retrain_flow.py", "test_stack.py", "test_hub_world.py",
-                 "test_schedule.py", "test_cp_resume.py", "test_cp_distributed.py", "test_parallel_stages.py",
-                 "test_ui_moves.py", "test_ui_console.py", "test_fsdp_weights.py", "test_inbox.py",
-                 "test_stale_outputs.py", "test_promotion_moves.py"]
+LONGEST_FIRST = ["test_retrain_flow.py", "test_stack.py", "test_crash_recovery.py", "test_hub_world.py",
+                 "test_cp_distributed.py", "test_parallel_stages.py", "test_schedule.py",
+                 "test_killed_run_leaves_nothing.py", "test_cp_resume.py", "test_ui_moves.py", "test_ui_console.py",
+                 "test_inbox.py", "test_promotion_moves.py", "test_fsdp_weights.py", "test_stale_outputs.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -25,6 +25,7 @@ from prefect import flow
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, TaskRunFilter, TaskRunFilterTags
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.testing.utilities import prefect_test_harness
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -39,6 +40,7 @@ from flows.retrain import RetrainResult, retrain
 from flows.stale_outputs import stale_outputs_note
 from flows.tracking.store import embedded_uri
 from pipelines.atomic import read_jsonl
+from pipelines.candidates import COMPETING_PREFIXES
 from pipelines.layout import ALIGN_MANIFEST
 from pipelines.leaderboard import Leaderboard
 from tests.conftest import ONE_BRANCH_PARAMS, TINY_PARAMS, answers_health, ask_served_model, free_port, make_project, wait_until
@@ -46,12 +48,14 @@ from tests.conftest import ONE_BRANCH_PARAMS, TINY_PARAMS, answers_health, ask_s
 pytestmark = pytest.mark.integration
 MODEL = "chatgraft-chat"
 STAGES = ["inputs", "corpus", "upstream", "cp", "merge@1.0", "evaluate@base", "evaluate@chat", "evaluate-cp",
-          "evaluate-merged@1.0", "curate", "pick", "align@c-rlft", "evaluate-aligned@c-rlft",
-          "leaderboard", "plots"]
+          "evaluate-merged@1.0", "curate", "pick", "align@c-rlft", "evaluate-aligned@c-rlft", "finetune@sft",
+          "merge-finetuned@sft-1.0", "evaluate-finetuned@sft-1.0", "leaderboard", "plots"]
 # one merge ratio (a test adds a second) and one align method keep the module short; both align methods are the
-# same stage code (unit tests cover sft and c-rlft)
+# same stage code (unit tests cover sft and c-rlft). The fine-tuned-first family at one ratio, as `make run` has it
+FINETUNED = "finetuned-sft-merged-1.0"
 UMASK = 0o022  # the usual one: outputs readable by everyone on the machine
 FLOW_PARAMS = {**ONE_BRANCH_PARAMS, "align": {**TINY_PARAMS["align"], "methods": ["c-rlft"]},
+               "finetune": {"methods": ["sft"], "ratios": [1.0]},
                "flow": {**TINY_PARAMS["flow"], "answers_view": True}}
 
 
@@ -98,6 +102,11 @@ def test_every_stage_ran_and_the_winner_became_champion(first_run) -> None:
     assert "| rank | candidate |" in result.leaderboard and "aligned-c-rlft" in result.leaderboard
     board = json.loads((root / "reports" / "leaderboard.json").read_text())
     assert board["candidates"]["aligned-c-rlft"]["role"] == "candidate"
+    assert board["candidates"][FINETUNED]["role"] == "candidate" and FINETUNED in result.leaderboard
+    finetuned = root / "models" / "finetuned" / "sft"  # CP -> FT (in the chat format) -> + chat vector
+    assert json.loads((finetuned / ALIGN_MANIFEST).read_text())["from"] == "cp"
+    merged = root / "models" / "finetuned-merged" / "sft-alpha-1.0"
+    assert AutoTokenizer.from_pretrained(merged).chat_template == AutoTokenizer.from_pretrained(finetuned).chat_template
     (move,) = history.read(open_project(root).store, MODEL)  # the flow's decision, in the promotion history
     assert (move.decision, move.from_version, move.to_version) == ("promoted", "none", "1")
     assert move.flow_run != "none" and move.actor.startswith("retrain flow run")
@@ -203,7 +212,8 @@ def test_training_merge_and_evaluation_tasks_hold_gpu_slots(first_run) -> None:
         gpu_runs = client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])))
         limit = client.read_global_concurrency_limit_by_name("tag:gpu")
     assert {run.name for run in gpu_runs} >= {"cp", "merge@1.0", "align@c-rlft", "evaluate@base", "evaluate@chat",
-                                              "evaluate-cp", "evaluate-merged@1.0", "evaluate-aligned@c-rlft"}
+                                              "evaluate-cp", "evaluate-merged@1.0", "evaluate-aligned@c-rlft",
+                                              "finetune@sft", "merge-finetuned@sft-1.0", "evaluate-finetuned@sft-1.0"}
     assert not {run.name for run in gpu_runs} & {"inputs", "corpus", "upstream", "curate", "pick", "leaderboard"}
     assert limit.limit == 1  # flow.gpu_slots
 
@@ -317,15 +327,15 @@ def test_a_copy_reruns_nothing_never_touches_the_original_and_a_new_ratio_runs_o
                                   "plots"]
 
 
-def test_top_k_registers_the_best_eligible_merged_and_aligned_models(first_run) -> None:
+def test_top_k_registers_the_best_eligible_merged_aligned_and_finetuned_models(first_run) -> None:
     root, _, client = first_run
-    apply_overrides(root / "params.yaml", ["promote.register_top_k=3"])
+    apply_overrides(root / "params.yaml", ["promote.register_top_k=4"])  # each family has a version to read
     result, console = run_quietly(root)
     assert result.reproduced == ["leaderboard"]
     board = json.loads((root / "reports" / "leaderboard.json").read_text())
-    competing = sorted((n for n in board["candidates"] if n.startswith(("merged-", "aligned-"))),
+    competing = sorted((n for n in board["candidates"] if n.startswith(COMPETING_PREFIXES)),
                        key=lambda n: board["candidates"][n]["rank"])
-    assert len(competing) == 3
+    assert FINETUNED in competing and len(competing) == 4  # two ratios, one align method, the fine-tuned first
     versions = {v.tags["candidate"]: v for v in client.search_model_versions(f"name = '{MODEL}'")}
     assert set(competing) <= set(versions)
     assert client.get_model_version_by_alias(MODEL, "challenger").tags["candidate"] == board["winner"] == competing[0]
@@ -335,8 +345,15 @@ def test_top_k_registers_the_best_eligible_merged_and_aligned_models(first_run) 
     assert [line.split(" (")[0] for line in said] == [
         *(f"version {versions[name].version}: {name}" for name in competing), f"challenger: version {result.version}"]
     assert "(registered now)" in said[1] + said[2]  # a run before registered its winner alone
-    aligned = versions["aligned-c-rlft"].tags
-    assert aligned["align_method"] == "c-rlft" and aligned["aligned_from"] in competing
+    for name in competing:  # each family's registry tags say how it was made
+        tags = versions[name].tags
+        if name.startswith("aligned-"):
+            assert tags["align_method"] == "c-rlft" and tags["aligned_from"].startswith("merged-")
+        elif name.startswith("finetuned-"):
+            assert (tags["finetune_method"], tags["merge_ratio"]) == ("sft", "1.0")
+            assert tags["source.finetuned"] == "models/finetuned/sft"
+        else:
+            assert tags["merge_ratio"] == name.removeprefix("merged-")
 
 
 def test_an_eval_param_re_scores_the_models_and_retrains_nothing(first_run) -> None:

@@ -73,7 +73,8 @@ def _closure(files: set[Path], seen: set[Path]) -> set[Path]:
 def command_modules(command: str) -> set[str]:
     """Every project module `python -m pipelines <command>` imports: the CLI's own imports and the command's."""
     cli = ast.parse((REPO / PACKAGE / "cli.py").read_text())
-    (function,) = [node for node in cli.body if isinstance(node, ast.FunctionDef) and node.name == command]
+    (function,) = [node for node in cli.body  # typer names a command after its function, `_` as `-`
+                   if isinstance(node, ast.FunctionDef) and node.name == command.replace("-", "_")]
     top = ast.Module(body=[node for node in cli.body if isinstance(node, (ast.Import, ast.ImportFrom))],
                      type_ignores=[])
     cli_file = REPO / PACKAGE / "cli.py"  # read above, command by command: its other commands' imports are not

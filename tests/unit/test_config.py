@@ -67,4 +67,7 @@ def test_documents_bring_their_own_sets_and_pair_each_missing_one_named() -> Non
     message = str(error.value)
     assert "eval.sets.multiturn" in message and "eval.sets.safety" in message and "align.data" in message
     assert "eval.sets.instruction" not in message and "data.documents," not in message
-    assert validate_params({**complete, "align": {"methods": []}}).align.data is None  # no align: no SFT set
+    no_tuning = {**complete, "align": {"methods": []}, "finetune": {"methods": []}}
+    assert validate_params(no_tuning).align.data is None  # nothing fine-tuned: no SFT set
+    with pytest.raises(ParamsError, match="align.data"):  # CP fine-tuned before its merge reads the SFT set too
+        validate_params({**no_tuning, "finetune": {"methods": ["sft"]}})

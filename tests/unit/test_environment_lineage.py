@@ -111,8 +111,9 @@ def test_status_compares_with_this_machine_without_probing_torch_again(store: St
     environment_tags.cache_clear()  # a fresh process, as `chatgraft status` is
     monkeypatch.setattr(environment_lineage, "_probe_torch", probe)
     assert machine_tags() == here
-    shown = _champion(store, "scored-on-amd-seen-from-here", {**recorded_here, **AMD})
-    assert NOTICE in shown and f"torch CPU capability: AVX2 there, {here['env.cpu_capability']} here" in shown
+    there = "AVX512" if here["env.cpu_capability"] != "AVX512" else "AVX2"  # a kind other than this machine's
+    shown = _champion(store, "scored-on-amd-seen-from-here", {**recorded_here, **AMD, "env.cpu_capability": there})
+    assert NOTICE in shown and f"torch CPU capability: {there} there, {here['env.cpu_capability']} here" in shown
     assert NOTICE not in _champion(store, "scored-here-seen-from-here", recorded_here)
 
 

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import AlignParams, Bound, MergeParams, Params, PromoteParams
+from pipelines.config import AlignParams, Bound, FinetuneParams, MergeParams, Params, PromoteParams
 from pipelines.layout import Layout
 from pipelines.leaderboard import Leaderboard, build_leaderboard, candidate_names
 
 POLICY = PromoteParams(guardrails={"termination_rate": Bound(min=0.9)})
-NO_ALIGN = Params(align=AlignParams(methods=[]))
+NO_ALIGN = Params(align=AlignParams(methods=[]), finetune=FinetuneParams(methods=[]))
 
 
 def _write(root: Path, scores: dict[str, tuple[float, float]]) -> dict[str, Path]:
@@ -23,7 +23,8 @@ def _write(root: Path, scores: dict[str, tuple[float, float]]) -> dict[str, Path
 
 def test_candidate_names_follow_the_ratios_and_align_methods() -> None:
     params = Params(merge=MergeParams(ratios=[0.5, 1.0]), align=AlignParams(methods=["c-rlft"]))
-    assert candidate_names(params) == ["base", "chat", "cp", "merged-0.5", "merged-1.0", "aligned-c-rlft"]
+    assert candidate_names(params) == ["base", "chat", "cp", "merged-0.5", "merged-1.0", "aligned-c-rlft",
+                                       "finetuned-sft-merged-1.0"]
     assert candidate_names(NO_ALIGN)[-1] == "merged-1.0"
 
 
@@ -64,7 +65,7 @@ def test_no_winner_when_no_merged_model_meets_the_guardrails(tmp_path: Path) -> 
     files = _write(tmp_path, {"base": (0, 0), "chat": (0.5, 1.0), "cp": (0, 0), "merged-0.5": (0.9, 0.5),
                               "merged-1.0": (0.8, 0.2)})
     board = build_leaderboard(files, POLICY, tmp_path / "board.json", tmp_path / "summary.json")
-    assert board.winner is None and "no merged or aligned model" in board.reason
+    assert board.winner is None and "no merged, aligned or fine-tuned-then-merged model" in board.reason
     assert json.loads((tmp_path / "summary.json").read_text()) == {"winner": {"name": None}}
 
 
