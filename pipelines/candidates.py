@@ -11,7 +11,8 @@ REFERENCE_CANDIDATES = ("base", "chat", "cp")
 MERGED_PREFIX = "merged-"
 ALIGNED_PREFIX = "aligned-"
 FINETUNED_PREFIX = "finetuned-"
-COMPETING_PREFIXES = (MERGED_PREFIX, ALIGNED_PREFIX, FINETUNED_PREFIX)  # candidates that can win; the references only show the way
+# candidates that can win; the references only show the way
+COMPETING_PREFIXES = (MERGED_PREFIX, ALIGNED_PREFIX, FINETUNED_PREFIX)
 
 
 def merged_name(ratio: float | str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from pipelines.atomic import exit_cleanly_on_sigterm
-from pipelines.config import load_params
+from pipelines.config import Params, load_params
 from pipelines.layout import Layout
 from pipelines.stage_log import record_stage
 
@@ -101,16 +101,20 @@ def cp() -> None:
 @app.command()
 def merge(ratio: str = typer.Argument(help="merge ratio, as written in merge.ratios")) -> None:
     """Write CP + ratio * (chat - base) into models/merged/alpha-<ratio>."""
-    from pipelines.merge.chat_vector import merge_chat_vector
-    from pipelines.upstream.manifest import read_upstream
-
     params, layout = load_params(PARAMS), _layout()
     if float(ratio) not in params.merge.ratios:
         raise typer.BadParameter(f"{ratio} is not in merge.ratios {params.merge.ratios}")
+    _add_chat_vector(params, layout, layout.cp_model, ratio, layout.merged_model(ratio), layout.merge_report(ratio))
+
+
+def _add_chat_vector(params: Params, layout: Layout, model: Path, ratio: str, out: Path, report: Path) -> None:
+    """Write `model` + ratio * (chat - base) into `out`, with the merge settings of params.yaml."""
+    from pipelines.merge.chat_vector import merge_chat_vector
+    from pipelines.upstream.manifest import read_upstream
+
     pair = read_upstream(layout.upstream)
-    merge_chat_vector(base=pair.base, chat=pair.chat, cp=layout.cp_model, out=layout.merged_model(ratio),
-                      ratio=float(ratio), settings=params.merge, report_path=layout.merge_report(ratio),
-                      hub_ids=params.upstream.hub_ids)
+    merge_chat_vector(base=pair.base, chat=pair.chat, cp=model, out=out, ratio=float(ratio), settings=params.merge,
+                      report_path=report, hub_ids=params.upstream.hub_ids)
 
 
 @app.command()
@@ -176,17 +180,12 @@ def finetune(method: str = typer.Argument(help="a fine-tuning method, as written
 def merge_finetuned(method: str = typer.Argument(help="as written in finetune.methods"),
                     ratio: str = typer.Argument(help="as written in finetune.ratios")) -> None:
     """Write finetuned + ratio * (chat - base) into models/finetuned-merged/<method>-alpha-<ratio>."""
-    from pipelines.merge.chat_vector import merge_chat_vector
-    from pipelines.upstream.manifest import read_upstream
-
     params, layout = load_params(PARAMS), _layout()
     if method not in params.finetune.methods or float(ratio) not in params.finetune.ratios:
         raise typer.BadParameter(f"{method} at {ratio} is not in finetune.methods {params.finetune.methods} x "
                                  f"finetune.ratios {params.finetune.ratios}")
-    pair = read_upstream(layout.upstream)
-    merge_chat_vector(base=pair.base, chat=pair.chat, cp=layout.finetuned_model(method),
-                      out=layout.finetuned_merged_model(method, ratio), ratio=float(ratio), settings=params.merge,
-                      report_path=layout.finetuned_merge_report(method, ratio), hub_ids=params.upstream.hub_ids)
+    _add_chat_vector(params, layout, layout.finetuned_model(method), ratio,
+                     layout.finetuned_merged_model(method, ratio), layout.finetuned_merge_report(method, ratio))
 
 
 @app.command()

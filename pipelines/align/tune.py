@@ -107,7 +107,7 @@ def align_model(method: str, params: AlignParams, examples: list[SftExample], mo
         if (model_dir / NEW_TOKENS).exists():  # their ids are unchanged: a merge still finds their pieces
             shutil.copy2(model_dir / NEW_TOKENS, staging / NEW_TOKENS)
         write_json_atomic(staging / ALIGN_MANIFEST, manifest)
-        write_model_card(staging, title=f"{out_dir.name}: {source} fine-tuned ({method})", sources={source: model_dir},
+        write_model_card(staging, title=f"{source} fine-tuned with {method}", sources={source: model_dir},
                          tags=["alignment", method, "lora"],
                          made_by=f"The {source} model fine-tuned on a small curated SFT set with LoRA adapters, "
                          "folded into full weights (chatgraft's align stages).",
