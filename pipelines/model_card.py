@@ -61,6 +61,12 @@ def _hub_cell(given: str | None, ids: list[str]) -> str:
     return "made from " + ", ".join(f"`{origin}`" for origin in ids) if ids else "none named"
 
 
+def _shown(path: Path) -> Path:
+    """A source's path as the card names it: relative to the working directory (a stage's is the project root) when
+    inside it, so that a moved or copied project writes the same card, and the same output hash."""
+    return path.relative_to(Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
+
+
 def write_model_card(folder: Path, *, title: str, made_by: str, sources: dict[str, Path], tags: list[str],
                      facts: dict[str, object], hub_ids: dict[str, str | None] | None = None) -> Path:
     """Write folder/README.md: `sources` (role -> model folder) become `base_model` and a table with their paths,
@@ -77,8 +83,9 @@ def write_model_card(folder: Path, *, title: str, made_by: str, sources: dict[st
         base_model=list(dict.fromkeys(named)), tags=["chatgraft", *tags], library_name="transformers",
         pipeline_tag="text-generation", license=declared[0] if len(declared) == 1 else ("other" if declared else None),
     )
-    rows = "\n".join(f"| {role} | `{path}` | `{weights_fingerprint(path)}` | {_hub_cell(given[role], ids[role])} "
-                     f"| {licenses[role] or 'not stated'} |" for role, path in sources.items())
+    rows = "\n".join(f"| {role} | `{_shown(path)}` | `{weights_fingerprint(path)}` | "
+                     f"{_hub_cell(given[role], ids[role])} | {licenses[role] or 'not stated'} |"
+                     for role, path in sources.items())
     made = "\n".join(f"| {key} | {value} |" for key, value in facts.items())
     body = (f"# {title}\n\n{made_by}\n\n## Sources\n\n| role | path | fingerprint | hub model | license |\n"
             f"|---|---|---|---|---|\n{rows}\n\n## How it was made\n\n| | |\n|---|---|\n{made}\n")

@@ -63,6 +63,19 @@ def test_a_source_without_an_id_keeps_its_path_and_fingerprint(tmp_path: Path) -
     assert f"`{cp}`" in row and "none named" in row and len(row.split("`")[3]) == 16  # path, fingerprint
 
 
+def test_a_source_inside_the_project_is_named_relative_to_it(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage runs in the project root: a card names the project's own sources from there, so a moved or copied
+    project writes the same card (and DVC the same output hash); a source outside keeps its full path."""
+    project, outside = tmp_path / "project", _folder(tmp_path, "pair")
+    project.mkdir()
+    cp = _folder(project, "cp")
+    monkeypatch.chdir(project)
+    card = _card(project, {"cp": cp, "base": outside})
+    assert "| cp | `cp` |" in _row(card, "cp") and str(project) not in card.text
+    assert f"`{outside}`" in _row(card, "base")
+
+
 def test_the_merged_card_names_the_hub_ids_through_cps_card(tmp_path: Path) -> None:
     trio = make_trio(tmp_path)
     write_model_card(trio["cp"], title="cp", made_by="m", sources={"base": trio["base"]}, tags=[], facts={},
