@@ -48,7 +48,7 @@ def log_run(root: Path) -> float:
 
     def log() -> None:
         with tracked_run(store, "merge", {"stage": "merge"}) as run_id:
-            log_stage_outputs(store, run_id, root, DvcProject(root).spec("merge"), {}, answers_view=False)
+            log_stage_outputs(store, run_id, root, DvcProject(root).spec("merge"), {})
     return timed(log)
 
 

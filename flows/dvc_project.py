@@ -50,12 +50,14 @@ def _stop_tree(process: subprocess.Popen) -> None:
 
 @dataclass(frozen=True)
 class PipelineStage:
-    """A (resolved) stage of dvc.yaml: its name, whether it holds a `gpu` slot, and the stages whose outputs it
-    reads (DVC's graph: it runs after them, and beside any stage that is neither above nor below it)."""
+    """A (resolved) stage of dvc.yaml: its name, whether it holds a `gpu` slot, the stages whose outputs it
+    reads (DVC's graph: it runs after them, and beside any stage that is neither above nor below it), and the
+    outputs it declares (relative to the root)."""
 
     name: str
     gpu: bool
     after: tuple[str, ...] = ()
+    outs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,8 @@ class DvcProject:
             sorted_stages = nx.lexicographical_topological_sort(graph.reverse(copy=False), key=order.__getitem__)
             return [PipelineStage(stage.addressing, bool((stage.meta or {}).get("gpu")),
                                   tuple(dep.addressing for dep in graph.successors(stage)
-                                        if isinstance(dep, dvc_stage.PipelineStage)))
+                                        if isinstance(dep, dvc_stage.PipelineStage)),
+                                  tuple(Path(out.def_path) for out in stage.outs))
                     for stage in sorted_stages if isinstance(stage, dvc_stage.PipelineStage)]
 
     def declared_outputs(self) -> list[Path]:

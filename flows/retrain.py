@@ -12,6 +12,7 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
 from flows.console import LOGS
@@ -22,7 +23,7 @@ from flows.recovery import fail_abandoned_runs, recover_crashed_runs, remove_sta
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
     INTAKE_STAGE, import_documents, link_inputs, promote_challenger, push_outputs, read_leaderboard, register_winner,
-    run_stages, save_experiment, take_new_data, with_retries,
+    run_stages, save_experiment, take_new_data, wait_for_answers_views, with_retries,
 )
 from flows.tracking.stage_runs import describe_stages, log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock
@@ -81,11 +82,12 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
     with tracked_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)) as parent_run_id:
         ctx = replace(ctx, parent_run_id=parent_run_id)
         log_environment(ctx.store, parent_run_id)
+        views: list[PrefectFuture] = []  # answers views still logging while the flow goes on
         try:
             intake = take_new_data(ctx)  # records the inbox stage's output itself
             import_documents(ctx)
             link_inputs(ctx)
-            outcomes = run_stages(ctx, [stage for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE])
+            outcomes = run_stages(ctx, [stage for stage in ctx.dvc.stages() if stage.name != INTAKE_STAGE], views)
             describe_stages(ctx.store, parent_run_id, [(o.stage, not o.cached, o.run_id) for o in outcomes])
 
             board = read_leaderboard(ctx)
@@ -94,8 +96,10 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
             decision = with_retries(ctx, promote_challenger)(ctx, version, board, actor) if version else None
             with_retries(ctx, push_outputs)(ctx)
             save_experiment(ctx)
+            wait_for_answers_views(ctx, views)
         except BaseException:
             with suppress(Exception):  # MLflow may be what failed: then the next run's recovery closes them
+                wait_for_answers_views(ctx, views)
                 _close_abandoned_runs(ctx)
             raise
         _close_abandoned_runs(ctx)

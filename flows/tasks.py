@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.futures import PrefectFuture
 
-from flows.console import live_line, say, stage_line, task_line
+from flows.console import last_lines, live_line, say, stage_line, task_line
 from flows.context import RunContext
 from flows.device_slots import devices_needed
 from flows.dvc_project import PipelineStage, StageFailed
@@ -22,8 +25,10 @@ from flows.lineage import experiment_name, git_revision, lineage_tags
 from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
 from flows.tracking import registry
+from flows.tracking.answers import view_command
 from flows.tracking.stage_runs import (
-    find_stage_run, link_stage_run, log_file, log_metrics, log_stage_outputs, log_text, set_tags, tracked_run,
+    answer_files, find_stage_run, link_stage_run, log_file, log_metrics, log_stage_outputs, log_text, set_tags,
+    tracked_run,
 )
 from pipelines.candidates import (
     ALIGNED_PREFIX, COMPETING_PREFIXES, FINETUNED_PREFIX, MERGED_PREFIX, candidate_dir, finetuned_merged_parts,
@@ -42,11 +47,13 @@ INTAKE_STAGE = "inbox"  # its output is what the intake task takes in and record
 
 @dataclass(frozen=True)
 class StageOutcome:
-    """A stage's MLflow run and whether DVC skipped it."""
+    """A stage's MLflow run, whether DVC skipped it, and whether that run is an earlier flow's (linked, its
+    results logged then)."""
 
     stage: str
     run_id: str
     cached: bool
+    linked: bool = False
 
 
 @task(name="intake", cache_policy=NO_CACHE)
@@ -107,14 +114,13 @@ def _run_stage(ctx: RunContext, stage: str, slots: int = 0) -> StageOutcome:
         if ctx.parent_run_id:
             link_stage_run(ctx.store, ctx.parent_run_id, stage, earlier)
         get_run_logger().info("%s: up to date, its results are in MLflow run %s", stage, earlier)
-        return _shown(ctx, StageOutcome(stage, earlier, cached=True), started)
+        return _shown(ctx, StageOutcome(stage, earlier, cached=True, linked=True), started)
     tags = {"stage": stage, "cached": str(cached).lower(), **lineage_tags(ctx.root)}
     with tracked_run(ctx.store, stage, tags, ctx.parent_run_id) as run_id:
         if not cached:
             with ctx.slots.hold(slots) as device_env:
                 _reproduce(ctx, stage, run_id, device_env)
-        log_stage_outputs(ctx.store, run_id, ctx.root, ctx.dvc.spec(stage), ctx.raw_params,
-                          ctx.params.flow.answers_view)
+        log_stage_outputs(ctx.store, run_id, ctx.root, ctx.dvc.spec(stage), ctx.raw_params)
         set_tags(ctx.store, run_id, lineage_tags(ctx.root, ctx.dvc.lock_hashes(stage)))
     get_run_logger().info("%s: %s", stage, "up to date, logged from its files" if cached else "reproduced")
     return _shown(ctx, StageOutcome(stage, run_id, cached), started)
@@ -183,26 +189,61 @@ def _stage_task(ctx: RunContext, stage: PipelineStage) -> Task:
                                                       retry_condition_fn=_not_a_failed_stage)
 
 
-def run_stages(ctx: RunContext, stages: list[PipelineStage]) -> list[StageOutcome]:
+def run_stages(ctx: RunContext, stages: list[PipelineStage], views: list[PrefectFuture]) -> list[StageOutcome]:
     """Every stage as a Prefect task. One slot: one after the other in the order given, each gpu stage waiting for
     a `gpu` slot first (saying who holds it). Several: each stage starts once the stages DVC's graph puts before it
     are done, so stages that do not depend on one another (merges, evaluations, align methods) run side by side,
-    each on the device(s) it holds."""
+    each on the device(s) it holds. With `flow.answers_view`, each stage that wrote answers then has its answers
+    view started in the background (appended to `views`: see `wait_for_answers_views`)."""
     needed = {stage.name: devices_needed(stage.name, ctx.params) if stage.gpu else 0 for stage in stages}
     for stage in stages:
         ctx.slots.check(stage.name, needed[stage.name])
-    if not ctx.slots.side_by_side:
-        outcomes = []
-        for stage in stages:
+    outcomes: dict[str, StageOutcome | PrefectFuture] = {}
+    for stage in stages:
+        if not ctx.slots.side_by_side:
             if stage.gpu:
                 wait_for_gpu_slot(stage.name, ctx.params.flow.slot_wait_seconds, get_run_logger())
-            outcomes.append(_stage_task(ctx, stage)(ctx, stage.name, needed[stage.name]))
-        return outcomes
-    futures: dict[str, PrefectFuture] = {}
-    for stage in stages:
-        upstream = [futures[name] for name in stage.after if name in futures]
-        futures[stage.name] = _stage_task(ctx, stage).submit(ctx, stage.name, needed[stage.name], wait_for=upstream)
-    return [future.result() for future in futures.values()]  # the graph's order: a failed stage before its readers
+            outcomes[stage.name] = _stage_task(ctx, stage)(ctx, stage.name, needed[stage.name])
+        else:
+            upstream = [outcomes[name] for name in stage.after if name in outcomes]
+            outcomes[stage.name] = _stage_task(ctx, stage).submit(ctx, stage.name, needed[stage.name],
+                                                                  wait_for=upstream)
+        samples = answer_files(stage.outs)
+        if samples and ctx.params.flow.answers_view:  # one view at a time: each waits for the one before
+            views.append(with_retries(ctx, log_answers_view).submit(ctx, outcomes[stage.name], samples,
+                                                                    wait_for=views[-1:]))
+    return [outcome.result() if isinstance(outcome, PrefectFuture) else outcome  # a failed stage before its readers
+            for outcome in outcomes.values()]
+
+
+@task(name="answers-view", task_run_name="{outcome.stage}: answers view", cache_policy=NO_CACHE)
+def log_answers_view(ctx: RunContext, outcome: StageOutcome, samples: list[Path]) -> None:
+    """The candidate's answers and their scores into its run's evaluation view (`flows.tracking.answers`), in a
+    process of its own: MLflow takes about as long to log 200 answers on the embedded store as the stage took to
+    write them, CPU the next stages use meanwhile. Nothing to do for a run an earlier flow logged."""
+    if outcome.linked:
+        return
+    log = ctx.stage_logs / f"{outcome.stage.replace('@', '-')}.answers.log" if ctx.stage_logs else None
+    with log.open("w") if log else nullcontext(subprocess.PIPE) as out:
+        done = subprocess.run(view_command(outcome.run_id, [ctx.root / path for path in samples]), cwd=ctx.root,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": ctx.store.uri}, stdout=out,
+                              stderr=subprocess.STDOUT, text=True, check=False)
+    if done.returncode:
+        said = last_lines(log) if log else done.stdout[-2000:]
+        raise RuntimeError(f"{outcome.stage}: its answers view failed (exit {done.returncode}):\n{said}")
+    get_run_logger().info("%s: answers in the evaluation view of MLflow run %s", outcome.stage, outcome.run_id)
+
+
+def wait_for_answers_views(ctx: RunContext, views: list[PrefectFuture]) -> None:
+    """Wait for the answers views `run_stages` started. One that failed is a warning, not the run's failure: the
+    answers and scores are in the run's tables and metrics all the same."""
+    failed = [str(error) for error in (view.result(raise_on_failure=False) for view in views)
+              if isinstance(error, BaseException)]
+    for error in failed:
+        get_run_logger().warning("%s", error)
+    if views:
+        _report(ctx, "answers-view", f"{len(views) - len(failed)} of {len(views)} candidates' answers in MLflow's "
+                                     "evaluation view")
 
 
 def _input_hashes(ctx: RunContext) -> dict[str, str]:

@@ -4,28 +4,28 @@ The evaluate stage already generated every answer and scored it (reports/samples
 them with `mlflow.genai.evaluate` on those outputs, with scorers that carry the stage's per-answer scores, so
 nothing is generated or scored twice. Two candidates' runs, opened together in the experiment's "Evaluation runs"
 tab, show their answers to the same question side by side.
+
+Run as `python -m flows.tracking.answers RUN_ID SAMPLES.jsonl...` (MLFLOW_TRACKING_URI in the environment): a
+process of its own, so the flow goes on with its next stages meanwhile, and what MLflow prints (its progress bar,
+its summary) and the environment it reads stay out of the flow's.
 """
 from __future__ import annotations
 
-import io
 import os
-import threading
+import sys
 from collections.abc import Callable
-from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import mlflow
 import pandas as pd
-from mlflow.genai.scorers import scorer
 
-from flows.tracking.store import Store
+from pipelines.atomic import read_jsonl
 
 # the per-answer scores the evaluate stage writes, in the order the view shows them
 SCORES = ("correct", "terminated", "exact_match", "token_f1", "repetition", "language", "refused", "judge")
 # one thread: a sqlite store refuses the connections of MLflow's default ten; the answers are already there
 SERIAL = {"MLFLOW_GENAI_EVAL_MAX_WORKERS": "1", "MLFLOW_GENAI_EVAL_MAX_SCORER_WORKERS": "1"}
-_ONE_AT_A_TIME = threading.Lock()
 
 Key = tuple[str, int]
 
@@ -57,6 +57,7 @@ def evaluation_data(samples: dict[Key, dict[str, Any]]) -> pd.DataFrame:
 
 def carried_scorer(name: str, samples: dict[Key, dict[str, Any]]) -> Callable:
     """A scorer returning the stage's score `name` for the answer (None where the suite has no such score)."""
+    from mlflow.genai.scorers import scorer  # here: the flow imports this module for `view_command` only
 
     @scorer(name=name)
     def carried(inputs: dict[str, Any]) -> Any:
@@ -65,16 +66,30 @@ def carried_scorer(name: str, samples: dict[Key, dict[str, Any]]) -> Callable:
     return carried
 
 
-def log_answers(store: Store, run_id: str, samples: list[dict[str, Any]]) -> dict[str, float]:
-    """Log the answers and their scores into the evaluation view of run `run_id`; returns the mean of each score
-    as MLflow computed it. The run is resumed for the call and marked finished after it: log this last."""
+def log_answers(run_id: str, samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Log the answers and their scores into the evaluation view of run `run_id` (in the store MLflow is pointed
+    at); returns the mean of each score as MLflow computed it. The run is resumed for the call and marked finished
+    after it: log this last."""
     keyed = numbered(samples)
     present = [name for name in SCORES if any(name in sample for sample in samples)]
-    mlflow.set_tracking_uri(store.uri)
-    # the environment and sys.stdout/stderr are the process's: stages side by side log one after the other, or a
-    # thread's redirection ends inside another's and leaves the terminal pointing at a buffer
-    with (_ONE_AT_A_TIME, mock.patch.dict(os.environ, SERIAL), redirect_stdout(io.StringIO()),
-          redirect_stderr(io.StringIO()), mlflow.start_run(run_id=run_id)):
+    os.environ.update(SERIAL)  # read by MLflow at the call: this process logs nothing else
+    with mlflow.start_run(run_id=run_id):
         result = mlflow.genai.evaluate(data=evaluation_data(keyed),
                                        scorers=[carried_scorer(name, keyed) for name in present])
     return {name: float(value) for name, value in result.metrics.items()}
+
+
+def view_command(run_id: str, samples: list[Path]) -> list[str]:
+    """The command that logs the `samples` files into run `run_id`'s evaluation view, in a process of its own."""
+    return [sys.executable, "-m", "flows.tracking.answers", run_id, *map(str, samples)]
+
+
+def main(argv: list[str]) -> None:
+    """`RUN_ID SAMPLES.jsonl...`: each file's answers into the run's evaluation view."""
+    run_id, *paths = argv
+    for path in paths:
+        log_answers(run_id, read_jsonl(Path(path)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -13,7 +13,6 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus
 
 from flows.dvc_project import StageSpec
-from flows.tracking.answers import log_answers
 from flows.tracking.store import Store
 from pipelines.atomic import read_jsonl
 
@@ -119,12 +118,14 @@ def _log_file(store: Store, run_id: str, root: Path, path: Path) -> None:
     _log_artifact(store, run_id, root, path)
 
 
-def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, params: dict[str, Any],
-                      answers_view: bool = True) -> None:
+def answer_files(outs: tuple[Path, ...]) -> list[Path]:
+    """Of a stage's outputs, the candidates' answers (reports/samples/*.jsonl), which the evaluation view shows."""
+    return [path for path in outs if path.parent == ANSWERS and path.suffix == ".jsonl"]
+
+
+def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, params: dict[str, Any]) -> None:
     """Log everything the stage declares in dvc.yaml but its plain folders (models: DVC versions them), read from the
-    files it wrote, each at its place in the project (a metrics or plots folder file by file); plots are images; with
-    `answers_view`, a candidate's answers (reports/samples) also go to MLflow's evaluation view, last (it closes
-    the run)."""
+    files it wrote, each at its place in the project (a metrics or plots folder file by file); plots are images."""
     _log_params(store, run_id, params, spec.param_keys)
     for path in [*spec.metrics, *spec.files]:
         for file in _files(root, path):
@@ -132,9 +133,6 @@ def log_stage_outputs(store: Store, run_id: str, root: Path, spec: StageSpec, pa
     for path in spec.plots:
         for file in _files(root, path):
             _log_artifact(store, run_id, root, file)
-    for path in spec.files if answers_view else []:
-        if path.parent == ANSWERS and path.suffix == ".jsonl":
-            log_answers(store, run_id, read_jsonl(root / path))
 
 
 def find_stage_run(store: Store, stage: str, hashes: dict[str, str]) -> str | None:

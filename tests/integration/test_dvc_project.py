@@ -71,10 +71,10 @@ def test_an_error_in_the_users_input_is_shown_as_its_one_line(project: DvcProjec
     assert "Traceback" in log.read_text()  # the whole story stays in the log
 
 
-def test_stages_in_the_files_order_with_their_gpu_mark(project: DvcProject) -> None:
-    assert project.stages() == [PipelineStage("make", False), PipelineStage("broken", False),
-                                PipelineStage("bad-input", False), PipelineStage("score", False), PipelineStage("sweep@1", True),
-                                PipelineStage("sweep@2", True)]
+def test_stages_in_the_files_order_with_their_gpu_mark_and_outputs(project: DvcProject) -> None:
+    assert project.stages() == [PipelineStage("make", False, outs=(Path("out.txt"),)), PipelineStage("broken", False),
+                                PipelineStage("bad-input", False), PipelineStage("score", False, outs=(Path("score.json"),)),
+                                PipelineStage("sweep@1", True), PipelineStage("sweep@2", True)]
 
 
 GRAPH_YAML = """stages:

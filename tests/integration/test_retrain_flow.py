@@ -22,7 +22,10 @@ from huggingface_hub import ModelCard
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect import flow
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, TaskRunFilter, TaskRunFilterTags
+from prefect.client.schemas.filters import (
+    ArtifactFilter, ArtifactFilterKey, TaskRunFilter, TaskRunFilterName, TaskRunFilterTags,
+)
+from prefect.client.schemas.sorting import TaskRunSort
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.testing.utilities import prefect_test_harness
 from transformers import AutoTokenizer
@@ -134,18 +137,21 @@ def test_the_console_has_a_line_a_task_and_nothing_of_prefect_or_mlflow(first_ru
     root, result, _ = first_run
     lines = (root.parent / "console.txt").read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["intake", "import-documents", "link-inputs", *STAGES, "register",
-                                                   "register", "promote", "push", "save-experiment"], lines
+                                                   "register", "promote", "push", "save-experiment", "answers-view"], lines
     told = {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
     assert told["import-documents"] == "nothing to import (data.source: generator)"
     assert [line.split(maxsplit=1)[1] for line in lines if line.startswith("register")] == [
         f"version 1: {result.winner} (registered now)", "challenger: version 1"]
     assert told["promote"].startswith("version 1 promoted to champion: ")
+    evaluations = [stage for stage in STAGES if stage.startswith("evaluate")]
+    assert told["answers-view"] == f"{len(evaluations)} of {len(evaluations)} candidates' answers in MLflow's evaluation view"
 
 
 def test_each_stages_output_is_in_its_log_file_and_its_mlflow_run(first_run) -> None:
     root, _, client = first_run
     (logs,) = (root / ".chatgraft" / "logs").iterdir()  # one folder a flow run, named after it
-    assert sorted(log.stem for log in logs.iterdir()) == sorted(stage.replace("@", "-") for stage in STAGES)
+    views = [f"{stage}.answers" for stage in STAGES if stage.startswith("evaluate")]  # each evaluation's view's
+    assert sorted(log.stem for log in logs.iterdir()) == sorted(stage.replace("@", "-") for stage in STAGES + views)
     cp_log = (logs / "cp.log").read_bytes().decode()
     assert "Running stage 'cp'" in cp_log and "\r" in cp_log  # DVC's lines and the Trainer's progress bar
     experiment = client.get_experiment_by_name("chatgraft").experiment_id
@@ -177,6 +183,11 @@ def test_each_candidates_answers_are_in_the_evaluation_view_with_the_stages_scor
         assert run.data.metrics["correct/mean"] == pytest.approx(sum(graded) / len(graded))
         questions[candidate] = {(suite, number, s["prompt"]) for (suite, number), s in by_number.items()}
     assert questions["cp"] == questions["merged-1.0"]  # the same questions: the view pairs their answers
+    with get_client(sync_client=True) as prefect:  # logged in the background, while the next stage ran
+        runs = prefect.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(
+            any_=["evaluate-cp: answers view", "evaluate-merged@1.0"])), sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+    first = {run.name: run for run in reversed(runs)}  # the first run's (the module's reruns come later)
+    assert first["evaluate-cp: answers view"].start_time < first["evaluate-merged@1.0"].end_time
 
 
 def test_dvc_metrics_fit_a_terminal_and_the_plots_open_offline(first_run) -> None:
