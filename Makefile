@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: install browser run test ui screenshots clean bench-overhead bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu bench-commands bench-flow gpu-check stack-up stack-down
+.PHONY: install browser run test ui screenshots clean bench-overhead bench-merge bench-merge-mergekit bench-eval bench-cp bench-mfu bench-commands bench-flow seeds gpu-check stack-up stack-down
 
 install: $(STAMP)
 
@@ -73,6 +73,10 @@ bench-flow: install
 	$(PY) -m benchmarks.flow $(ARGS)
 
 # Model FLOPs utilisation of CP training, a ~1B Llama in bf16 with packing and SDPA: needs a CUDA GPU.
+# The paper's comparison over seeds, one world at a time: make seeds ARGS="--world language" (about 12 min a seed)
+seeds: install
+	$(PY) -m benchmarks.seeds $(ARGS)
+
 bench-mfu: install
 	$(PY) -m benchmarks.mfu $(MFU_ARGS)
 

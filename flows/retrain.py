@@ -12,7 +12,6 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
 from flows.console import LOGS
@@ -22,9 +21,10 @@ from flows.lineage import lineage_tags, log_environment
 from flows.recovery import fail_abandoned_runs, recover_crashed_runs, remove_staging_left_behind, tag_workspace
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
-    INTAKE_STAGE, import_documents, link_inputs, promote_challenger, push_outputs, read_leaderboard, register_winner,
+    INTAKE_STAGE, AnswersViews, import_documents, link_inputs, promote_challenger, push_outputs, read_leaderboard, register_winner,
     run_stages, save_experiment, take_new_data, wait_for_answers_views, with_retries,
 )
+from flows.tracking.answers import ViewWorker
 from flows.tracking.stage_runs import describe_stages, log_text, tracked_run
 from flows.workspace import workspace_id, workspace_lock
 
@@ -82,7 +82,7 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
     with tracked_run(ctx.store, f"retrain-{flow_run.name or 'local'}", lineage_tags(ctx.root)) as parent_run_id:
         ctx = replace(ctx, parent_run_id=parent_run_id)
         log_environment(ctx.store, parent_run_id)
-        views: list[PrefectFuture] = []  # answers views still logging while the flow goes on
+        views = AnswersViews(ViewWorker(ctx.store.uri)) if ctx.params.flow.answers_view else None
         try:
             intake = take_new_data(ctx)  # records the inbox stage's output itself
             import_documents(ctx)

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import Task, get_run_logger, task
@@ -14,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.futures import PrefectFuture
 
-from flows.console import last_lines, live_line, say, stage_line, task_line
+from flows.console import live_line, say, stage_line, task_line
 from flows.context import RunContext
 from flows.device_slots import devices_needed
 from flows.dvc_project import PipelineStage, StageFailed
@@ -25,7 +23,7 @@ from flows.lineage import experiment_name, git_revision, lineage_tags
 from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
 from flows.tracking import registry
-from flows.tracking.answers import view_command
+from flows.tracking.answers import ViewWorker
 from flows.tracking.stage_runs import (
     answer_files, find_stage_run, link_stage_run, log_file, log_metrics, log_stage_outputs, log_text, set_tags,
     tracked_run,
@@ -189,12 +187,20 @@ def _stage_task(ctx: RunContext, stage: PipelineStage) -> Task:
                                                       retry_condition_fn=_not_a_failed_stage)
 
 
-def run_stages(ctx: RunContext, stages: list[PipelineStage], views: list[PrefectFuture]) -> list[StageOutcome]:
+@dataclass
+class AnswersViews:
+    """The answers views a run started (`flow.answers_view`), logged one after the other by the worker process."""
+
+    worker: ViewWorker
+    started: list[PrefectFuture] = field(default_factory=list)
+
+
+def run_stages(ctx: RunContext, stages: list[PipelineStage], views: AnswersViews | None = None) -> list[StageOutcome]:
     """Every stage as a Prefect task. One slot: one after the other in the order given, each gpu stage waiting for
     a `gpu` slot first (saying who holds it). Several: each stage starts once the stages DVC's graph puts before it
     are done, so stages that do not depend on one another (merges, evaluations, align methods) run side by side,
-    each on the device(s) it holds. With `flow.answers_view`, each stage that wrote answers then has its answers
-    view started in the background (appended to `views`: see `wait_for_answers_views`)."""
+    each on the device(s) it holds. With `views`, each stage that wrote answers then has its answers view started
+    in the background (see `wait_for_answers_views`)."""
     needed = {stage.name: devices_needed(stage.name, ctx.params) if stage.gpu else 0 for stage in stages}
     for stage in stages:
         ctx.slots.check(stage.name, needed[stage.name])
@@ -209,41 +215,37 @@ def run_stages(ctx: RunContext, stages: list[PipelineStage], views: list[Prefect
             outcomes[stage.name] = _stage_task(ctx, stage).submit(ctx, stage.name, needed[stage.name],
                                                                   wait_for=upstream)
         samples = answer_files(stage.outs)
-        if samples and ctx.params.flow.answers_view:  # one view at a time: each waits for the one before
-            views.append(with_retries(ctx, log_answers_view).submit(ctx, outcomes[stage.name], samples,
-                                                                    wait_for=views[-1:]))
+        if samples and views:  # one view at a time: each waits for the one before
+            views.started.append(with_retries(ctx, log_answers_view).submit(
+                ctx, views.worker, outcomes[stage.name], samples, wait_for=views.started[-1:]))
     return [outcome.result() if isinstance(outcome, PrefectFuture) else outcome  # a failed stage before its readers
             for outcome in outcomes.values()]
 
 
 @task(name="answers-view", task_run_name="{outcome.stage}: answers view", cache_policy=NO_CACHE)
-def log_answers_view(ctx: RunContext, outcome: StageOutcome, samples: list[Path]) -> None:
-    """The candidate's answers and their scores into its run's evaluation view (`flows.tracking.answers`), in a
-    process of its own: MLflow takes about as long to log 200 answers on the embedded store as the stage took to
-    write them, CPU the next stages use meanwhile. Nothing to do for a run an earlier flow logged."""
+def log_answers_view(ctx: RunContext, worker: ViewWorker, outcome: StageOutcome, samples: list[Path]) -> None:
+    """The candidate's answers and their scores into its run's evaluation view, by the worker process: MLflow takes
+    about as long to log them into the embedded store as the stage took to write them, CPU the next stages share
+    meanwhile. Nothing to do for a run an earlier flow logged."""
     if outcome.linked:
         return
     log = ctx.stage_logs / f"{outcome.stage.replace('@', '-')}.answers.log" if ctx.stage_logs else None
-    with log.open("w") if log else nullcontext(subprocess.PIPE) as out:
-        done = subprocess.run(view_command(outcome.run_id, [ctx.root / path for path in samples]), cwd=ctx.root,
-                              env={**os.environ, "MLFLOW_TRACKING_URI": ctx.store.uri}, stdout=out,
-                              stderr=subprocess.STDOUT, text=True, check=False)
-    if done.returncode:
-        said = last_lines(log) if log else done.stdout[-2000:]
-        raise RuntimeError(f"{outcome.stage}: its answers view failed (exit {done.returncode}):\n{said}")
+    worker.log(outcome.run_id, [ctx.root / path for path in samples], log)
     get_run_logger().info("%s: answers in the evaluation view of MLflow run %s", outcome.stage, outcome.run_id)
 
 
-def wait_for_answers_views(ctx: RunContext, views: list[PrefectFuture]) -> None:
-    """Wait for the answers views `run_stages` started. One that failed is a warning, not the run's failure: the
-    answers and scores are in the run's tables and metrics all the same."""
-    failed = [str(error) for error in (view.result(raise_on_failure=False) for view in views)
+def wait_for_answers_views(ctx: RunContext, views: AnswersViews | None) -> None:
+    """Wait for the answers views `run_stages` started, then stop their worker. One that failed is a warning, not
+    the run's failure: the answers and scores are in the run's tables and metrics all the same."""
+    if views is None:
+        return
+    failed = [f"answers view: {error}" for error in (view.result(raise_on_failure=False) for view in views.started)
               if isinstance(error, BaseException)]
+    views.worker.close()
     for error in failed:
         get_run_logger().warning("%s", error)
-    if views:
-        _report(ctx, "answers-view", f"{len(views) - len(failed)} of {len(views)} candidates' answers in MLflow's "
-                                     "evaluation view")
+    count = len(views.started)
+    _report(ctx, "answers-view", f"{count - len(failed)} of {count} candidates' answers in MLflow's evaluation view")
 
 
 def _input_hashes(ctx: RunContext) -> dict[str, str]:

@@ -5,15 +5,17 @@ them with `mlflow.genai.evaluate` on those outputs, with scorers that carry the 
 nothing is generated or scored twice. Two candidates' runs, opened together in the experiment's "Evaluation runs"
 tab, show their answers to the same question side by side.
 
-Run as `python -m flows.tracking.answers RUN_ID SAMPLES.jsonl...` (MLFLOW_TRACKING_URI in the environment): a
-process of its own, so the flow goes on with its next stages meanwhile, and what MLflow prints (its progress bar,
-its summary) and the environment it reads stay out of the flow's.
+Logged by a `ViewWorker`, a process of the flow's own: the flow goes on with its next stages meanwhile, MLflow's
+imports are paid once a run, and what MLflow prints (its progress bar, its summary) and the environment it reads
+stay out of the flow's.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
-import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,7 @@ def evaluation_data(samples: dict[Key, dict[str, Any]]) -> pd.DataFrame:
 
 def carried_scorer(name: str, samples: dict[Key, dict[str, Any]]) -> Callable:
     """A scorer returning the stage's score `name` for the answer (None where the suite has no such score)."""
-    from mlflow.genai.scorers import scorer  # here: the flow imports this module for `view_command` only
+    from mlflow.genai.scorers import scorer  # here: the flow imports this module, its worker evaluates
 
     @scorer(name=name)
     def carried(inputs: dict[str, Any]) -> Any:
@@ -72,24 +74,36 @@ def log_answers(run_id: str, samples: list[dict[str, Any]]) -> dict[str, float]:
     after it: log this last."""
     keyed = numbered(samples)
     present = [name for name in SCORES if any(name in sample for sample in samples)]
-    os.environ.update(SERIAL)  # read by MLflow at the call: this process logs nothing else
     with mlflow.start_run(run_id=run_id):
         result = mlflow.genai.evaluate(data=evaluation_data(keyed),
                                        scorers=[carried_scorer(name, keyed) for name in present])
     return {name: float(value) for name, value in result.metrics.items()}
 
 
-def view_command(run_id: str, samples: list[Path]) -> list[str]:
-    """The command that logs the `samples` files into run `run_id`'s evaluation view, in a process of its own."""
-    return [sys.executable, "-m", "flows.tracking.answers", run_id, *map(str, samples)]
+def _prepare_worker(tracking_uri: str) -> None:
+    os.environ.update({**SERIAL, "MLFLOW_TRACKING_URI": tracking_uri})  # read by MLflow at each call
+    mlflow.set_tracking_uri(tracking_uri)
 
 
-def main(argv: list[str]) -> None:
-    """`RUN_ID SAMPLES.jsonl...`: each file's answers into the run's evaluation view."""
-    run_id, *paths = argv
-    for path in paths:
-        log_answers(run_id, read_jsonl(Path(path)))
+def _log_files(run_id: str, samples: list[Path], log: Path | None) -> None:
+    with (log or Path(os.devnull)).open("a") as out, redirect_stdout(out), redirect_stderr(out):
+        for path in samples:
+            log_answers(run_id, read_jsonl(path))
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+class ViewWorker:
+    """One process that logs answers views into the store at `tracking_uri`, one view at a time (sqlite takes one
+    writer), started at the first view (spawned: the flow's threads are not forked into it)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_prepare_worker,
+                                         initargs=(tracking_uri,))
+
+    def log(self, run_id: str, samples: list[Path], log: Path | None = None) -> None:
+        """Log each `samples` file's answers into run `run_id`'s evaluation view, MLflow's output appended to `log`;
+        returns when they are logged, raises what logging them raised."""
+        self._pool.submit(_log_files, run_id, samples, log).result()
+
+    def close(self) -> None:
+        """Stop the process (once the views given it are logged)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
