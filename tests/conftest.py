@@ -158,7 +158,7 @@ def tiny_params() -> dict:
 # files (--dist loadfile), end together instead of one starting a long module when the other is nearly done
 # (`make test` passes --no-loadscope-reorder: xdist otherwise orders files by their number of tests).
 LONGEST_FIRST = ["test_retrain_flow.py", "test_stack.py", "test_crash_recovery.py", "test_hub_world.py",
-                 "test_cp_distributed.py", "test_parallel_stages.py", "test_schedule.py",
+                 "test_cp_distributed.py", "test_parallel_stages.py", "test_schedule.py", "test_language_flow.py",
                  "test_killed_run_leaves_nothing.py", "test_cp_resume.py", "test_ui_moves.py", "test_ui_console.py",
                  "test_inbox.py", "test_promotion_moves.py", "test_fsdp_weights.py", "test_stale_outputs.py"]
 
