@@ -73,7 +73,7 @@ bench-flow: install
 	$(PY) -m benchmarks.flow $(ARGS)
 
 # Model FLOPs utilisation of CP training, a ~1B Llama in bf16 with packing and SDPA: needs a CUDA GPU.
-# The paper's comparison over seeds, one world at a time: make seeds ARGS="--world language" (about 12 min a seed)
+# The paper's comparison over seeds, one world at a time: make seeds ARGS="--world language" (about 10 min a seed here)
 seeds: install
 	$(PY) -m benchmarks.seeds $(ARGS)
 

@@ -68,16 +68,13 @@ def carried_scorer(name: str, samples: dict[Key, dict[str, Any]]) -> Callable:
     return carried
 
 
-def log_answers(run_id: str, samples: list[dict[str, Any]]) -> dict[str, float]:
+def log_answers(run_id: str, samples: list[dict[str, Any]]) -> None:
     """Log the answers and their scores into the evaluation view of run `run_id` (in the store MLflow is pointed
-    at); returns the mean of each score as MLflow computed it. The run is resumed for the call and marked finished
-    after it: log this last."""
+    at). The run is resumed for the call and marked finished after it: log this last."""
     keyed = numbered(samples)
     present = [name for name in SCORES if any(name in sample for sample in samples)]
     with mlflow.start_run(run_id=run_id):
-        result = mlflow.genai.evaluate(data=evaluation_data(keyed),
-                                       scorers=[carried_scorer(name, keyed) for name in present])
-    return {name: float(value) for name, value in result.metrics.items()}
+        mlflow.genai.evaluate(data=evaluation_data(keyed), scorers=[carried_scorer(name, keyed) for name in present])
 
 
 def _prepare_worker(tracking_uri: str) -> None:
