@@ -2,9 +2,10 @@
 
 Times the person-facing commands as a person runs them (`chatgraft ...`, a process each, the embedded default: no
 MLFLOW_TRACKING_URI, no Prefect server): promote (a move, and a refused one: the version already is champion),
-rollback, pin, status, history, `run --no-wait` refused on a busy project, and `run` refused for a bad `--set`. Each
-runs REPEATS times; the median, fastest and slowest wall times are printed. The commands run on a copy of the
-project's params and registry (the embedded store), so the project itself is left as it was; the copy gets a
+rollback, pin, status (with the workspace note the flow recorded, and with it found again from DVC's graph), history,
+runs, clean --dry-run, ui (until its banner says where it listens, and its stop), `run --no-wait` refused on a busy
+project, and `run` refused for a bad `--set`. Each runs REPEATS times; the median, fastest and slowest wall times are
+printed. The commands run on a copy of the project, so the project itself is left as it was; the copy gets a
 second version of the champion's model, so that promote and rollback make real moves. Without --project-dir, a
 default project is built first in a temporary folder by `chatgraft run` (minutes).
 """
@@ -13,16 +14,19 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from flows.stale_outputs import RECORDED_NOTE
+
 REPO = Path(__file__).resolve().parents[1]
 CHATGRAFT = str(Path(sys.executable).with_name("chatgraft"))
-COPIED = ("params.yaml", "dvc.yaml", "mlflow/mlflow.db")  # what the registry commands and a refused run read
 BAD_SET = "merge.ratios=[1]"  # an int where ratios are written as floats: refused before anything runs
 
 
@@ -62,12 +66,10 @@ def build_default_project(folder: Path) -> Path:
     return folder
 
 
-def copy_registry(project: Path, folder: Path) -> tuple[str, str]:
-    """Copy the project's params and embedded store into `folder`, and register a second version of the champion's
-    model there; returns (champion, the other version)."""
-    for name in COPIED:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(project / name, folder / name)
+def copy_project(project: Path, folder: Path) -> tuple[str, str]:
+    """Copy the project into `folder`, and register a second version of the champion's model there; returns
+    (champion, the other version)."""
+    shutil.copytree(project, folder, symlinks=True)
     from flows.tracking import open_store, registry
     from pipelines.config import load_params
 
@@ -81,26 +83,69 @@ def copy_registry(project: Path, folder: Path) -> tuple[str, str]:
     return champion, str(other.version)
 
 
+def status_finding_the_note(here: list[str]) -> float:
+    """`chatgraft status` once the workspace note must be found again (after a change to params.yaml, say)."""
+    (Path(here[-1]) / RECORDED_NOTE).unlink(missing_ok=True)
+    return timed(["status", *here])
+
+
+def ui_start_and_stop(here: list[str]) -> tuple[float, float]:
+    """Seconds until `chatgraft ui` prints the end of its banner (where it listens, how to stop), and until it has
+    stopped after SIGTERM."""
+    ports = ["--port", str(free_port()), "--watch-port", str(free_port())]
+    start = time.perf_counter()
+    ui = subprocess.Popen([CHATGRAFT, "ui", *ports, *here], env=person_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in ui.stdout:
+            if line.startswith("Ctrl-C stops"):
+                break
+        else:
+            raise RuntimeError(f"chatgraft ui exited {ui.wait()} before its banner")
+        started = time.perf_counter() - start
+        stop = time.perf_counter()
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(60)
+        return started, time.perf_counter() - stop
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+            ui.wait()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def measure(source: Path, copy: Path, repeats: int) -> dict[str, list[float]]:
     """Seconds of each command, `repeats` times, on a copy (in `copy`) of the project in `source`."""
     from flows.workspace import workspace_lock
 
-    champion, other = copy_registry(source, copy)
+    champion, other = copy_project(source, copy)
     here = ["--project-dir", str(copy)]
     timed(["status", *here])  # the copy's first open moves its store's locations here: not a person's wait
     commands = [(f"promote {other}", ["promote", other], 0),
                 (f"promote {other} (already champion: refused)", ["promote", other], 1),
                 (f"rollback (to {champion})", ["rollback"], 0),
                 (f"pin {champion}", ["pin", champion], 0), (f"pin {champion} --off", ["pin", champion, "--off"], 0),
-                ("status", ["status"], 0), ("history", ["history"], 0),
-                ("run --no-wait (busy project: refused)", ["run", "--no-wait"], 3),
+                ("status", ["status"], 0), ("history", ["history"], 0), ("runs", ["runs"], 0),
+                ("clean --dry-run", ["clean", "--dry-run"], 0),
                 (f"run --set {BAD_SET} (refused)", ["run", "--set", BAD_SET], 2),
                 ("--help (the interpreter and the CLI alone)", ["--help"], 0)]
-    figures: dict[str, list[float]] = {label: [] for label, _, _ in commands}
-    with workspace_lock(copy, "bench-commands: a run holding the project", 0, print):
-        for _ in range(repeats):
-            for label, args, expect in commands:
-                figures[label].append(timed([*args, *here] if args != ["--help"] else args, expect))
+    busy = "run --no-wait (busy project: refused)"
+    finding, ui_up, ui_down = "status (workspace note found again: DVC)", "ui (until its banner)", "ui (its stop)"
+    figures: dict[str, list[float]] = {label: [] for label in [*(c[0] for c in commands), finding, ui_up, ui_down, busy]}
+    for _ in range(repeats):
+        for label, args, expect in commands:
+            figures[label].append(timed([*args, *here] if args != ["--help"] else args, expect))
+        figures[finding].append(status_finding_the_note(here))
+        for label, seconds in zip((ui_up, ui_down), ui_start_and_stop(here)):
+            figures[label].append(seconds)
+        with workspace_lock(copy, "bench-commands: a run holding the project", 0, print):
+            figures[busy].append(timed(["run", "--no-wait", *here], 3))
     return figures
 
 
@@ -112,7 +157,6 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-commands-") as scratch:
         source = args.project_dir.resolve() if args.project_dir else build_default_project(Path(scratch) / "built")
-        (Path(scratch) / "copy").mkdir()
         figures = measure(source, Path(scratch) / "copy", args.repeats)
     print(f"\nchatgraft commands on a finished default project ({args.repeats} runs each, a process each):")
     print(f"{'command':48s} {'median':>8s} {'fastest':>8s} {'slowest':>8s}")

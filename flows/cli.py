@@ -505,15 +505,19 @@ def status(
     where the champion came from; then whether the workspace holds outputs no stage declares (`chatgraft clean`)."""
     from flows.context import open_registry
     from flows.registry_view import registry_overview
+    from flows.stale_outputs import recorded_note
 
-    # DVC's graph is read in a process of its own, on another core while this one reads the registry (each ~3 s)
+    known, note = recorded_note(project_dir.resolve())
+    # else DVC's graph is read in a process of its own, on another core while this one reads the registry (each ~3 s)
     workspace = subprocess.Popen([sys.executable, "-m", "flows.stale_outputs", str(project_dir.resolve())],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) \
-        if (project_dir / "dvc.yaml").exists() else None
+        if not known and (project_dir / "dvc.yaml").exists() else None
     try:
         params, store = open_registry(project_dir)
         typer.echo(registry_overview(store, params.promote.registered_model, params.promote.primary_metric))
-        if workspace is not None and (note := workspace.communicate()[0].strip()):
+        if workspace is not None:
+            note = workspace.communicate()[0].strip()
+        if note:
             typer.echo(f"\nworkspace: {note}")
     finally:
         if workspace is not None and workspace.poll() is None:

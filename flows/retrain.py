@@ -21,8 +21,8 @@ from flows.lineage import lineage_tags, log_environment
 from flows.recovery import fail_abandoned_runs, recover_crashed_runs, remove_staging_left_behind, tag_workspace
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
-    INTAKE_STAGE, AnswersViews, import_documents, link_inputs, promote_challenger, push_outputs, read_leaderboard, register_winner,
-    run_stages, save_experiment, take_new_data, wait_for_answers_views, with_retries,
+    INTAKE_STAGE, AnswersViews, import_documents, link_inputs, note_stale_outputs, promote_challenger, push_outputs,
+    read_leaderboard, register_winner, run_stages, save_experiment, take_new_data, wait_for_answers_views, with_retries,
 )
 from flows.tracking.answers import ViewWorker
 from flows.tracking.stage_runs import describe_stages, log_text, tracked_run
@@ -96,6 +96,7 @@ def _run_pipeline(ctx: RunContext) -> RetrainResult:
             decision = with_retries(ctx, promote_challenger)(ctx, version, board, actor) if version else None
             with_retries(ctx, push_outputs)(ctx)
             save_experiment(ctx)
+            note_stale_outputs(ctx)
             wait_for_answers_views(ctx, views)
         except BaseException:
             with suppress(Exception):  # MLflow may be what failed: then the next run's recovery closes them

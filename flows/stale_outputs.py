@@ -5,20 +5,29 @@ graph (what dvc.yaml's stages declare now, against the names its `foreach` outpu
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from flows.dvc_project import DvcProject
+from pipelines.atomic import write_json_atomic
+
+if TYPE_CHECKING:  # DVC's import is most of what `chatgraft status` would wait for: only what finds a note needs it
+    from flows.dvc_project import DvcProject, OutputNames, OutputTemplate
 
 ITEM = re.compile(r"\$\{[^}]*\}")  # where a foreach or matrix item goes in an output's name
 RECOVERY = ("To bring one back: DVC's cache keeps the models until `dvc gc`, and each `chatgraft run` is a DVC\n"
             "experiment holding its scores and reports (`dvc exp show`): `dvc exp apply <run>` restores that run's\n"
             "workspace, its models included.")
+# `chatgraft status`'s last note, with what it was found from: while none of that changed, status prints it without
+# importing DVC (~2 s of the command)
+RECORDED_NOTE = Path(".chatgraft") / "stale-outputs.json"
 
 
 @dataclass(frozen=True)
@@ -59,29 +68,66 @@ def _bytes(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() or p.is_symlink())
 
 
+def _patterns(templates: list[OutputTemplate]) -> list[str]:
+    """Glob patterns of the names the `foreach` output templates take, whatever the item."""
+    return ["*".join(glob.escape(part) for part in ITEM.split(template.path)) for template in templates]
+
+
 def find_stale_outputs(project: DvcProject) -> list[StaleOutput]:
     """Each file or folder named as an output of a `foreach` stage (any item) that no stage declares now; hidden
     entries (a killed writer's staging, DVC's .gitignore) are not outputs."""
-    names = project.output_names()
+    return _stale(project.root, project.output_names())
+
+
+def _stale(root: Path, names: OutputNames) -> list[StaleOutput]:
     found: dict[Path, StaleOutput] = {}
-    for template in names.templates:
-        pattern = "*".join(glob.escape(part) for part in ITEM.split(template.path))
-        for path in sorted(project.root.glob(pattern)):
-            relative = path.relative_to(project.root)
+    for template, pattern in zip(names.templates, _patterns(names.templates)):
+        for path in sorted(root.glob(pattern)):
+            relative = path.relative_to(root)
             if relative not in names.declared and not path.name.startswith("."):
                 found[relative] = StaleOutput(relative, _bytes(path), template.cached)
     return sorted(found.values(), key=lambda stale: stale.path)
 
 
+def _fingerprint(root: Path, patterns: list[str]) -> str:
+    """What a note is found from: dvc.yaml and params.yaml as written (DVC fills `foreach` from params.yaml), and
+    every path the output patterns match, with its modification time."""
+    digest = hashlib.sha256()
+    for name in ("dvc.yaml", "params.yaml"):
+        digest.update((root / name).read_bytes() if (root / name).exists() else b"")
+    for pattern in patterns:
+        for path in sorted(root.glob(pattern)):
+            digest.update(f"{path.relative_to(root)} {path.lstat().st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def stale_outputs_note(root: Path) -> str | None:
-    """A line for `chatgraft status` when the workspace holds outputs no stage declares; None when it holds none."""
-    stale = find_stale_outputs(DvcProject(root))
-    if not stale:
-        return None
-    shown = ", ".join(str(s.path) for s in stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
-    return (f"{_outputs(len(stale))} ({shown}; "
-            f"{_size(sum(s.size for s in stale))}): `chatgraft clean --dry-run` lists them, `chatgraft clean` "
-            "removes them")
+    """A line for `chatgraft status` when the workspace holds outputs no stage declares; None when it holds none.
+    Recorded in .chatgraft/, where the next status finds it while nothing it was found from changed."""
+    from flows.dvc_project import DvcProject
+
+    names = DvcProject(root).output_names()
+    stale = _stale(root, names)
+    note = None
+    if stale:
+        shown = ", ".join(str(s.path) for s in stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        note = (f"{_outputs(len(stale))} ({shown}; {_size(sum(s.size for s in stale))}): "
+                "`chatgraft clean --dry-run` lists them, `chatgraft clean` removes them")
+    patterns = _patterns(names.templates)
+    write_json_atomic(root / RECORDED_NOTE, {"patterns": patterns, "fingerprint": _fingerprint(root, patterns),
+                                             "note": note})
+    return note
+
+
+def recorded_note(root: Path) -> tuple[bool, str | None]:
+    """(True, the note) when the last note found is still true (dvc.yaml, params.yaml and the outputs' folders are
+    as they were), else (False, None): it has to be found again."""
+    try:
+        record = json.loads((root / RECORDED_NOTE).read_text())
+        current = _fingerprint(root, record["patterns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, None
+    return (True, record["note"]) if current == record["fingerprint"] else (False, None)
 
 
 def _only_removed_deps(changes: list, removed: list[Path]) -> bool:

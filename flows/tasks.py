@@ -22,6 +22,7 @@ from flows.leaderboard_view import version_markdown
 from flows.lineage import experiment_name, git_revision, lineage_tags
 from flows.promotion import apply_policy
 from flows.slots import GPU_TAG, wait_for_gpu_slot
+from flows.stale_outputs import stale_outputs_note
 from flows.tracking import registry
 from flows.tracking.answers import ViewWorker
 from flows.tracking.stage_runs import (
@@ -167,6 +168,13 @@ def save_experiment(ctx: RunContext) -> str | None:
         return None
     _report(ctx, "save-experiment", f"saved as DVC experiment {name} (dvc exp show)")
     return name
+
+
+def note_stale_outputs(ctx: RunContext) -> None:
+    """Find whether the workspace holds outputs no stage declares (a dropped ratio's model), recorded where
+    `chatgraft status` reads it at once, and say so when it does."""
+    if note := stale_outputs_note(ctx.root):
+        _report(ctx, "workspace", note)
 
 
 def _not_a_failed_stage(task: Task, task_run: TaskRun, state: State) -> bool:

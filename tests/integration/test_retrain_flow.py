@@ -40,7 +40,7 @@ from flows.params_file import apply_overrides
 from flows.tracking import history, registry
 from flows.tracking.answers import SCORES, numbered
 from flows.retrain import RetrainResult, retrain
-from flows.stale_outputs import stale_outputs_note
+from flows.stale_outputs import recorded_note, stale_outputs_note
 from flows.tracking.store import embedded_uri
 from pipelines.atomic import read_jsonl
 from pipelines.candidates import COMPETING_PREFIXES
@@ -420,12 +420,14 @@ def test_a_dropped_ratios_outputs_are_reported_then_cleaned_and_nothing_reruns(f
     root, _, _ = first_run
     apply_overrides(root / "params.yaml", ["merge.ratios=[1.0]"])
     retrain(project_dir=str(root))
+    known, recorded = recorded_note(root)  # found by the flow at its end: status prints it without importing DVC
     stale = ["metrics/eval/merged/merged-0.8.json", "models/merged/alpha-0.8", "reports/merge/alpha-0.8.json",
              "reports/samples/merged-0.8.jsonl", "reports/speed/merged-0.8.json"]
     status = CliRunner().invoke(app, ["status", "--project-dir", str(root)])
     assert status.exit_code == 0, status.output
     (note,) = [line for line in status.output.splitlines() if line.startswith("workspace: ")]
     assert note.startswith("workspace: 5 outputs no stage in dvc.yaml declares any more") and "chatgraft clean" in note
+    assert known and note == f"workspace: {recorded}"
     dry = CliRunner().invoke(app, ["clean", "--dry-run", "--project-dir", str(root)])
     assert dry.exit_code == 0, dry.output
     assert [line.split()[0] for line in dry.output.splitlines()[1:6]] == stale

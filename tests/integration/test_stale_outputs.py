@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.dvc_project import DvcProject
-from flows.stale_outputs import clean_stale_outputs, stale_outputs_note
+from flows.stale_outputs import clean_stale_outputs, recorded_note, stale_outputs_note
 from tests.conftest import run
 from tests.unit.test_workspace import HOLD
 
@@ -94,6 +94,27 @@ def test_a_dropped_items_outputs_are_reported_and_cleaned_and_nothing_reruns(pro
     assert (root / "models" / "m" / "a-mine" / "notes.txt").exists()  # not DVC's: kept, said
     assert (root / "models" / "m" / ".a-1.k2j4h8sd").exists()  # not an output
     assert clean_stale_outputs(project).removed == []  # a second clean has nothing to do
+
+
+def test_the_note_is_recorded_for_status_until_what_it_was_found_from_changes(project: DvcProject) -> None:
+    """`chatgraft status` prints the recorded note without DVC's import while dvc.yaml, params.yaml and the
+    outputs' folders are as they were; a change to any of them makes it find the note again."""
+    root = project.root
+    assert recorded_note(root) == (False, None)  # nothing recorded yet
+    note = stale_outputs_note(root)
+    assert recorded_note(root) == (True, note)
+    reader = ("import sys; from pathlib import Path; from flows.stale_outputs import recorded_note; "
+              f"known, _ = recorded_note(Path({str(root)!r})); print(known, 'dvc' in sys.modules)")
+    assert run([sys.executable, "-c", reader], Path(__file__).parents[2]).split() == ["True", "False"]
+
+    (root / "params.yaml").write_text("items: [1, 2]\n")  # item 2 declared again
+    assert recorded_note(root) == (False, None)
+    assert stale_outputs_note(root) != note and recorded_note(root)[0]
+    (root / "params.yaml").write_text("items: [1]\n")
+    stale_outputs_note(root)
+    run(["rm", "-r", "models/m/a-mine"], root)  # an output's folder went
+    assert recorded_note(root) == (False, None)
+    assert "a-mine" not in stale_outputs_note(root)
 
 
 def test_a_stage_out_of_date_before_the_cleaning_is_left_to_rerun(project: DvcProject) -> None:
