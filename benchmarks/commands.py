@@ -2,12 +2,14 @@
 
 Times the person-facing commands as a person runs them (`chatgraft ...`, a process each, the embedded default: no
 MLFLOW_TRACKING_URI, no Prefect server): promote (a move, and a refused one: the version already is champion),
-rollback, pin, status (with the workspace note the flow recorded, and with it found again from DVC's graph), history,
-runs, clean --dry-run, ui (until its banner says where it listens, and its stop), `run --no-wait` refused on a busy
-project, and `run` refused for a bad `--set`. Each runs REPEATS times; the median, fastest and slowest wall times are
-printed. The commands run on a copy of the project, so the project itself is left as it was; the copy gets a
-second version of the champion's model, so that promote and rollback make real moves. Without --project-dir, a
-default project is built first in a temporary folder by `chatgraft run` (minutes).
+rollback, pin, status (with the workspace note the flow recorded, and with it found again from DVC's graph),
+history, runs, clean --dry-run, check, intake, merge and evaluate on the project's tiny models (their whole work),
+ui (until its banner says where it listens, and its stop, with `watch` beside it: alone, watch and `serve` need
+servers of one's own), `run --no-wait` refused on a busy project, and `run` refused for a bad `--set`. Each runs
+REPEATS times; the median, fastest and slowest wall times are printed. The commands run on a copy of the project, so
+the project itself is left as it was; the copy gets a second version of the champion's model, so that promote and
+rollback make real moves. Without --project-dir, a default project is built first in a temporary folder by
+`chatgraft run` (minutes).
 """
 from __future__ import annotations
 
@@ -133,14 +135,25 @@ def measure(source: Path, copy: Path, repeats: int) -> dict[str, list[float]]:
                 (f"pin {champion}", ["pin", champion], 0), (f"pin {champion} --off", ["pin", champion, "--off"], 0),
                 ("status", ["status"], 0), ("history", ["history"], 0), ("runs", ["runs"], 0),
                 ("clean --dry-run", ["clean", "--dry-run"], 0),
+                ("check", ["check"], 0), ("intake (an empty inbox)", ["intake"], 0),
                 (f"run --set {BAD_SET} (refused)", ["run", "--set", BAD_SET], 2),
                 ("--help (the interpreter and the CLI alone)", ["--help"], 0)]
+    models = copy / "models"
+    work = [("merge (the tiny pair: the whole merge)",
+             ["merge", "--base", models / "upstream/base", "--chat", models / "upstream/chat", "--cp", models / "cp",
+              "--out", copy / "bench-merge", "--overwrite"]),
+            ("evaluate (a tiny model: every suite)",
+             ["evaluate", "--model", models / "merged/alpha-1.0", "--chat", models / "upstream/chat",
+              "--corpus", copy / "data/corpus", "--out", copy / "bench-evaluate", *here])]
     busy = "run --no-wait (busy project: refused)"
     finding, ui_up, ui_down = "status (workspace note found again: DVC)", "ui (until its banner)", "ui (its stop)"
-    figures: dict[str, list[float]] = {label: [] for label in [*(c[0] for c in commands), finding, ui_up, ui_down, busy]}
+    figures: dict[str, list[float]] = {label: [] for label in [*(c[0] for c in commands), *(w[0] for w in work),
+                                                               finding, ui_up, ui_down, busy]}
     for _ in range(repeats):
         for label, args, expect in commands:
             figures[label].append(timed([*args, *here] if args != ["--help"] else args, expect))
+        for label, args in work:
+            figures[label].append(timed(list(map(str, args))))
         figures[finding].append(status_finding_the_note(here))
         for label, seconds in zip((ui_up, ui_down), ui_start_and_stop(here)):
             figures[label].append(seconds)

@@ -1,3 +1,3 @@
-from flows.cli import app
+from flows.cli import main
 
-app(prog_name="chatgraft")
+main()

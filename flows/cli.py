@@ -398,11 +398,23 @@ def intake(
     (the flow's first task).
 
     Exits 1 when a file was refused (an unsafe name, a link out of the inbox, no readable documents); the
-    files that could be taken are taken, and reports/intake.json lists every refusal."""
-    from flows.context import open_project
-    from flows.tasks import take_new_data
+    files that could be taken are taken, and reports/intake.json lists every refusal. Refuses (exit 3) while a run
+    holds the project: it reads data/incoming."""
+    import logging
 
-    intake_ = take_new_data(open_project(project_dir))
+    from flows.dvc_project import DvcProject
+    from flows.inbox import intake_inbox
+    from flows.workspace import WorkspaceBusy, workspace_lock
+    from pipelines.config import load_params
+
+    root = project_dir.resolve()
+    inbox = load_params(root / "params.yaml").flow.inbox
+    try:
+        with workspace_lock(root, "chatgraft intake", 0, partial(typer.echo, err=True)):
+            intake_, _ = intake_inbox(DvcProject(root), inbox, logging.getLogger("chatgraft.intake"))
+    except WorkspaceBusy as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3)
     typer.echo(f"{len(intake_.taken)} new file(s) in data/incoming; left in the inbox: {intake_.skipped or 'none'}")
     for name, reason in intake_.refused.items():
         typer.echo(f"refused: {name!r}: {reason}", err=True)
@@ -716,3 +728,18 @@ def _memory_estimate(params: "Params", source: Path) -> tuple[str, int]:
     return (f"{config.model_type}, {mode} fine-tuning, {distributed.nproc_per_node} process(es) "
             f"({distributed.strategy}), {params.cp.batch_size} x {params.cp.block_size} tokens a step:\n"
             f"{estimate.table()}"), estimate.total
+
+
+def main() -> None:
+    """The `chatgraft` command: an invalid params.yaml is said in a few lines naming the file and the keys at fault
+    (exit 2), whichever command read it, never as a traceback."""
+    try:
+        app(prog_name="chatgraft")
+    except Exception as error:
+        from pipelines.config import ParamsError  # pydantic's import, paid only on an error
+
+        if not isinstance(error, ParamsError):
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(2) from None
+

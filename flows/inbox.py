@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import filecmp
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -19,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.client import BaseClient
@@ -27,6 +29,12 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from pipelines.atomic import write_json_atomic
 from pipelines.corpus.documents import DOCUMENT_SUFFIXES, read_file_documents
+from pipelines.layout import Layout
+
+if TYPE_CHECKING:
+    from flows.dvc_project import DvcProject
+
+INTAKE_STAGE = "inbox"  # its output is what the intake takes in and records
 
 NAME_MAX = 255  # bytes in one path component on Linux filesystems
 # S3 error codes that concern one object (gone, or not readable with these credentials), not the whole inbox
@@ -267,3 +275,23 @@ def take_inbox(files: Iterator[InboxFile], snapshot: Path) -> Intake:
 def write_intake_report(intake: Intake, source: str, path: Path) -> None:
     """The intake's report (taken, skipped, refused with reasons), written atomically."""
     write_json_atomic(path, intake.as_report(source))
+
+
+def intake_inbox(dvc: DvcProject, source: str | None, logger: logging.Logger) -> tuple[Intake, str]:
+    """Take new corpus files from the inbox `source` (`flow.inbox`) into data/incoming, record them as the `inbox`
+    stage's output (`dvc commit inbox`) and log what was left or refused; returns the intake and a line saying what
+    came in. The flow's intake task and `chatgraft intake` both call it, each holding the project."""
+    layout = Layout(dvc.root)
+    legacy = dvc.root / "data" / "incoming.dvc"
+    if legacy.exists():  # projects from before the inbox stage tracked the snapshot with `dvc add`
+        legacy.unlink()
+        logger.warning("data/incoming is now the inbox stage's output: removed data/incoming.dvc (commit that)")
+    intake = take_inbox(inbox_files(source, dvc.root) if source else iter(()), layout.incoming)
+    write_intake_report(intake, source or "", layout.intake_report)
+    dvc.commit(INTAKE_STAGE)
+    if intake.skipped:
+        logger.warning("left in the inbox (not .txt, .jsonl or .parquet): %s", intake.skipped)
+    for name, reason in intake.refused.items():
+        logger.warning("refused from the inbox, not taken: %r: %s", name, reason)
+    return intake, (f"{len(intake.taken)} new file(s) from {source}: {', '.join(intake.taken)}" if intake.taken
+                    else f"nothing new in {source}" if source else "no inbox to take from (flow.inbox)")

@@ -17,11 +17,12 @@ from prefect.runtime import flow_run
 from flows.console import LOGS
 from flows.context import RunContext, open_project, require_usable_inputs
 from flows.leaderboard_view import leaderboard_markdown, promotion_markdown
+from flows.inbox import INTAKE_STAGE
 from flows.lineage import lineage_tags, log_environment
 from flows.recovery import fail_abandoned_runs, recover_crashed_runs, remove_staging_left_behind, tag_workspace
 from flows.slots import ensure_concurrency_limits
 from flows.tasks import (
-    INTAKE_STAGE, AnswersViews, import_documents, link_inputs, note_stale_outputs, promote_challenger, push_outputs,
+    AnswersViews, import_documents, link_inputs, note_stale_outputs, promote_challenger, push_outputs,
     read_leaderboard, register_winner, run_stages, save_experiment, take_new_data, wait_for_answers_views, with_retries,
 )
 from flows.tracking.answers import ViewWorker

@@ -17,7 +17,7 @@ from flows.context import RunContext
 from flows.device_slots import devices_needed
 from flows.dvc_project import PipelineStage, StageFailed
 from flows.fair_comparison import champion_on_current_data, current_fingerprint, record_version_metrics
-from flows.inbox import Intake, inbox_files, take_inbox, write_intake_report
+from flows.inbox import INTAKE_STAGE, Intake, intake_inbox
 from flows.leaderboard_view import version_markdown
 from flows.lineage import experiment_name, git_revision, lineage_tags
 from flows.promotion import apply_policy
@@ -41,7 +41,6 @@ from pipelines.model_card import CARD as MODEL_CARD, with_evaluation
 from pipelines.promotion import Decision
 from pipelines.upstream.manifest import read_upstream
 
-INTAKE_STAGE = "inbox"  # its output is what the intake task takes in and records
 
 
 @dataclass(frozen=True)
@@ -59,21 +58,8 @@ class StageOutcome:
 def take_new_data(ctx: RunContext) -> Intake:
     """Take new corpus files from the inbox (`flow.inbox`) into data/incoming and record them as the `inbox`
     stage's output (`dvc commit inbox`)."""
-    source = ctx.params.flow.inbox
-    logger = get_run_logger()
-    legacy = ctx.root / "data" / "incoming.dvc"
-    if legacy.exists():  # projects from before the inbox stage tracked the snapshot with `dvc add`
-        legacy.unlink()
-        logger.warning("data/incoming is now the inbox stage's output: removed data/incoming.dvc (commit that)")
-    intake = take_inbox(inbox_files(source, ctx.root) if source else iter(()), ctx.layout.incoming)
-    write_intake_report(intake, source or "", ctx.layout.intake_report)
-    ctx.dvc.commit(INTAKE_STAGE)
-    _report(ctx, "intake", f"{len(intake.taken)} new file(s) from {source}: {', '.join(intake.taken)}" if intake.taken
-            else f"nothing new in {source}" if source else "no inbox to take from (flow.inbox)")
-    if intake.skipped:
-        logger.warning("left in the inbox (not .txt, .jsonl or .parquet): %s", intake.skipped)
-    for name, reason in intake.refused.items():
-        logger.warning("refused from the inbox, not taken: %r: %s", name, reason)
+    intake, outcome = intake_inbox(ctx.dvc, ctx.params.flow.inbox, get_run_logger())
+    _report(ctx, "intake", outcome)
     return intake
 
 

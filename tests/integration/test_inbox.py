@@ -22,6 +22,7 @@ from flows.inbox import inbox_files, take_inbox
 from flows.tasks import import_documents, take_new_data
 from pipelines.atomic import read_jsonl
 from tests.conftest import TINY_PARAMS, free_port, make_project, wait_until
+from tests.unit.test_workspace import HOLD
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +98,35 @@ def test_local_inbox_feeds_the_corpus_and_an_unchanged_inbox_is_a_no_op(tmp_path
     (inbox / "kato.txt").write_text("the harbour of kato is red .")
     assert take_new_data(ctx).taken == ["kato.txt"]
     assert not ctx.dvc.is_up_to_date("corpus")
+
+
+INTAKE_BY_HAND = """
+import sys
+from typer.testing import CliRunner
+from flows.cli import app
+done = CliRunner().invoke(app, ["intake", "--project-dir", sys.argv[1]])
+print(done.exit_code, "prefect" in sys.modules, done.output.replace(chr(10), " | "))
+"""
+
+
+def test_intake_by_hand_takes_the_inbox_without_prefect_and_never_while_a_run_holds_the_project(
+        tmp_path: Path) -> None:
+    root = project_with_inbox(tmp_path, "inbox")
+    (root / "inbox").mkdir()
+    (root / "inbox" / "kato.txt").write_text("the harbour of kato is green .")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = subprocess.run([sys.executable, "-c", INTAKE_BY_HAND, str(root)], capture_output=True, text=True)
+        assert busy.stdout.startswith("3 ") and "flow run brave-otter (1234)" in busy.stdout, busy.stdout
+        assert not (root / "data" / "incoming" / "kato.txt").exists()  # nothing taken under a run's feet
+    finally:
+        holder.kill()
+        holder.wait()
+    taken = subprocess.run([sys.executable, "-c", INTAKE_BY_HAND, str(root)], capture_output=True, text=True)
+    code, prefect_imported, said = taken.stdout.split(maxsplit=2)
+    assert (code, prefect_imported) == ("0", "False"), taken.stdout + taken.stderr  # no Prefect server to start
+    assert said.startswith("1 new file(s) in data/incoming") and snapshot_files(root) == 1
 
 
 def test_s3_inbox_takes_each_object_once(tmp_path: Path, s3: BaseClient) -> None:

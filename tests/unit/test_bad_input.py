@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -284,3 +286,14 @@ def test_documents_a_run_cannot_read(tmp_path: Path, no_aws_credentials: pytest.
     (folder / "notes.md").write_text("not a document")
     root = project(tmp_path / "folder", data={"source": "documents", "documents": str(folder)}, **own)
     refused(root, f"data.documents: {folder}: files that are not .txt, .jsonl, .parquet: notes.md")
+
+
+@pytest.mark.parametrize("command", [["status"], ["history"], ["intake"], ["promote", "1"]])
+def test_an_invalid_params_file_is_said_without_a_traceback_by_every_command(tmp_path: Path,
+                                                                               command: list[str]) -> None:
+    (tmp_path / "params.yaml").write_text("flow: {inbox: 3}\n")
+    done = subprocess.run([str(Path(sys.executable).parent / "chatgraft"), *command, "--project-dir", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines() == [f"error: {tmp_path / 'params.yaml'}: invalid params",
+                                        "  flow.inbox: Input should be a valid string (got 3)"]
