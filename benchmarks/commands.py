@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from flows.stale_outputs import RECORDED_NOTE
+from pipelines.evaluate.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CHATGRAFT = str(Path(sys.executable).with_name("chatgraft"))
@@ -113,13 +114,6 @@ def ui_start_and_stop(here: list[str]) -> tuple[float, float]:
         if ui.poll() is None:
             ui.kill()
             ui.wait()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def measure(source: Path, copy: Path, repeats: int) -> dict[str, list[float]]:

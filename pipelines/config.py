@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -315,6 +316,44 @@ class EvalSets(Section):
     safety: str | None = Field(None, description="requests labelled harmful or harmless-but-risky")
 
 
+SERVER_PLACEHOLDERS = {"model", "port"}  # what eval.server.command is formatted with
+
+
+class EvalServerParams(Section):
+    """The OpenAI-compatible server that answers for `eval.engine: openai` (vLLM, SGLang, `transformers serve`)."""
+
+    command: str | None = Field(
+        None, description="command that serves one candidate on 127.0.0.1:{port}, e.g. `vllm serve {model} --port "
+        "{port}` ({model}: the candidate's folder, also the model name requests give); started per candidate in a "
+        "process group of its own, stopped after its answers; null: the server already running at "
+        "$CHATGRAFT_EVAL_BASE_URL (e.g. http://127.0.0.1:8000/v1, serving the candidate's folder path); either is sent "
+        "$CHATGRAFT_EVAL_API_KEY when that is set"
+    )
+    dialect: Literal["vllm", "transformers"] = Field(
+        "vllm", description="how requests name the prompt and the end-of-turn ids: vllm (vLLM, SGLang: prompt token "
+        "ids, stop_token_ids, ignore_eos, answers as token ids) or transformers (`transformers serve`, which refuses "
+        "other fields: prompt text, the stop ids in a generation_config, answers' ids re-read from their text, and "
+        "an answer the budget capped asked again with a token more, to tell whether a stop id ended it)"
+    )
+    concurrency: int = Field(32, ge=1, description="answer requests in flight at once")
+    start_timeout_s: float = Field(900.0, gt=0, description="seconds a started server has to answer GET /v1/models")
+    request_timeout_s: float = Field(600.0, gt=0, description="seconds one answer may take, waiting included")
+
+    @field_validator("command")
+    @classmethod
+    def _placeholders(cls, command: str | None) -> str | None:
+        if command is None:
+            return command
+        try:
+            named = {name for _, name, _, _ in string.Formatter().parse(command) if name is not None}
+        except ValueError as error:
+            raise ValueError(f"not a command template ({error}): write braces as {{{{ }}}}") from None
+        if named != SERVER_PLACEHOLDERS:
+            raise ValueError(f"the command must name {{model}} and {{port}} and nothing else in braces, "
+                             f"got {sorted(named)}")
+        return command
+
+
 class EvalParams(Section):
     """Evaluation of each candidate on the target domain."""
 
@@ -346,8 +385,14 @@ class EvalParams(Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where candidates are "
                         "evaluated: auto (a CUDA GPU when there is one, in bf16; else the CPU in float32), cpu, cuda "
                         "or cuda:<index>")
+    engine: Literal["hf", "openai"] = Field(
+        "hf", description="what generates the answers: hf (transformers `generate` in this process, padded batches) "
+        "or openai (an OpenAI-compatible server's /v1/completions, `eval.server`); perplexity is always in-process"
+    )
+    server: EvalServerParams = Field(default_factory=EvalServerParams, description="the server of `engine: openai`")
     max_new_tokens: int = Field(24, ge=1, description="generation budget per answer")
-    batch_size: int = Field(32, ge=1, description="prompts per generation batch")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch (hf engine) and per perplexity or "
+                            "classifier batch")
     max_questions: int = Field(160, ge=1, description="at most this many eval questions are asked")
     repetition_ngram: int = Field(3, ge=1, description="n of the n-grams counted by the repetition rate")
     block_size: int = Field(64, ge=8, description="tokens per held-out document when measuring perplexity (longer ones are cut)")

@@ -17,11 +17,22 @@ class Generation:
     terminated: bool
 
 
-def _cut_at_stop(ids: list[int], stop_ids: set[int], pad_id: int | None) -> tuple[list[int], bool]:
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, conversation: list[dict[str, str]]) -> str:
+    """The text a conversation is answered from: the chat template, ending with the assistant's turn opened."""
+    return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+
+def cut_at_stop(ids: list[int], stop_ids: set[int], pad_id: int | None) -> tuple[list[int], bool]:
+    """The answer's ids up to the first stop id, and whether one was found (an answer none ended loses its pads)."""
     for position, token in enumerate(ids):
         if token in stop_ids:
             return ids[:position], True
     return [t for t in ids if t != pad_id], False
+
+
+def decoded_answer(tokenizer: PreTrainedTokenizerBase, ids: list[int], terminated: bool) -> Generation:
+    """The answer of `ids` (the stop id cut off), its text decoded as every engine decodes it."""
+    return Generation(tokenizer.decode(ids, skip_special_tokens=True).strip(), ids, terminated)
 
 
 @torch.inference_mode()
@@ -39,13 +50,13 @@ def generate_answers(
     answers: list[Generation] = []
     for start in tqdm(range(0, len(conversations), batch_size), desc="generate", unit="batch"):
         batch = conversations[start : start + batch_size]
-        prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
+        prompts = [chat_prompt(tokenizer, conversation) for conversation in batch]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         output = model.generate(
             **encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
             pad_token_id=tokenizer.pad_token_id,
         )
         for row in output[:, encoded["input_ids"].shape[1] :].tolist():
-            ids, terminated = _cut_at_stop(row, set(stop_ids), tokenizer.pad_token_id)
-            answers.append(Generation(tokenizer.decode(ids, skip_special_tokens=True).strip(), ids, terminated))
+            ids, terminated = cut_at_stop(row, set(stop_ids), tokenizer.pad_token_id)
+            answers.append(decoded_answer(tokenizer, ids, terminated))
     return answers

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from pipelines.atomic import write_json_atomic, write_jsonl_atomic
 from pipelines.config import EvalParams
 from pipelines.devices import load_for_inference, resolve_device
 from pipelines.evaluate.degeneration import distinct_n, repetition_rate, termination_rate
-from pipelines.evaluate.generation import Generation, generate_answers
+from pipelines.evaluate.engines import answering_engine
+from pipelines.evaluate.generation import Generation
 from pipelines.evaluate.harness import run_harness
 from pipelines.evaluate.instruction import answer_correct, exact_match, token_f1
 from pipelines.evaluate.judge import Judge, judge_score
@@ -143,24 +145,23 @@ def _judge(model: str, samples: list[dict[str, Any]]) -> float:
 def evaluate_candidate(*, model_dir: Path, chat_dir: Path, corpus_dir: Path, params: EvalParams,
                        metrics_path: Path, samples_path: Path, speed_path: Path | None = None) -> EvalResult:
     """Score one checkpoint on every suite: held-out text, instructions, multi-turn, language, safety; on the
-    accelerator when there is one (`eval.device`). The scores go to `metrics_path`, every answer to
-    `samples_path`, and the answers a second to `speed_path` when given (never beside the scores, which later
-    stages depend on)."""
+    accelerator when there is one (`eval.device`), the answers from the engine `eval.engine` names. The scores go
+    to `metrics_path`, every answer to `samples_path`, and the answers a second (and the engine that gave them) to
+    `speed_path` when given (never beside the scores, which later stages depend on)."""
     inputs = eval_inputs(params, corpus_dir)
     require_eval_inputs(inputs, corpus_dir)
     device = resolve_device(params.device)
     tokenizer = with_pad_token(AutoTokenizer.from_pretrained(model_dir), model_dir)
     if not tokenizer.chat_template:  # base and CP models are asked in the chat model's format
         tokenizer.chat_template = AutoTokenizer.from_pretrained(chat_dir).chat_template
-    model = load_for_inference(model_dir, device)
+    model = cache(partial(load_for_inference, model_dir, device))  # loaded once, by the first that needs it
     sets = eval_sets(params, corpus_dir)
     stop_ids = end_of_turn_ids(chat_dir, tokenizer)
 
-    started = time.perf_counter()
-    answers = {suite: generate_answers(model, tokenizer, [e.conversation() for e in examples], stop_ids,
-                                       params.max_new_tokens, params.batch_size)
-               for suite, examples in sets.items()}
-    seconds = time.perf_counter() - started
+    with answering_engine(params, model_dir, tokenizer, stop_ids, model) as engine:
+        started = time.perf_counter()
+        answers = {suite: engine.answer([e.conversation() for e in examples]) for suite, examples in sets.items()}
+        seconds = time.perf_counter() - started
     language = _language_scorer(params, corpus_dir)
     refusal = refusal_matcher(params.refusal_patterns or DEFAULT_REFUSAL_PATTERNS)
     samples = [_sample(suite, example, answer, params, language, refusal)
@@ -169,7 +170,7 @@ def evaluate_candidate(*, model_dir: Path, chat_dir: Path, corpus_dir: Path, par
         _classify_refusals(params, inputs["refusal_classifier"].path, samples, device)
     heldout = inputs["heldout"].read()
     metrics = {
-        "target_perplexity": perplexity(model, tokenizer, heldout, params.block_size, params.batch_size),
+        "target_perplexity": perplexity(model(), tokenizer, heldout, params.block_size, params.batch_size),
         **suite_metrics(samples, answers, params),
     }
     if params.lm_eval_tasks:
@@ -180,5 +181,5 @@ def evaluate_candidate(*, model_dir: Path, chat_dir: Path, corpus_dir: Path, par
     write_json_atomic(metrics_path, metrics)
     speed = len(samples) / seconds
     if speed_path:
-        write_json_atomic(speed_path, {"answers_per_second": speed})
+        write_json_atomic(speed_path, {"answers_per_second": speed, **engine.report})
     return EvalResult(metrics=metrics, answers_per_second=speed)

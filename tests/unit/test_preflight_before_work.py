@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from pipelines.config import EvalParams, load_params
-from pipelines.evaluate import stage
+from pipelines.evaluate import engines, stage
 from pipelines.preflight import (
     TINY_WORLD_DEFAULTS, Machine, cp_setup_problems, setting_value, tiny_world_warnings,
 )
@@ -32,7 +32,8 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a model was loaded or asked before the inputs were checked")
 
     monkeypatch.setattr(stage, "load_for_inference", forbidden)
-    monkeypatch.setattr(stage, "generate_answers", forbidden)
+    monkeypatch.setattr(engines, "generate_answers", forbidden)
+    monkeypatch.setattr(engines, "candidate_endpoint", forbidden)
 
 
 def machine_is(monkeypatch: pytest.MonkeyPatch, machine: Machine) -> None:
