@@ -575,7 +575,7 @@ def ui(
     Prints where both listen; their own lines (each request, each move heard) go to .chatgraft/logs/ui.log.
     SIGINT (Ctrl-C) or SIGTERM stops both."""
     from flows.console import LOGS, divert_output, say
-    from flows.promotion_lock import LOCK_ENV, lock_file
+    from flows.promotion_lock import LOCK_ENV, announce_served_store, lock_file
     from flows.tracking.relocation import relocate
     from flows.tracking.store import embedded_uri, tracking_uri
     from flows.tracking.webhooks import project_keys, server_environment
@@ -601,7 +601,7 @@ def ui(
         command += ["--default-artifact-root", (root / "mlflow" / "artifacts").as_uri()]
     server = subprocess.Popen(command, env={**os.environ, **server_environment(project_keys(root))},
                               start_new_session=True)  # its own group: its workers are stopped with it
-    url = local_address(host, port)
+    url, served = local_address(host, port), None
     try:
         _wait_for_server(server, url, terminal, log)
         say(f"MLflow UI   {url}", terminal)
@@ -612,6 +612,7 @@ def ui(
             raise typer.Exit(server.wait())
         if (lock := lock_file(uri)) is not None:  # the watcher reaches the local store through the UI's server
             os.environ[LOCK_ENV] = str(lock)
+            served = announce_served_store(url, lock)  # and so does a person's command given the UI's address
         os.environ["MLFLOW_TRACKING_URI"] = url
         _watch(root, host, watch_port, None, terminal)
     except KeyboardInterrupt:  # Ctrl-C: the receiver has shut down
@@ -619,6 +620,8 @@ def ui(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):  # stopping already: a second signal would leave the UI up
             signal.signal(signum, signal.SIG_IGN)
+        if served is not None:
+            served.unlink(missing_ok=True)
         _stop_group(server)
 
 

@@ -8,6 +8,8 @@ Prefect server every host sees (`flows.slots.promotion_limit`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -47,12 +49,45 @@ def local_store(uri: str) -> Path | None:
 
 def lock_file(uri: str) -> Path | None:
     """The promotion lock file of the registry at `uri`: beside its local store, so that every process using the
-    store finds it from the store alone (or the file CHATGRAFT_PROMOTION_LOCK names); None for a registry on a
-    server."""
+    store finds it from the store alone (or the file CHATGRAFT_PROMOTION_LOCK names, or the one a running `chatgraft
+    ui` serving a local store at `uri` announced); None for a registry on a server."""
     if given := os.environ.get(LOCK_ENV):
         return Path(given)
+    if urlparse(uri).scheme in ("http", "https") and (served := _served_lock(uri)) is not None:
+        return served
     store = local_store(uri)
     return store.with_name(store.name + LOCK_SUFFIX) if store is not None else None
+
+
+def served_store_record(url: str) -> Path:
+    """Where a running `chatgraft ui` says that `url` serves a local store, and which lock file that store has: on
+    this machine, since only its processes reach the store's file."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "chatgraft" / "served-stores" / f"{hashlib.sha256(url.rstrip('/').encode()).hexdigest()[:16]}.json"
+
+
+def announce_served_store(url: str, lock: Path) -> Path:
+    """Say, while this process runs, that `url` serves a local store whose promotion lock is `lock`, so that a
+    person's command or a flow given that address takes the file lock the UI's watcher takes; returns the record,
+    for the caller to remove when it stops."""
+    from pipelines.atomic import write_json_atomic
+
+    record = served_store_record(url)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, {"url": url.rstrip("/"), "lock": str(lock), "pid": os.getpid()})
+    return record
+
+
+def _served_lock(uri: str) -> Path | None:
+    """The lock file of the local store a running `chatgraft ui` serves at `uri`, if one does."""
+    import psutil
+
+    try:
+        served = json.loads(served_store_record(uri).read_text())
+    except (OSError, ValueError):
+        return None
+    alive = isinstance(served.get("pid"), int) and psutil.pid_exists(served["pid"])
+    return Path(served["lock"]) if alive and served.get("url") == uri.rstrip("/") else None
 
 
 def promotion_lock(uri: str, wait_seconds: float, logger: Logger,

@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 
 from flows import promotion
 from flows.cli import app
-from flows.promotion_lock import SlotWaitTimeout, local_store, lock_file, promotion_lock
+from flows.promotion_lock import (
+    LOCK_ENV, SlotWaitTimeout, announce_served_store, local_store, lock_file, promotion_lock,
+)
 from flows.slots import GPU_TAG, PROMOTION_LIMIT, ensure_concurrency_limits, wait_for_gpu_slot
 from flows.tracking import history, open_store, registry
 from flows.tracking.store import Store
@@ -285,3 +287,21 @@ def test_a_gpu_wait_names_the_holding_task_run_and_flow_run(project, caplog) -> 
         release.set()
         thread.join()
     wait_for_gpu_slot("merge@1.0", 5, logging.getLogger("waiter"))  # free again: returns at once
+
+
+def test_a_command_given_a_running_uis_address_takes_the_lock_of_the_store_it_serves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`chatgraft ui` serves a local store over http; its watcher takes that store's file lock, and so must a person's
+    command or a flow given the UI's address, or their moves and the watcher's race (found as a sqlite UNIQUE error
+    on a version's tag). Once the UI has stopped (its process gone), the address is a server's like any other."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(LOCK_ENV, raising=False)
+    url, lock = "http://127.0.0.1:5999", tmp_path / "mlflow.db.promotion.lock"
+    assert lock_file(url) is None  # no UI: a tracking server, Prefect's limit
+    record = announce_served_store(url, lock)
+    assert lock_file(url) == lock and lock_file(url + "/") == lock
+    assert lock_file("http://127.0.0.1:5998") is None  # another address
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    record.write_text(json.dumps({**json.loads(record.read_text()), "pid": dead.pid}))
+    assert lock_file(url) is None  # the UI that said so is gone
