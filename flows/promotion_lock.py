@@ -73,7 +73,6 @@ def announce_served_store(url: str, lock: Path) -> Path:
     from pipelines.atomic import write_json_atomic
 
     record = served_store_record(url)
-    record.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, {"url": url.rstrip("/"), "lock": str(lock), "pid": os.getpid()})
     return record
 

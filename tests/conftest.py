@@ -20,6 +20,7 @@ from flows.dvc_project import DvcProject
 from flows.environment import apply_offline_defaults
 from flows.tracking.store import embedded_uri
 from pipelines.config import AlignParams, MergeParams
+from pipelines.evaluate.server import free_port  # noqa: F401 (the tests' port helper)
 
 REPO = Path(__file__).resolve().parents[1]
 apply_offline_defaults()
@@ -54,13 +55,6 @@ def run(cmd: list[str], cwd: Path) -> str:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def free_port_base(count: int) -> int:
