@@ -54,10 +54,11 @@ $(MERGEKIT_VENV)/.installed:
 bench-merge-mergekit: install $(MERGEKIT_VENV)/.installed
 	MERGEKIT_PYTHON=$(MERGEKIT_VENV)/bin/python $(PY) -m benchmarks.merge
 
-# Batched against one-at-a-time generation on merged-1.0 (built first through DVC when missing).
+# The in-process engines (padded, continuous, batches of one) on merged-1.0 (built first through DVC when missing), or
+# on a random-weight Llama with ARGS="--synthetic 100m" (or 1b).
 bench-eval: install
-	test -d models/merged/alpha-1.0 || $(VENV)/bin/dvc repro merge@1.0
-	$(PY) -m benchmarks.eval
+	$(if $(findstring --synthetic,$(ARGS)),,test -d models/merged/alpha-1.0 || $(VENV)/bin/dvc repro merge@1.0)
+	$(PY) -m benchmarks.eval $(ARGS)
 
 # Packed against padded training batches of the same documents, same tiny model.
 bench-cp: install
@@ -80,9 +81,11 @@ seeds: install
 bench-mfu: install
 	$(PY) -m benchmarks.mfu $(MFU_ARGS)
 
-# On a CUDA machine: the default flow on the GPU (each stage's device and time), then bench-mfu; goal under 8 minutes.
+# On a CUDA machine: the default flow on the GPU (each stage's device and time), the evaluation engines on a ~1B
+# model against the bandwidth bound, two evaluations side by side on one GPU, bench-mfu; goal under 10 minutes.
+# GPU_CHECK_ARGS="--parts engines,side-by-side" runs some parts only.
 gpu-check: install
-	$(PY) -m benchmarks.gpu_check --mfu-args "$(MFU_ARGS)"
+	$(PY) -m benchmarks.gpu_check --mfu-args "$(MFU_ARGS)" $(GPU_CHECK_ARGS)
 
 ui: install
 	$(VENV)/bin/chatgraft ui

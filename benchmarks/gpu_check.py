@@ -1,9 +1,13 @@
-"""`make gpu-check`: on a CUDA machine, the default flow run on the GPU, then `bench-mfu`; prints each stage's
-device, time and peak GPU memory, the MFU, and the whole check's time against its 8-minute goal (one H100-class GPU).
+"""`make gpu-check`: on a CUDA machine, in parts (`--parts`, all by default, in this order): the default flow run on
+the GPU (flow), the evaluation's in-process engines on a synthetic ~1B Llama against the memory-bandwidth bound
+(engines, `bench-eval --synthetic 1b`), two candidates evaluated one after the other and side by side on one GPU
+(side-by-side), and `bench-mfu` (mfu); prints each stage's device, time and peak GPU memory, and the whole check's
+time against its goal: the 10 minutes a lent machine gives one command.
 
 The flow is `chatgraft run` in this project, as `make run` runs it (its outputs land here too); every stage process
 appends its wall time and device to a log (pipelines/stage_log.py), read back here. A stage that runs a model
-(training, evaluation, alignment) on the CPU while a GPU is there fails the check.
+(training, evaluation, alignment) on the CPU while a GPU is there fails the check. The side-by-side candidates are
+the synthetic Llama's chat and CP models, scored by `chatgraft evaluate` on this project's evaluation sets.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ import torch
 
 from pipelines.stage_log import STAGE_LOG
 
-GOAL_SECONDS = 8 * 60
+GOAL_SECONDS = 10 * 60
+PARTS = ("flow", "engines", "side-by-side", "mfu")
+ENGINE_ARGS = "--synthetic 1b --prompts 256 --max-new-tokens 128 --one-at-a-time 16"
 MODEL_STAGES = ("upstream", "cp", "evaluate", "align")  # stages whose work is a model's forward/backward passes
 
 
@@ -45,28 +51,72 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - started
 
 
+def run_flow() -> float:
+    """`chatgraft run` with the stage log on; its seconds, then the stage table, failing when a model ran on the CPU."""
+    with tempfile.TemporaryDirectory(prefix="chatgraft-gpu-check-") as work:
+        log = Path(work) / "stages.jsonl"
+        log.touch()
+        seconds = timed([sys.executable, "-m", "flows", "run"], {STAGE_LOG: str(log)})
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+    print(f"\n{stage_table(rows)}\n\nflow {seconds:.0f} s (stages {sum(r['seconds'] for r in rows):.0f} s)", flush=True)
+    cpu = on_cpu(rows)
+    if cpu:
+        sys.exit(f"gpu-check: these stages ran a model on the CPU with a GPU at hand: {', '.join(cpu)}")
+    return seconds
+
+
+def side_by_side(synthetic: Path, out: Path) -> float:
+    """The synthetic chat and CP models scored by `chatgraft evaluate`, one after the other, then both at once on
+    the one GPU; prints both wall times. Its seconds."""
+    if not (synthetic / "chat").exists():
+        timed([sys.executable, "-m", "benchmarks.eval", "--synthetic", "1b", "--synthetic-dir", str(synthetic),
+               "--prompts", "1", "--one-at-a-time", "0"])
+    if not Path("data/corpus").exists():
+        timed([sys.executable, "-m", "dvc", "repro", "corpus"])
+    evaluations = [[sys.executable, "-m", "flows", "evaluate", "--model", str(synthetic / role), "--chat",
+                    str(synthetic / "chat"), "--out", str(out / role)] for role in ("chat", "cp")]
+    started = time.perf_counter()
+    alone = [timed(command) for command in evaluations]
+    both_started = time.perf_counter()
+    running = [subprocess.Popen(command) for command in evaluations]
+    if any(process.wait() for process in running):
+        sys.exit("gpu-check: an evaluation side by side failed")
+    both = time.perf_counter() - both_started
+    print(f"two candidates on one GPU: one after the other {alone[0]:.0f} + {alone[1]:.0f} = {sum(alone):.0f} s, "
+          f"side by side {both:.0f} s ({sum(alone) / both:.2f}x)", flush=True)
+    return time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which parts, comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--mfu-args", default="", help="arguments for benchmarks.mfu, e.g. '--steps 20'")
+    parser.add_argument("--engine-args", default=ENGINE_ARGS, help="arguments for benchmarks.eval")
     args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
     if not torch.cuda.is_available():
         sys.exit("gpu-check needs a CUDA GPU (torch sees none); on CPU, `make run` and `make test` are the checks")
     print(f"gpu-check on {torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible), torch "
           f"{torch.__version__}", flush=True)
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="chatgraft-gpu-check-") as work:
-        log = Path(work) / "stages.jsonl"
-        log.touch()
-        flow_seconds = timed([sys.executable, "-m", "flows", "run"], {STAGE_LOG: str(log)})
-        rows = [json.loads(line) for line in log.read_text().splitlines()]
-    mfu_seconds = timed([sys.executable, "-m", "benchmarks.mfu", *args.mfu_args.split()])
-    total = flow_seconds + mfu_seconds
-    print(f"\n{stage_table(rows)}\n")
-    print(f"flow {flow_seconds:.0f} s (stages {sum(r['seconds'] for r in rows):.0f} s), bench-mfu {mfu_seconds:.0f} s;"
-          f" whole check {total / 60:.1f} min against the {GOAL_SECONDS // 60}-minute goal "
-          f"({'met' if total <= GOAL_SECONDS else 'missed'})")
-    cpu = on_cpu(rows)
-    if cpu:
-        sys.exit(f"gpu-check: these stages ran a model on the CPU with a GPU at hand: {', '.join(cpu)}")
+        synthetic = Path(work) / "synthetic"
+        for part in (p for p in PARTS if p in parts):
+            print(f"\n== {part} ==", flush=True)
+            if part == "flow":
+                seconds[part] = run_flow()
+            elif part == "engines":
+                seconds[part] = timed([sys.executable, "-m", "benchmarks.eval", "--synthetic-dir", str(synthetic),
+                                       *args.engine_args.split()])
+            elif part == "side-by-side":
+                seconds[part] = side_by_side(synthetic, Path(work) / "evaluations")
+            else:
+                seconds[part] = timed([sys.executable, "-m", "benchmarks.mfu", *args.mfu_args.split()])
+    total = sum(seconds.values())
+    print("\n" + ", ".join(f"{part} {s:.0f} s" for part, s in seconds.items()) + f"; whole check {total / 60:.1f} min "
+          f"against the {GOAL_SECONDS // 60}-minute goal ({'met' if total <= GOAL_SECONDS else 'missed'})")
 
 
 if __name__ == "__main__":

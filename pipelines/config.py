@@ -385,14 +385,16 @@ class EvalParams(Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where candidates are "
                         "evaluated: auto (a CUDA GPU when there is one, in bf16; else the CPU in float32), cpu, cuda "
                         "or cuda:<index>")
-    engine: Literal["hf", "openai"] = Field(
-        "hf", description="what generates the answers: hf (transformers `generate` in this process, padded batches) "
-        "or openai (an OpenAI-compatible server's /v1/completions, `eval.server`); perplexity is always in-process"
+    engine: Literal["hf", "continuous", "openai"] = Field(
+        "hf", description="what generates the answers: hf (transformers `generate` in this process, padded batches), "
+        "continuous (transformers' continuous batching in this process: a paged cache, a finished answer's place "
+        "refilled at once) or openai (an OpenAI-compatible server's /v1/completions, `eval.server`); perplexity is "
+        "always in-process"
     )
     server: EvalServerParams = Field(default_factory=EvalServerParams, description="the server of `engine: openai`")
     max_new_tokens: int = Field(24, ge=1, description="generation budget per answer")
-    batch_size: int = Field(32, ge=1, description="prompts per generation batch (hf engine) and per perplexity or "
-                            "classifier batch")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch (hf engine), answers at once "
+                            "(continuous engine) and texts per perplexity or classifier batch")
     max_questions: int = Field(160, ge=1, description="at most this many eval questions are asked")
     repetition_ngram: int = Field(3, ge=1, description="n of the n-grams counted by the repetition rate")
     block_size: int = Field(64, ge=8, description="tokens per held-out document when measuring perplexity (longer ones are cut)")

@@ -1,5 +1,5 @@
-"""What answers a candidate's conversations (`eval.engine`): transformers `generate` in this process (hf) or an
-OpenAI-compatible server (openai), asked through one function; the speed report says which ran, since their answers
+"""What answers a candidate's conversations (`eval.engine`): transformers in this process, by padded batches (hf) or
+continuous batching (continuous), or an OpenAI-compatible server (openai), asked through one function; the speed report says which ran, since their answers
 a second are not comparable."""
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipelines.config import EvalParams
+from pipelines.evaluate.continuous import continuous_answers
 from pipelines.evaluate.endpoint import answer_through_endpoint
 from pipelines.evaluate.generation import Generation, generate_answers
 from pipelines.evaluate.server import candidate_endpoint
 
 Conversations = list[list[dict[str, str]]]
+IN_PROCESS = {"hf": generate_answers, "continuous": continuous_answers}  # the engines answering in this process
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,15 @@ class AnsweringEngine:
 @contextmanager
 def answering_engine(params: EvalParams, model_dir: Path, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int],
                      model: Callable[[], PreTrainedModel]) -> Iterator[AnsweringEngine]:
-    """The engine `params.engine` names, ready until the block ends. hf loads the model with `model()`; openai finds
-    or starts the server, and the in-process model is left unloaded meanwhile (a server started on the accelerator
-    takes its memory)."""
-    if params.engine == "hf":
-        loaded = model()
+    """The engine `params.engine` names, ready until the block ends. hf and continuous load the model with `model()`;
+    openai finds or starts the server, and the in-process model is left unloaded meanwhile (a server started on the
+    accelerator takes its memory)."""
+    if params.engine in IN_PROCESS:
+        loaded, answer = model(), IN_PROCESS[params.engine]
         yield AnsweringEngine(
-            lambda conversations: generate_answers(loaded, tokenizer, conversations, stop_ids, params.max_new_tokens,
-                                                   params.batch_size),
-            {"engine": "hf"})
+            lambda conversations: answer(loaded, tokenizer, conversations, stop_ids, params.max_new_tokens,
+                                         params.batch_size),
+            {"engine": params.engine})
         return
     with candidate_endpoint(params.server, model_dir) as endpoint:
         yield AnsweringEngine(

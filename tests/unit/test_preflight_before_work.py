@@ -32,7 +32,8 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a model was loaded or asked before the inputs were checked")
 
     monkeypatch.setattr(stage, "load_for_inference", forbidden)
-    monkeypatch.setattr(engines, "generate_answers", forbidden)
+    for engine in engines.IN_PROCESS:
+        monkeypatch.setitem(engines.IN_PROCESS, engine, forbidden)
     monkeypatch.setattr(engines, "candidate_endpoint", forbidden)
 
 
