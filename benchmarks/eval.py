@@ -4,8 +4,9 @@ Padded batches (`eval.engine: hf`, the baseline), transformers' continuous batch
 batches of one prompt (what batching buys), through the evaluate stage's own code: answers a second, generated
 tokens a second, the ratio to the baseline and how many greedy answers are identical to the baseline's, token for
 token. The candidate is a project's (default merged-1.0 of `make run`, on its eval questions) or, with
-`--synthetic`, a Llama of that size with random weights (bf16 checkpoint) asked random-word questions: its answers
-run to the budget, the worst case for decoding. On a CUDA GPU each engine's tokens a second is set against the
+`--synthetic`, a Llama of that size with random weights (bf16 checkpoint) asked random-word questions, its
+end-of-turn rows of the output layer scaled by `--end-scale` so that answers end at varied lengths as a chat model's
+do (2: most end within a few tokens, some run to the budget; 1: every answer runs to the budget). On a CUDA GPU each engine's tokens a second is set against the
 memory-bandwidth bound: every decode step reads the weights once, so `concurrency x bandwidth / weight bytes` tokens
 a second at most (KV-cache reads and compute ignored).
 """
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: eval.max_new_tokens")
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument("--one-at-a-time", type=int, default=32, help="prompts for batches of one (0: skip)")
+    parser.add_argument("--end-scale", type=float, default=2.0, help="synthetic: scale of the end-of-turn rows")
     args = parser.parse_args(argv)
     params = load_params(args.project / "params.yaml").eval
     prompts, budget = args.prompts or params.max_questions, args.max_new_tokens or params.max_new_tokens
@@ -104,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer.chat_template = tokenizer.chat_template or AutoTokenizer.from_pretrained(chat_dir).chat_template
         stop_ids = end_of_turn_ids(chat_dir, tokenizer)
         model = load_for_inference(model_dir, resolve_device(params.device))
+        if args.synthetic:
+            with torch.no_grad():
+                model.get_output_embeddings().weight[stop_ids] *= args.end_scale
         report(model, tokenizer, questions, stop_ids, budget, batch_size, args.one_at_a_time,
                args.synthetic or args.candidate)
 
@@ -119,9 +124,9 @@ def report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions
         runs["hf, batches of 1"] = (questions[:one_at_a_time], 1)
     steps = bandwidth_bound(model)
     baseline: tuple[list[Generation], float] | None = None
-    print("| engine | answers | answers/s | new tokens/s | vs hf | identical to hf |"
+    print("| engine | answers | ended | median length | answers/s | new tokens/s | vs hf | identical to hf |"
           + (" share of the bandwidth bound |" if steps else ""))
-    print("| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if steps else ""))
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if steps else ""))
     for label, (asked, size) in runs.items():
         answer = IN_PROCESS[label.split(",")[0]]
         answer(model, tokenizer, asked[:size], stop_ids, budget, size)  # warm-up: lazy initialisation, kernels
@@ -130,7 +135,9 @@ def report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions
         tokens = sum(len(a.token_ids) + a.terminated for a in answers)
         same = sum(a == b for a, b in zip(answers, baseline[0]))
         per_answer = (seconds / len(answers)) / (baseline[1] / len(baseline[0]))
-        row = (f"| {label} | {len(answers)} | {len(answers) / seconds:.1f} | {tokens / seconds:.0f} | "
+        lengths = sorted(len(a.token_ids) for a in answers)
+        row = (f"| {label} | {len(answers)} | {sum(a.terminated for a in answers)} | {lengths[len(lengths) // 2]} | "
+               f"{len(answers) / seconds:.1f} | {tokens / seconds:.0f} | "
                f"{1 / per_answer:.2f}x | {same}/{len(answers)} |")
         print(row + (f" {tokens / seconds / (steps * size):.0%} |" if steps else ""), flush=True)
     if steps:

@@ -326,8 +326,9 @@ class EvalServerParams(Section):
         None, description="command that serves one candidate on 127.0.0.1:{port}, e.g. `vllm serve {model} --port "
         "{port}` ({model}: the candidate's folder, also the model name requests give); started per candidate in a "
         "process group of its own, stopped after its answers; null: the server already running at "
-        "$CHATGRAFT_EVAL_BASE_URL (e.g. http://127.0.0.1:8000/v1, serving the candidate's folder path); either is sent "
-        "$CHATGRAFT_EVAL_API_KEY when that is set"
+        "$CHATGRAFT_EVAL_BASE_URL (e.g. http://127.0.0.1:8000/v1), asked for the candidate's folder path or for "
+        "the name $CHATGRAFT_EVAL_MODEL gives (one server serves one model: `chatgraft evaluate` of a model served "
+        "under a name of its own); either is sent $CHATGRAFT_EVAL_API_KEY when that is set"
     )
     dialect: Literal["vllm", "transformers"] = Field(
         "vllm", description="how requests name the prompt and the end-of-turn ids: vllm (vLLM, SGLang: prompt token "

@@ -24,6 +24,7 @@ from pipelines.config import EvalServerParams
 
 EVAL_BASE_URL = "CHATGRAFT_EVAL_BASE_URL"  # the candidates' server, apart from the judge's OPENAI_BASE_URL
 EVAL_API_KEY = "CHATGRAFT_EVAL_API_KEY"  # sent as a bearer token when set, never kept in params
+EVAL_MODEL = "CHATGRAFT_EVAL_MODEL"  # the name the running server serves under (vLLM's --served-model-name)
 STOP_GRACE_S = 30.0  # a server's time to exit on SIGTERM before its group is killed
 LOG_TAIL_LINES, LOG_TAIL_BYTES = 5, 16384  # what an error quotes of the server's log
 
@@ -57,13 +58,14 @@ def candidate_endpoint(params: EvalServerParams, model_dir: Path) -> Iterator[En
 
 
 def running_endpoint(model: str) -> Endpoint:
-    """The server already running at $CHATGRAFT_EVAL_BASE_URL; an error when the variable is not set."""
+    """The server already running at $CHATGRAFT_EVAL_BASE_URL, asked for the model $CHATGRAFT_EVAL_MODEL names (a
+    server that serves the candidate under a name of its own), else for `model`; an error when no URL is set."""
     base_url = os.environ.get(EVAL_BASE_URL, "").rstrip("/")
     if not base_url:
         raise EndpointError(f"eval.engine is openai and eval.server.command is null, but {EVAL_BASE_URL} is not set: "
                             "name the running server (e.g. http://127.0.0.1:8000/v1) or give eval.server.command")
-    return Endpoint(base_url, model, f"{EVAL_BASE_URL}={base_url}", urlsplit(base_url).netloc.rpartition("@")[2],
-                    os.environ.get(EVAL_API_KEY))
+    return Endpoint(base_url, os.environ.get(EVAL_MODEL) or model, f"{EVAL_BASE_URL}={base_url}",
+                    urlsplit(base_url).netloc.rpartition("@")[2], os.environ.get(EVAL_API_KEY))
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ from pipelines.config import DataParams, EvalParams, ParamsError, validate_param
 from pipelines.corpus.stage import build_corpus
 from pipelines.evaluate.endpoint import answer_from_choice, prompt_field, request_fields, text_prompt
 from pipelines.evaluate.generation import Generation, chat_prompt
-from pipelines.evaluate.server import EVAL_BASE_URL, EndpointError
+from pipelines.evaluate.server import EVAL_BASE_URL, EVAL_MODEL, EndpointError
 from pipelines.evaluate.stage import eval_sets, evaluate_candidate
 from pipelines.upstream.tokenizer import END_OF_TURN, EOS, as_chat_tokenizer, build_word_tokenizer
 from tests.conftest import free_port, wait_until
@@ -214,6 +214,9 @@ def test_the_server_running_at_the_environment_variable(candidate: dict, hf_run:
     message = str(raised.value)
     assert f"{EVAL_BASE_URL}={running_server}: POST {running_server}/completions for {other.resolve()}" in message
     assert "400" in message and "pinned" in message  # the server's own words
+    monkeypatch.setenv(EVAL_MODEL, str(candidate["model"].resolve()))  # the name the server serves the model under
+    renamed = _evaluate(candidate, tmp_path / "renamed", model_dir=other, engine="openai", server=server)
+    _assert_same_answers(hf_run, renamed)
 
 
 def test_no_command_and_no_url_is_an_error_before_any_model_loads(candidate: dict, tmp_path: Path,
