@@ -3,12 +3,14 @@ $CHATGRAFT_EVAL_BASE_URL, or `eval.server.command` started for the candidate, wa
 process group (its workers too), also when the evaluation fails or is interrupted."""
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ EVAL_API_KEY = "CHATGRAFT_EVAL_API_KEY"  # sent as a bearer token when set, neve
 EVAL_MODEL = "CHATGRAFT_EVAL_MODEL"  # the name the running server serves under (vLLM's --served-model-name)
 STOP_GRACE_S = 30.0  # a server's time to exit on SIGTERM before its group is killed
 LOG_TAIL_LINES, LOG_TAIL_BYTES = 5, 16384  # what an error quotes of the server's log
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 class EndpointError(ValueError):
@@ -88,7 +91,8 @@ def started_server(params: EvalServerParams, model: str) -> Iterator[Endpoint]:
     with log_path.open("wb") as log:
         try:
             process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # a group of its own, stopped as one
+                                       start_new_session=True,  # a group of its own, stopped as one
+                                       preexec_fn=_terminated_with_parent)
         except OSError as error:
             shutil.rmtree(log_dir)
             raise EndpointError(f"{command} did not start: {error}") from None
@@ -99,6 +103,15 @@ def started_server(params: EvalServerParams, model: str) -> Iterator[Endpoint]:
     finally:
         stop_process_group(process)
     shutil.rmtree(log_dir)
+
+
+def _terminated_with_parent() -> None:
+    """In the server's process before it runs the command: Linux sends it SIGTERM when the stage dies, also by
+    SIGKILL (the OOM killer), which runs no `finally`; else the server would hold the accelerator's memory until a
+    person stops it. Only the server's leader gets it, as from a stage that stops it (its group then gets SIGKILL
+    too): a server's workers end with their leader. Nothing elsewhere than Linux."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_until_answering(process: subprocess.Popen, base_url: str, timeout_s: float, named: str,

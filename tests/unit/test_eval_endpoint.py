@@ -261,3 +261,18 @@ def test_the_vllm_dialect_sends_the_ids_hf_feeds_and_reads_the_ids_it_gets(candi
         "pet of what", ids, True)
     cut = {"text": "pet of what", "finish_reason": "length", "token_ids": ids}
     assert answer_from_choice(cut, tokenizer, [end], len(ids)) == Generation("pet of what", ids, False)
+
+
+def test_a_killed_stage_takes_its_server_with_it(candidate: dict, tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer) runs no `finally`: the kernel's parent-death signal stops the server instead."""
+    server = f"{sys.executable} -c 'import time; time.sleep(300)' {{model}} {{port}}"  # never answers: still waiting
+    stage = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from pipelines.config import EvalServerParams; "
+        "from pipelines.evaluate.server import candidate_endpoint; "
+        f"candidate_endpoint(EvalServerParams(command={server!r}, start_timeout_s=300), Path(sys.argv[1])).__enter__()"
+    ), str(candidate["model"])], cwd=Path(__file__).resolve().parents[2])
+    wait_until(lambda: psutil.Process(stage.pid).children(), "the server started", seconds=60, interval=0.2)
+    (started,) = psutil.Process(stage.pid).children()
+    os.kill(stage.pid, signal.SIGKILL)
+    stage.wait()
+    wait_until(lambda: not _alive_process(started), "the server stopped", seconds=15, interval=0.2)
