@@ -6,9 +6,10 @@ tokens a second, the ratio to the baseline and how many greedy answers are ident
 token. The candidate is a project's (default merged-1.0 of `make run`, on its eval questions) or, with
 `--synthetic`, a Llama of that size with random weights (bf16 checkpoint) asked random-word questions, its
 end-of-turn rows of the output layer scaled by `--end-scale` so that answers end at varied lengths as a chat model's
-do (2: most end within a few tokens, some run to the budget; 1: every answer runs to the budget). On a CUDA GPU each engine's tokens a second is set against the
-memory-bandwidth bound: every decode step reads the weights once, so `concurrency x bandwidth / weight bytes` tokens
-a second at most (KV-cache reads and compute ignored).
+do (2: most end within a few tokens, some run to the budget; 1: every answer runs to the budget). On a CUDA GPU
+each engine's tokens a second is set against the memory-bandwidth bound: every decode step reads the weights once,
+so `answers at once x bandwidth / weight bytes` tokens a second at most (KV-cache reads and compute ignored; the
+continuous engine may decode fewer than `eval.batch_size` at once, which lowers its share).
 """
 from __future__ import annotations
 
@@ -64,12 +65,15 @@ def synthetic_candidate(size: str, work: Path, prompts: int) -> tuple[Path, Path
 
 
 def bandwidth_bound(model: PreTrainedModel) -> float | None:
-    """Decode steps a second the GPU's memory bandwidth allows for these weights; None on a CPU."""
+    """Decode steps a second the GPU's memory bandwidth allows for these weights (an untied input embedding left
+    out: a step reads a few of its rows); None on a CPU."""
     if model.device.type != "cuda":
         return None
     from torch.cuda._device_limits import GPULimits  # torch's own figures of the card (bus width x memory clock)
 
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding = [] if model.config.tie_word_embeddings else model.get_input_embeddings().parameters()
+    looked_up = {id(p) for p in embedding}
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in looked_up)
     return GPULimits(model.device).get_memory_bandwidth_Bps() / weight_bytes
 
 

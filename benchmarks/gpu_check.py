@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.eval import SYNTHETIC
+from benchmarks.synthetic_llama import llama_config, write_trio
 from pipelines.stage_log import STAGE_LOG
 
 GOAL_SECONDS = 10 * 60
@@ -69,8 +71,7 @@ def side_by_side(synthetic: Path, out: Path) -> float:
     """The synthetic chat and CP models scored by `chatgraft evaluate`, one after the other, then both at once on
     the one GPU; prints both wall times. Its seconds."""
     if not (synthetic / "chat").exists():
-        timed([sys.executable, "-m", "benchmarks.eval", "--synthetic", "1b", "--synthetic-dir", str(synthetic),
-               "--prompts", "1", "--one-at-a-time", "0"])
+        write_trio(synthetic, llama_config(**SYNTHETIC["1b"]))
     if not Path("data/corpus").exists():
         timed([sys.executable, "-m", "dvc", "repro", "corpus"])
     evaluations = [[sys.executable, "-m", "flows", "evaluate", "--model", str(synthetic / role), "--chat",
@@ -79,8 +80,14 @@ def side_by_side(synthetic: Path, out: Path) -> float:
     alone = [timed(command) for command in evaluations]
     both_started = time.perf_counter()
     running = [subprocess.Popen(command) for command in evaluations]
-    if any(process.wait() for process in running):
-        sys.exit("gpu-check: an evaluation side by side failed")
+    try:
+        codes = [process.wait() for process in running]
+    finally:  # a failure or Ctrl-C leaves no evaluation on the GPU
+        for process in running:
+            process.kill()
+            process.wait()
+    if any(codes):
+        sys.exit(f"gpu-check: an evaluation side by side failed (exit codes {codes})")
     both = time.perf_counter() - both_started
     print(f"two candidates on one GPU: one after the other {alone[0]:.0f} + {alone[1]:.0f} = {sum(alone):.0f} s, "
           f"side by side {both:.0f} s ({sum(alone) / both:.2f}x)", flush=True)
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.__version__}", flush=True)
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="chatgraft-gpu-check-") as work:
-        synthetic = Path(work) / "synthetic"
+        synthetic = Path(work) / "synthetic-1b"  # the engines part writes it, side-by-side reads it
         for part in (p for p in PARTS if p in parts):
             print(f"\n== {part} ==", flush=True)
             if part == "flow":

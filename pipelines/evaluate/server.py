@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,6 +31,8 @@ EVAL_MODEL = "CHATGRAFT_EVAL_MODEL"  # the name the running server serves under 
 STOP_GRACE_S = 30.0  # a server's time to exit on SIGTERM before its group is killed
 LOG_TAIL_LINES, LOG_TAIL_BYTES = 5, 16384  # what an error quotes of the server's log
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+RUN_MARK = "CHATGRAFT_RUN_MARK"  # set in every process a `chatgraft run` starts (flows/watchdog.py)
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None  # looked up before any fork
 
 
 class EndpointError(ValueError):
@@ -67,6 +70,10 @@ def running_endpoint(model: str) -> Endpoint:
     if not base_url:
         raise EndpointError(f"eval.engine is openai and eval.server.command is null, but {EVAL_BASE_URL} is not set: "
                             "name the running server (e.g. http://127.0.0.1:8000/v1) or give eval.server.command")
+    if os.environ.get(EVAL_MODEL) and os.environ.get(RUN_MARK):
+        raise EndpointError(f"{EVAL_MODEL} names one served model for every candidate, so a run's evaluations "
+                            "would all score it: unset it for `chatgraft run` (it is for `chatgraft evaluate` of that "
+                            "model)")
     return Endpoint(base_url, os.environ.get(EVAL_MODEL) or model, f"{EVAL_BASE_URL}={base_url}",
                     urlsplit(base_url).netloc.rpartition("@")[2], os.environ.get(EVAL_API_KEY))
 
@@ -92,7 +99,7 @@ def started_server(params: EvalServerParams, model: str) -> Iterator[Endpoint]:
         try:
             process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True,  # a group of its own, stopped as one
-                                       preexec_fn=_terminated_with_parent)
+                                       preexec_fn=partial(_terminated_with_parent, os.getpid()))
         except OSError as error:
             shutil.rmtree(log_dir)
             raise EndpointError(f"{command} did not start: {error}") from None
@@ -105,13 +112,15 @@ def started_server(params: EvalServerParams, model: str) -> Iterator[Endpoint]:
     shutil.rmtree(log_dir)
 
 
-def _terminated_with_parent() -> None:
+def _terminated_with_parent(stage_pid: int) -> None:
     """In the server's process before it runs the command: Linux sends it SIGTERM when the stage dies, also by
     SIGKILL (the OOM killer), which runs no `finally`; else the server would hold the accelerator's memory until a
     person stops it. Only the server's leader gets it, as from a stage that stops it (its group then gets SIGKILL
     too): a server's workers end with their leader. Nothing elsewhere than Linux."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != stage_pid:  # the stage died before the signal was asked for
+            os._exit(1)
 
 
 def wait_until_answering(process: subprocess.Popen, base_url: str, timeout_s: float, named: str,

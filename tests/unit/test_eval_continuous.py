@@ -63,3 +63,12 @@ def test_conversations_the_library_failed_are_named(candidate: dict) -> None:
     with pytest.raises(RuntimeError, match=r"continuous batching answered 0 of 1 "
                                                                    r"conversations; conversations 0 failed: index"):
         continuous_answers(model, tokenizer, conversations, [tokenizer.convert_tokens_to_ids(EOS)], 4, 2)
+
+
+def test_a_generation_config_continuous_batching_would_not_apply_is_refused(candidate: dict) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(candidate["model"])
+    model = AutoModelForCausalLM.from_pretrained(candidate["model"])
+    model.generation_config.repetition_penalty = 1.3  # hf applies it to greedy answers too
+    conversations = [e.conversation() for e in eval_sets(EvalParams(), candidate["corpus"])["instruction"][:4]]
+    with pytest.raises(ValueError, match="RepetitionPenaltyLogitsProcessor, which transformers' continuous batching"):
+        continuous_answers(model, tokenizer, conversations, [tokenizer.convert_tokens_to_ids(EOS)], 4, 2)

@@ -26,7 +26,7 @@ from pipelines.config import DataParams, EvalParams, ParamsError, validate_param
 from pipelines.corpus.stage import build_corpus
 from pipelines.evaluate.endpoint import answer_from_choice, prompt_field, request_fields, text_prompt
 from pipelines.evaluate.generation import Generation, chat_prompt
-from pipelines.evaluate.server import EVAL_BASE_URL, EVAL_MODEL, EndpointError
+from pipelines.evaluate.server import EVAL_BASE_URL, EVAL_MODEL, RUN_MARK, EndpointError
 from pipelines.evaluate.stage import eval_sets, evaluate_candidate
 from pipelines.upstream.tokenizer import END_OF_TURN, EOS, as_chat_tokenizer, build_word_tokenizer
 from tests.conftest import free_port, wait_until
@@ -207,7 +207,8 @@ def test_the_server_running_at_the_environment_variable(candidate: dict, hf_run:
     served = _evaluate(candidate, tmp_path / "served", engine="openai", server=server)
     _assert_same_answers(hf_run, served)
     assert served["speed"] == {"answers_per_second": served["speed"]["answers_per_second"], "engine": "openai",
-                               "server": running_server.removeprefix("http://").removesuffix("/v1")}
+                               "server": running_server.removeprefix("http://").removesuffix("/v1"),
+                               "model": str(candidate["model"].resolve())}
     other = shutil.copytree(candidate["model"], tmp_path / "other")  # a model the server does not serve
     with pytest.raises(EndpointError) as raised:
         _evaluate(candidate, tmp_path / "other-out", model_dir=other, engine="openai", server=server)
@@ -217,6 +218,10 @@ def test_the_server_running_at_the_environment_variable(candidate: dict, hf_run:
     monkeypatch.setenv(EVAL_MODEL, str(candidate["model"].resolve()))  # the name the server serves the model under
     renamed = _evaluate(candidate, tmp_path / "renamed", model_dir=other, engine="openai", server=server)
     _assert_same_answers(hf_run, renamed)
+    assert renamed["speed"]["model"] == str(candidate["model"].resolve())  # the report names what was asked
+    monkeypatch.setenv(RUN_MARK, "a-run")  # inside `chatgraft run`, every candidate would ask that one model
+    with pytest.raises(EndpointError, match=f"{EVAL_MODEL} names one served model for every candidate"):
+        _evaluate(candidate, tmp_path / "in-a-run", model_dir=other, engine="openai", server=server)
 
 
 def test_no_command_and_no_url_is_an_error_before_any_model_loads(candidate: dict, tmp_path: Path,
@@ -271,8 +276,22 @@ def test_a_killed_stage_takes_its_server_with_it(candidate: dict, tmp_path: Path
         "from pipelines.evaluate.server import candidate_endpoint; "
         f"candidate_endpoint(EvalServerParams(command={server!r}, start_timeout_s=300), Path(sys.argv[1])).__enter__()"
     ), str(candidate["model"])], cwd=Path(__file__).resolve().parents[2])
-    wait_until(lambda: psutil.Process(stage.pid).children(), "the server started", seconds=60, interval=0.2)
-    (started,) = psutil.Process(stage.pid).children()
-    os.kill(stage.pid, signal.SIGKILL)
-    stage.wait()
-    wait_until(lambda: not _alive_process(started), "the server stopped", seconds=15, interval=0.2)
+    def server() -> list[psutil.Process]:  # once it runs the command: the prctl came before
+        return [p for p in psutil.Process(stage.pid).children() if "time.sleep(300)" in " ".join(p.cmdline())]
+
+    wait_until(server, "the server started", seconds=60, interval=0.2)
+    (started,) = server()
+    try:
+        os.kill(stage.pid, signal.SIGKILL)
+        stage.wait()
+        wait_until(lambda: not _alive_process(started), "the server stopped", seconds=15, interval=0.2)
+    finally:
+        _signal_group_if_alive(started)
+
+
+def _signal_group_if_alive(process: psutil.Process) -> None:
+    """SIGKILL the process group `process` leads, when it is still there (a failed test leaves nothing behind)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
