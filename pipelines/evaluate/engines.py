@@ -1,6 +1,6 @@
 """What answers a candidate's conversations (`eval.engine`): transformers in this process, by padded batches (hf)
 or continuous batching (continuous), or an OpenAI-compatible server (openai), asked through one function; the speed
-report says which ran (and the server and model asked), since their answers a second are not comparable."""
+report says which ran (and the server, and the name asked of a running one), since their answers a second are not comparable."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -45,4 +45,4 @@ def answering_engine(params: EvalParams, model_dir: Path, tokenizer: PreTrainedT
         yield AnsweringEngine(
             lambda conversations: answer_through_endpoint(endpoint, params.server, tokenizer, conversations, stop_ids,
                                                           params.max_new_tokens),
-            {"engine": "openai", "server": endpoint.source, "model": endpoint.model})
+            {"engine": "openai", "server": endpoint.source})

@@ -47,7 +47,8 @@ class Endpoint:
     base_url: str  # ends in /v1, as OPENAI_BASE_URL does
     model: str  # the model name requests give: the candidate's folder, as the server command was given it
     named: str  # how errors name the server: its command and log, or the environment variable and URL
-    source: str  # how the speed report names it: the command as params write it, or the URL's host
+    source: str  # how the speed report names it: the command as params write it, or the URL's host (and
+                 # the served name asked)
     api_key: str | None = None
 
 
@@ -74,8 +75,10 @@ def running_endpoint(model: str) -> Endpoint:
         raise EndpointError(f"{EVAL_MODEL} names one served model for every candidate, so a run's evaluations "
                             "would all score it: unset it for `chatgraft run` (it is for `chatgraft evaluate` of that "
                             "model)")
-    return Endpoint(base_url, os.environ.get(EVAL_MODEL) or model, f"{EVAL_BASE_URL}={base_url}",
-                    urlsplit(base_url).netloc.rpartition("@")[2], os.environ.get(EVAL_API_KEY))
+    served_name = os.environ.get(EVAL_MODEL)
+    host = urlsplit(base_url).netloc.rpartition("@")[2]  # the report keeps no credentials and no folder path
+    return Endpoint(base_url, served_name or model, f"{EVAL_BASE_URL}={base_url}",
+                    f"{host}, model {served_name}" if served_name else host, os.environ.get(EVAL_API_KEY))
 
 
 def free_port() -> int:
