@@ -52,6 +52,10 @@ class DataParams(Section):
     base_target_share: float = Field(0.0, ge=0, le=1, description="language world: share of the upstream "
                                      "pretraining text also given in the target language (source facts only), so "
                                      "the base sees a little of it, as Llama 2 saw a little Chinese")
+    chat_target_share: float = Field(0.0, ge=0, le=1, description="language world: share of the chat model's "
+                                     "question-answer conversations also given in the target language, each word "
+                                     "with probability data.base_target_mix (source facts only; the upstream "
+                                     "tokenizer sees them), as a hub chat model's tuning holds a little of other languages")
     dedup: Literal["none", "exact", "minhash"] = Field(
         "exact", description="duplicate removal over the inbox documents: normalised exact match, or MinHash near"
     )
@@ -538,10 +542,10 @@ AUTO = "auto"
 # What a key a world sets means when params.yaml says `auto` or leaves it out: the settings measured best on that
 # world (README, "The language world"). merge.ratios is not one: DVC reads it for the merge stages' foreach.
 WORLD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "domain": {"data.base_target_share": 0.0, "data.base_target_mix": 1.0, "cp.new_tokens": 0,
-               "merge.embedding_rows": "specials"},
-    "language": {"data.base_target_share": 0.3, "data.base_target_mix": 0.5, "cp.new_tokens": 200,
-                 "merge.embedding_rows": "overlap"},
+    "domain": {"data.base_target_share": 0.0, "data.base_target_mix": 1.0, "data.chat_target_share": 0.0,
+               "cp.new_tokens": 0, "merge.embedding_rows": "specials"},
+    "language": {"data.base_target_share": 0.3, "data.base_target_mix": 0.5, "data.chat_target_share": 0.3,
+                 "cp.new_tokens": 200, "merge.embedding_rows": "overlap"},
 }
 
 

@@ -202,6 +202,18 @@ def _glimpse(upstream_text: list[str], world: World, params: DataParams, languag
             if not target_names & set(text.split())]
 
 
+def _chat_glimpse(world: World, params: DataParams, language: TargetLanguage | None) -> list[list[dict[str, str]]]:
+    """Language world: `data.chat_target_share` of the chat model's source questions again, both turns in the target
+    language (each word with probability `data.base_target_mix`), as a chat model's tuning holds a little of many
+    languages. They join the chat set, so the upstream tokenizer learns some of the language's pieces from them."""
+    if language is None:
+        return []
+    rng = random.Random(params.seed + 5)
+    picked = rng.sample(world.source, round(params.chat_target_share * len(world.source)))
+    return [[message | {"content": language.code_switch(message["content"], params.base_target_mix, rng)}
+             for message in chat_conversation(fact)] for fact in picked]
+
+
 def _in(translate: Callable[[str], str], messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return [message | {"content": translate(message["content"])} for message in messages]
 
@@ -220,7 +232,8 @@ def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path,
     """Generate the world and write its data sets to `out_dir` (atomically) and counts to `stats_path`; the
     documents in `incoming` (the inbox snapshot) stream into the CP training text, but those held out by hash
     (`data.heldout_share`), which join the world's held-out text. In the language world everything on the target
-    side (CP text, evaluation sets, SFT set) is in the target language; upstream stays in the source language."""
+    side (CP text, evaluation sets, SFT set) is in the target language; upstream stays in the source language but
+    for the glimpses of mixed-language text and chat (`data.base_target_share`, `data.chat_target_share`)."""
     world = build_world(params.seed, params.source_entities, params.target_entities, params.values_per_attribute)
     language, language_file = _target_language(world, params)
     to_target = language.translate if language else str
@@ -234,6 +247,7 @@ def build_world_corpus(params: DataParams, out_dir: Path, stats_path: Path,
     glimpse = _glimpse(upstream_text, world, params, language)
     cp_text = _cp_sentences(world, params, rng, language)
     chat = [chat_conversation(fact) for fact in world.source] + (safety_conversations(world.source) if language else [])
+    chat += _chat_glimpse(world, params, language)
     sft = sft_rows(sft_facts, params.sft_expert_share, params.values_per_attribute, random.Random(params.seed + 3))
     sets: dict[str, Iterable[dict]] = {
         UPSTREAM_TEXT: [{"text": s} for s in upstream_text],

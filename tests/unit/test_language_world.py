@@ -135,3 +135,19 @@ def test_the_stages_carry_the_language_from_corpus_to_merged_model(corpus: Path,
                                 params=EvalParams(max_new_tokens=4, max_questions=4, block_size=32),
                                 metrics_path=tmp_path / "metrics.json", samples_path=tmp_path / "samples.jsonl")
     assert 0.0 <= result.metrics["language_consistency"] <= 1.0 and result.metrics["target_perplexity"] > 1.0
+
+
+def test_the_chat_model_is_tuned_on_a_share_of_its_questions_in_the_mixed_language(tmp_path: Path) -> None:
+    params = DataParams(world="language", source_entities=8, target_entities=8, base_target_mix=0.5,
+                        chat_target_share=0.5)
+    build_corpus(params, tmp_path / "corpus", tmp_path / "stats.json")
+    dictionary = json.loads((tmp_path / "corpus" / TARGET_LANGUAGE).read_text())["dictionary"]
+    world = json.loads((tmp_path / "corpus" / "world.json").read_text())
+    chats = [row["messages"] for row in read_jsonl(tmp_path / "corpus" / UPSTREAM_CHAT)]
+    mixed = [c for c in chats if any(HANGUL.search(m["content"]) for m in c)]
+    assert len(mixed) == 0.5 * len(world["source"])  # 16 of the 32 source questions, beside every source one
+    said = {word for c in mixed for m in c for word in m["content"].split()}
+    assert said & set(dictionary.values()) and LATIN_WORD.search(" ".join(m["content"] for c in mixed for m in c))
+    target_names = {f["entity"] for f in world["target"]}
+    assert not said & (target_names | {dictionary[name] for name in target_names})
+    assert any(HANGUL.search(c[1]["content"]) for c in mixed)  # the answers too, not only the questions

@@ -20,7 +20,8 @@ def shipped(**data) -> dict:
 
 def effective(params) -> dict:
     return {"data.base_target_share": params.data.base_target_share, "data.base_target_mix": params.data.base_target_mix,
-            "cp.new_tokens": params.cp.new_tokens, "merge.embedding_rows": params.merge.embedding_rows}
+            "data.chat_target_share": params.data.chat_target_share, "cp.new_tokens": params.cp.new_tokens,
+            "merge.embedding_rows": params.merge.embedding_rows}
 
 
 def test_the_shipped_params_leave_every_world_key_to_the_world() -> None:
@@ -31,13 +32,13 @@ def test_the_shipped_params_leave_every_world_key_to_the_world() -> None:
 
 def test_the_language_world_alone_gives_its_measured_settings() -> None:
     assert effective(validate_params(shipped(world="language"))) == {
-        "data.base_target_share": 0.3, "data.base_target_mix": 0.5, "cp.new_tokens": 200,
+        "data.base_target_share": 0.3, "data.base_target_mix": 0.5, "data.chat_target_share": 0.3, "cp.new_tokens": 200,
         "merge.embedding_rows": "overlap"}
 
 
 def test_the_domain_world_keeps_the_settings_it_always_had() -> None:
     assert effective(validate_params(shipped())) == {
-        "data.base_target_share": 0.0, "data.base_target_mix": 1.0, "cp.new_tokens": 0,
+        "data.base_target_share": 0.0, "data.base_target_mix": 1.0, "data.chat_target_share": 0.0, "cp.new_tokens": 0,
         "merge.embedding_rows": "specials"}
 
 
